@@ -1,0 +1,100 @@
+"""The ``bgtasks`` command line, in Prefect's dialect.
+
+Noun-verb groups (``bgtasks task ls``), Rich tables, ``-o json`` on every listing,
+errors as one red line with the fix, exit code 1 on failure.
+
+Settings are read here, once, and the Prefect environment they imply is put in
+place before Prefect is imported (Prefect reads its settings at import).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import cyclopts
+from rich.console import Console
+
+from bgtasks.settings import Settings, load_settings
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+app = cyclopts.App(
+    name="bgtasks",
+    help="Background tasks for desktop and mobile apps, on Prefect.",
+    version=lambda: _version(),
+)
+
+_settings: Settings | None = None
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("bgtasks")
+
+
+def settings() -> Settings:
+    """The settings of this invocation, with Prefect's environment applied."""
+    global _settings
+    if _settings is None:
+        _settings = load_settings()
+        for key, value in _settings.prefect_env().items():
+            os.environ.setdefault(key, value)
+    return _settings
+
+
+class CliError(Exception):
+    """One red line for the user, then exit 1."""
+
+
+def fail(message: str) -> None:
+    raise CliError(message)
+
+
+from bgtasks.cli import stack_cmds, task_cmds  # noqa: E402  (registers the commands)
+
+app.command(task_cmds.task_app)
+app.command(stack_cmds.up)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point."""
+    from bgtasks.errors import InvalidTask, TaskError
+
+    try:
+        result = app(argv if argv is not None else sys.argv[1:], exit_on_error=False, result_action="return_value")
+    except InvalidTask as exc:
+        for e in exc.errors:
+            err_console.print(f"[red]Invalid {e['field'] or 'input'}: {e['message']}[/red]")
+        return 1
+    except (CliError, TaskError) as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        return 1
+    except cyclopts.CycloptsError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if _is_connection_error(exc):
+            api = os.environ.get("PREFECT_API_URL", "the Prefect API")
+            err_console.print(f"[red]Cannot reach the Prefect API at {api}: start it with `bgtasks up`.[/red]")
+            return 1
+        raise
+    return result if isinstance(result, int) else 0
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    import httpx
+
+    while exc is not None:
+        if isinstance(exc, httpx.TransportError | ConnectionError):
+            return True
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
+
+
+__all__ = ["app", "main", "Annotated"]

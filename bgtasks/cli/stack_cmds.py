@@ -1,0 +1,70 @@
+"""``bgtasks up``: the embedded stack in the foreground."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from typing import Annotated
+
+from cyclopts import Parameter
+
+
+def up(
+    *,
+    port: Annotated[int | None, Parameter(help="Port of the Prefect server and UI (default 4200).")] = None,
+    database: Annotated[str | None, Parameter(help="Prefect database URL (default: SQLite under the bgtasks home).")] = None,
+) -> int:
+    """Start the Prefect server + UI and a worker of the background-tasks pool; Ctrl-C stops them."""
+    from bgtasks import cli
+    from bgtasks.settings import load_settings
+
+    base = load_settings()
+    if port is not None:
+        base.server.port = port
+    if database is not None:
+        base.server.database_url = database
+    cli._settings = None
+    import os
+
+    for key, value in base.prefect_env().items():
+        os.environ[key] = value  # `up` owns these: its children must agree with it
+    cli._settings = base
+    s = base
+
+    from bgtasks.stack import Stack, StackError
+
+    stack = Stack(s)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    started = time.monotonic()
+    try:
+        with cli.console.status("Starting bgtasks...") as status:
+            stack.start(progress=lambda msg: status.update(f"bgtasks: {msg}..."))
+    except StackError as exc:
+        cli.fail(f"{exc}. See the logs in {s.home / 'logs'}.")
+    cli.console.print(
+        f"[green]bgtasks is up[/] in {time.monotonic() - started:.1f}s.\n"
+        f"  Prefect UI:  [bold]{s.ui_url}[/]\n"
+        f"  API:         {s.api_url}\n"
+        f"  Work pool:   {s.worker.pool} (queues high, normal, low; worker limit {s.worker.limit})\n"
+        f"  Home:        {s.home}\n"
+        "Create a task:  bgtasks task create demo --every 1m\n"
+        "Press Ctrl-C to stop."
+    )
+    code = 0
+    while not stop.wait(1.0):
+        dead = stack.dead_part()
+        if dead is not None:
+            cli.err_console.print(f"[red]The {dead.name} exited (log: {dead.log_path}); stopping.[/]")
+            code = 1
+            break
+    with cli.console.status("Stopping bgtasks..."):
+        stack.stop()
+    cli.console.print("bgtasks stopped.")
+    return code

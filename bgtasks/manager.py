@@ -1,0 +1,358 @@
+"""The task manager: the spec's task operations, mapped onto Prefect.
+
+A task is a deployment of its handler's flow (task id = deployment id); a run is
+a flow run. Prefect is the source of truth: nothing here keeps a second copy.
+The manager is handed a Prefect client and never closes it.
+
+Errors are those of :mod:`bgtasks.errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterName,
+    DeploymentFilterTags,
+    FlowRunFilter,
+    FlowRunFilterDeploymentId,
+    FlowRunFilterId,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    TaskRunFilter,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.sorting import FlowRunSort
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Cancelled, Cancelling, Scheduled
+from prefect.utilities.importtools import import_object
+from pydantic import ValidationError
+
+from bgtasks.models import (
+    BackgroundTask,
+    CreateTaskOptions,
+    TaskPriority,
+    TaskResult,
+    TaskRun,
+    TaskStatus,
+    TaskType,
+    field_errors,
+)
+from bgtasks.errors import InvalidTask, TaskConflict, TaskError, TaskNotFound
+from deployments import mapping
+from deployments.schedules import prefect_schedules
+from flows import UnknownHandler, dotted_entrypoint, resolve_handler
+
+#: How many future runs Prefect pre-creates when a periodic task is created/resumed.
+SCHEDULE_AHEAD_RUNS = 10
+
+
+SORTS = ("priority", "next-run", "created", "name")
+
+
+def _state_filter(*types: str) -> FlowRunFilter:
+    return FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(t) for t in types])))
+
+
+class TaskManager:
+    """Create, read and control tasks through one Prefect client.
+
+    Args:
+        client: an entered ``PrefectClient`` (the caller owns it).
+        pool: the work pool tasks run in (``background-tasks``).
+    """
+
+    def __init__(self, client: PrefectClient, pool: str) -> None:
+        self.client = client
+        self.pool = pool
+
+    # ---- create -------------------------------------------------------------------
+
+    @staticmethod
+    def validate(body: dict[str, Any] | CreateTaskOptions) -> tuple[CreateTaskOptions, str, str]:
+        """Validate input and resolve its handler: ``(options, handler, entrypoint)``.
+
+        Raises:
+            InvalidTask: naming each bad field.
+        """
+        try:
+            opts = body if isinstance(body, CreateTaskOptions) else CreateTaskOptions.model_validate(body)
+        except ValidationError as exc:
+            raise InvalidTask(field_errors(exc)) from None
+        try:
+            handler, entrypoint = resolve_handler(opts.name, opts.handler)
+        except UnknownHandler as exc:
+            raise InvalidTask([{"field": exc.field, "message": str(exc).split(": ", 1)[1]}]) from None
+        return opts, handler, entrypoint
+
+    async def create(self, body: dict[str, Any] | CreateTaskOptions) -> BackgroundTask:
+        """Validate and create a task; return it. Bad input stores nothing."""
+        opts, handler, entrypoint = self.validate(body)
+        now = datetime.now(UTC)
+        # Pin the start so that the stored definition says when the task was meant to run.
+        if opts.schedule.start_time is None:
+            opts = opts.model_copy(update={"schedule": opts.schedule.model_copy(update={"start_time": now})})
+        opts = opts.model_copy(update={"handler": handler})
+
+        existing = await self.client.read_deployments(
+            deployment_filter=DeploymentFilter(
+                name=DeploymentFilterName(any_=[opts.name]), tags=DeploymentFilterTags(all_=[mapping.TAG])
+            )
+        )
+        if existing:
+            raise InvalidTask([{"field": "name", "message": f"a task named {opts.name!r} already exists ({existing[0].id})"}])
+
+        flow_obj = import_object(entrypoint)
+        flow_id = await self.client.create_flow_from_name(flow_obj.name)
+        deployment_id = await self.client.create_deployment(
+            flow_id=flow_id,
+            name=opts.name,
+            entrypoint=dotted_entrypoint(entrypoint),
+            work_pool_name=self.pool,
+            work_queue_name=opts.priority.value,
+            tags=mapping.tags_for(opts, handler),
+            description=mapping.description_for(opts, handler),
+            parameters=mapping.parameters_for(opts),
+            parameter_openapi_schema=flow_obj.parameters.model_dump(mode="json"),
+            schedules=prefect_schedules(opts.schedule, now),
+            enforce_parameter_schema=False,
+            paused=False,
+        )
+        try:
+            if opts.schedule.type == TaskType.ONE_TIME:
+                await self._schedule_one_time(deployment_id, opts.schedule.start_time or now)
+            else:
+                await self._schedule_ahead(deployment_id)
+        except BaseException:
+            await self.client.delete_deployment(deployment_id)
+            raise
+        return await self.get(str(deployment_id))
+
+    async def _schedule_one_time(self, deployment_id: UUID, at: datetime) -> None:
+        await self.client.create_flow_run_from_deployment(
+            deployment_id,
+            state=Scheduled(scheduled_time=max(at, datetime.now(UTC))),
+            idempotency_key=f"bgtasks-one-time-{deployment_id}",
+        )
+
+    async def _schedule_ahead(self, deployment_id: UUID) -> None:
+        """Ask the server to create the next runs now, not at its next scheduler loop."""
+        await self.client.request(
+            "POST",
+            "/deployments/{id}/schedule",
+            path_params={"id": deployment_id},
+            json={"min_runs": SCHEDULE_AHEAD_RUNS, "max_runs": SCHEDULE_AHEAD_RUNS},
+        )
+
+    # ---- read ---------------------------------------------------------------------
+
+    async def _deployment(self, task_id: str) -> Any:
+        try:
+            dep = await self.client.read_deployment(UUID(task_id))
+        except (ValueError, ObjectNotFound):
+            raise TaskNotFound(task_id) from None
+        if mapping.TAG not in (dep.tags or []):
+            raise TaskNotFound(task_id)
+        return dep
+
+    async def _runs(self, deployment_id: UUID, flt: FlowRunFilter, sort: FlowRunSort, limit: int) -> list[Any]:
+        flt.deployment_id = FlowRunFilterDeploymentId(any_=[deployment_id])
+        return await self.client.read_flow_runs(flow_run_filter=flt, sort=sort, limit=limit)
+
+    async def _attempts(self, run_id: UUID) -> int | None:
+        runs = await self.client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])), task_run_filter=TaskRunFilter()
+        )
+        counts = [tr.run_count for tr in runs if tr.run_count]
+        return max(counts) if counts else None
+
+    async def _result(self, run: Any, attempts: bool) -> TaskResult | None:
+        if run is None or run.state is None or run.state.type.value not in mapping.FINISHED:
+            return None
+        data = None
+        if run.state.type == StateType.COMPLETED:
+            try:
+                data = await run.state.aresult(raise_on_failure=False)
+            except Exception:  # result not persisted (e.g. a run skipped past endTime)
+                data = None
+        n = await self._attempts(run.id) if attempts else None
+        return mapping.result_of(run, data, n)
+
+    async def _view(self, dep: Any, detailed: bool) -> BackgroundTask:
+        last, nxt, finished = await asyncio.gather(
+            self._runs(dep.id, _state_filter(*mapping.STARTED), FlowRunSort.START_TIME_DESC, 1),
+            self._runs(dep.id, _state_filter("SCHEDULED"), FlowRunSort.EXPECTED_START_TIME_ASC, 1),
+            self._runs(dep.id, _state_filter(*mapping.FINISHED), FlowRunSort.END_TIME_DESC, 1),
+        )
+        result = await self._result(finished[0] if finished else None, attempts=detailed)
+        return mapping.task_from(dep, last[0] if last else None, nxt[0] if nxt else None, result)
+
+    async def resolve(self, ref: str) -> str:
+        """A task id from an id or a task name."""
+        try:
+            UUID(ref)
+            return ref
+        except ValueError:
+            pass
+        deps = await self.client.read_deployments(
+            deployment_filter=DeploymentFilter(
+                name=DeploymentFilterName(any_=[ref]), tags=DeploymentFilterTags(all_=[mapping.TAG])
+            )
+        )
+        if not deps:
+            raise TaskNotFound(ref)
+        return str(deps[0].id)
+
+    async def wait_for_run(self, run_id: str, timeout_s: float = 3600, poll_s: float = 0.5) -> TaskResult:
+        """Wait until a run finishes; its TaskResult."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            run = await self.client.read_flow_run(UUID(run_id))
+            if run.state is not None and run.state.type.value in mapping.FINISHED:
+                result = await self._result(run, attempts=True)
+                assert result is not None
+                return result
+            if loop.time() > deadline:
+                raise TaskError(f"run {run_id} did not finish within {timeout_s:g}s")
+            await asyncio.sleep(poll_s)
+
+    async def get(self, task_id: str) -> BackgroundTask:
+        return await self._view(await self._deployment(task_id), detailed=True)
+
+    async def list(
+        self,
+        status: TaskStatus | None = None,
+        type: TaskType | None = None,
+        priority: TaskPriority | None = None,
+        sort: str = "priority",
+    ) -> list[BackgroundTask]:
+        """All tasks, filtered, sorted by ``priority`` (then next run), ``next-run``,
+        ``created`` or ``name``."""
+        if sort not in SORTS:
+            raise InvalidTask([{"field": "sort", "message": f"must be one of {', '.join(SORTS)}"}])
+        tags = [mapping.TAG]
+        if type is not None:
+            tags.append(f"type:{type.value}")
+        if priority is not None:
+            tags.append(f"priority:{priority.value}")
+        deps = await self.client.read_deployments(deployment_filter=DeploymentFilter(tags=DeploymentFilterTags(all_=tags)))
+        sem = asyncio.Semaphore(8)
+
+        async def view(dep: Any) -> BackgroundTask:
+            async with sem:
+                return await self._view(dep, detailed=False)
+
+        tasks = await asyncio.gather(*(view(d) for d in deps))
+        if status is not None:
+            tasks = [t for t in tasks if t.status == status]
+        far = datetime.max.replace(tzinfo=UTC)
+        keys = {
+            "priority": lambda t: (t.priority.rank, t.next_run or far, t.name),
+            "next-run": lambda t: (t.next_run or far, t.priority.rank, t.name),
+            "created": lambda t: (t.created_at, t.name),
+            "name": lambda t: (t.name.lower(), t.created_at),
+        }
+        return sorted(tasks, key=keys[sort])
+
+    async def history(self, task_id: str, limit: int = 50) -> list[TaskRun]:
+        """The task's runs that have started, newest first, each with its TaskResult."""
+        dep = await self._deployment(task_id)
+        runs = await self._runs(dep.id, _state_filter(*mapping.STARTED), FlowRunSort.START_TIME_DESC, limit)
+        out = []
+        for run in runs:
+            attempts = await self._attempts(run.id)
+            result = await self._result(run, attempts=False)
+            if result is not None:
+                result = result.model_copy(update={"attempts": attempts})
+            out.append(mapping.run_view(run, result, attempts))
+        return out
+
+    # ---- control ------------------------------------------------------------------
+
+    @staticmethod
+    def _ensure_not_cancelled(dep: Any, action: str) -> None:
+        if mapping.CANCELLED_TAG in (dep.tags or []):
+            raise TaskConflict(f"task {dep.name!r} is cancelled and cannot {action}; create it again")
+
+    async def run_now(self, task_id: str) -> str:
+        """Start a run now, in the task's priority queue; return the run id."""
+        dep = await self._deployment(task_id)
+        self._ensure_not_cancelled(dep, "run")
+        if dep.paused:
+            raise TaskConflict(f"task {dep.name!r} is paused; resume it first (`bgtasks task resume {dep.id}`)")
+        run = await self.client.create_flow_run_from_deployment(
+            dep.id, state=Scheduled(scheduled_time=datetime.now(UTC)), tags=["run-now"]
+        )
+        return str(run.id)
+
+    async def _scheduled_runs(self, dep_id: UUID) -> list[Any]:
+        return await self._runs(dep_id, _state_filter("SCHEDULED"), FlowRunSort.EXPECTED_START_TIME_ASC, 200)
+
+    async def pause(self, task_id: str) -> BackgroundTask:
+        """No scheduled, queued or run-now run starts until resumed."""
+        dep = await self._deployment(task_id)
+        self._ensure_not_cancelled(dep, "be paused")
+        await self.client.pause_deployment(dep.id)
+        # Prefect deletes only auto-scheduled runs: the one-time run and queued
+        # run-now runs would still start. Resume recreates what is due.
+        while runs := await self._scheduled_runs(dep.id):
+            for run in runs:
+                await self.client.delete_flow_run(run.id)
+        return await self.get(task_id)
+
+    async def resume(self, task_id: str) -> BackgroundTask:
+        dep = await self._deployment(task_id)
+        self._ensure_not_cancelled(dep, "be resumed")
+        await self.client.resume_deployment(dep.id)
+        opts = mapping.stored_options(dep.parameters or {})
+        ttype = opts.schedule.type if opts else (TaskType.PERIODIC if dep.schedules else TaskType.ONE_TIME)
+        if ttype == TaskType.PERIODIC:
+            await self._schedule_ahead(dep.id)
+        elif ttype == TaskType.ONE_TIME:
+            started = await self._runs(dep.id, _state_filter(*mapping.STARTED), FlowRunSort.START_TIME_DESC, 1)
+            if not started and not await self._scheduled_runs(dep.id):
+                at = opts.schedule.start_time if opts and opts.schedule.start_time else datetime.now(UTC)
+                await self.client.create_flow_run_from_deployment(
+                    dep.id, state=Scheduled(scheduled_time=max(at, datetime.now(UTC)))
+                )
+        return await self.get(task_id)
+
+    async def _stop_runs(self, dep_id: UUID) -> None:
+        """Cancel every run that has not finished: queued ones at once, running ones
+        through Cancelling, so the worker stops their process."""
+        runs = await self._runs(dep_id, _state_filter(*mapping.ACTIVE, "CANCELLING"), FlowRunSort.EXPECTED_START_TIME_ASC, 500)
+        for run in runs:
+            kind = run.state.type.value
+            if kind in ("RUNNING", "PENDING"):
+                await self.client.set_flow_run_state(run.id, Cancelling(message="Cancelled by bgtasks"), force=True)
+            elif kind != "CANCELLING":
+                await self.client.set_flow_run_state(run.id, Cancelled(message="Cancelled by bgtasks"), force=True)
+
+    async def cancel(self, task_id: str) -> BackgroundTask:
+        """Stop the task for good: no further runs; pending runs cancelled, running ones stopped."""
+        dep = await self._deployment(task_id)
+        if mapping.CANCELLED_TAG not in (dep.tags or []):
+            await self.client.update_deployment(dep.id, _deployment_update(tags=[*dep.tags, mapping.CANCELLED_TAG], paused=True))
+        await self._stop_runs(dep.id)
+        return await self.get(task_id)
+
+    async def delete(self, task_id: str) -> None:
+        """Cancel what is running, then remove the task and its pending runs."""
+        dep = await self._deployment(task_id)
+        await self.client.pause_deployment(dep.id)
+        await self._stop_runs(dep.id)
+        for run in await self._runs(dep.id, _state_filter("SCHEDULED"), FlowRunSort.EXPECTED_START_TIME_ASC, 500):
+            await self.client.delete_flow_run(run.id)
+        await self.client.delete_deployment(dep.id)
+
+
+def _deployment_update(**fields: Any) -> Any:
+    from prefect.client.schemas.actions import DeploymentUpdate
+
+    return DeploymentUpdate(**fields)

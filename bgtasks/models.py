@@ -1,0 +1,406 @@
+"""The spec's data model (``seed/background-tasks-module.md``, "Data Structures").
+
+Python code uses snake_case; JSON in and out uses the spec's TypeScript names
+through aliases (``scheduledFor``, ``initialBackoffMs``, ``type``...). Times are
+timezone-aware and serialised as ISO-8601 UTC. Optional fields that are unset are
+left out of the JSON, as the TypeScript ``field?`` would be.
+
+Beyond the spec, because users of every peer ask for it: ``cron`` and
+``timezone`` for periodic schedules, ``endTime`` honoured for both, ``timeoutMs``
+(per attempt), ``handler`` (the flow that runs the task), a jitter factor and a
+``retryOn`` condition on the retry policy.
+
+Validation errors name the field (pydantic's ``loc``) and the reason. Checks that
+depend on the clock ("a one-time start in the past") apply to new input only;
+definitions read back from storage are validated with the context
+``{"stored": True}`` so that a task created yesterday stays readable today.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AliasChoices,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+__all__ = [
+    "BackgroundTask",
+    "CreateTaskOptions",
+    "RetryCondition",
+    "RetryPolicy",
+    "TaskConstraints",
+    "TaskPriority",
+    "TaskResult",
+    "TaskRun",
+    "TaskSchedule",
+    "TaskStatus",
+    "TaskType",
+    "ONE_TIME_GRACE",
+    "MAX_RETRIES",
+    "describe_errors",
+    "field_errors",
+]
+
+#: A one-time task may start this far in the past (clock skew, slow clients).
+ONE_TIME_GRACE = timedelta(seconds=60)
+#: More retries than this is a configuration mistake, not a policy.
+MAX_RETRIES = 100
+#: Shortest periodic interval: Prefect schedules at second granularity.
+MIN_INTERVAL_MS = 1000
+#: Longest backoff or timeout we accept: a week.
+MAX_DURATION_MS = 7 * 24 * 3600 * 1000
+
+
+class TaskType(StrEnum):
+    ONE_TIME = "one-time"
+    PERIODIC = "periodic"
+    TRIGGERED = "triggered"
+
+
+class TaskStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class TaskPriority(StrEnum):
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+    @property
+    def rank(self) -> int:
+        """1 for high: the work-queue priority in Prefect (lower runs first)."""
+        return {"high": 1, "normal": 2, "low": 3}[self.value]
+
+
+class _SpecModel(BaseModel):
+    """JSON with the spec's camelCase names, Python with snake_case; no unknown fields."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The spec's JSON shape: camelCase names, unset optionals left out."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return value.astimezone(UTC) if value is not None else None
+
+
+def _is_stored(info: ValidationInfo) -> bool:
+    return bool(info.context and info.context.get("stored"))
+
+
+class TaskSchedule(_SpecModel):
+    """When a task runs. ``interval`` is in milliseconds, as in the spec."""
+
+    type: TaskType = Field(description="one-time or periodic (triggered tasks use a trigger).")
+    start_time: AwareDatetime | None = Field(
+        None, description="First run (one-time: the run; periodic: the anchor). Default: now."
+    )
+    interval: int | None = Field(
+        None,
+        validation_alias=AliasChoices("interval", "intervalMs", "interval_ms"),
+        description="Milliseconds between runs of a periodic task.",
+    )
+    end_time: AwareDatetime | None = Field(None, description="No run starts after this time.")
+    cron: str | None = Field(None, description="Cron expression of a periodic task (beyond the spec).")
+    timezone: str | None = Field(
+        None, description="IANA time zone the cron expression is read in (default UTC)."
+    )
+
+    @field_validator("start_time", "end_time")
+    @classmethod
+    def _to_utc(cls, v: datetime | None) -> datetime | None:
+        return _utc(v)
+
+    @field_validator("interval")
+    @classmethod
+    def _interval_positive(cls, v: int | None) -> int | None:
+        if v is None:
+            return v
+        if v <= 0:
+            raise ValueError("must be a positive number of milliseconds")
+        if v < MIN_INTERVAL_MS:
+            raise ValueError(f"must be at least {MIN_INTERVAL_MS} ms")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r} (use an IANA name such as 'Europe/Paris')")
+        return v
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        # Prefect's own check, so what we accept is what its scheduler runs.
+        from prefect.client.schemas.schedules import CronSchedule
+
+        try:
+            CronSchedule(cron=v)
+        except ValueError:
+            raise ValueError(f"invalid cron expression {v!r}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self, info: ValidationInfo) -> TaskSchedule:
+        if self.type == TaskType.TRIGGERED:
+            raise ValueError(
+                "type: 'triggered' tasks need the trigger daemon, which this version does "
+                "not have yet; use 'one-time' or 'periodic'"
+            )
+        if self.type == TaskType.ONE_TIME:
+            if self.interval is not None or self.cron is not None:
+                raise ValueError("interval/cron: only periodic tasks repeat; remove them or use type 'periodic'")
+            if self.end_time is not None:
+                raise ValueError("endTime: a one-time task has no end; remove endTime")
+            if (
+                self.start_time is not None
+                and not _is_stored(info)
+                and self.start_time < datetime.now(UTC) - ONE_TIME_GRACE
+            ):
+                raise ValueError(
+                    f"startTime: {self.start_time.isoformat()} is in the past; "
+                    "leave it out to run now"
+                )
+        if self.type == TaskType.PERIODIC:
+            if self.interval is None and self.cron is None:
+                raise ValueError("interval: a periodic task needs an interval (ms) or a cron expression")
+            if self.interval is not None and self.cron is not None:
+                raise ValueError("cron: give either interval or cron, not both")
+            if self.interval is not None and self.end_time is not None and self.interval % 1000:
+                raise ValueError("interval: with an endTime the interval must be whole seconds")
+        if self.timezone is not None and self.cron is None:
+            raise ValueError("timezone: only cron schedules are read in a time zone")
+        if self.end_time is not None:
+            if self.start_time is not None and self.end_time <= self.start_time:
+                raise ValueError("endTime: must be after startTime")
+            if not _is_stored(info) and self.end_time <= datetime.now(UTC):
+                raise ValueError("endTime: is in the past")
+        return self
+
+
+class TaskConstraints(_SpecModel):
+    """Conditions the host must meet before a run starts (WorkManager's meaning)."""
+
+    requires_network: bool | None = None
+    requires_wifi: bool | None = None
+    requires_charging: bool | None = None
+    requires_battery_not_low: bool | None = None
+    requires_device_idle: bool | None = None
+    requires_storage_not_low: bool | None = None
+
+
+class RetryCondition(_SpecModel):
+    """Which failures are retried (beyond the spec). Absent: every failure is.
+
+    A failure is retried when its exception type (or any base class) is named in
+    ``exceptions`` or its message matches ``messagePattern`` (a regular
+    expression, searched anywhere in the message).
+    """
+
+    exceptions: list[str] = Field(default_factory=list, max_length=50)
+    message_pattern: str | None = Field(None, max_length=500)
+
+    @field_validator("exceptions")
+    @classmethod
+    def _identifiers(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not re.fullmatch(r"[A-Za-z_][\w.]*", name):
+                raise ValueError(f"{name!r} is not an exception type name")
+        return v
+
+    @field_validator("message_pattern")
+    @classmethod
+    def _compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> RetryCondition:
+        if not self.exceptions and self.message_pattern is None:
+            raise ValueError("retryOn: name exceptions or a messagePattern (or leave retryOn out)")
+        return self
+
+
+class RetryPolicy(_SpecModel):
+    """Capped exponential backoff: delay n = min(initial * multiplier**n, max), less jitter."""
+
+    max_retries: int = Field(ge=0, le=MAX_RETRIES, description="Retries after the first attempt.")
+    backoff_multiplier: float = Field(2.0, ge=1.0, le=100.0)
+    initial_backoff_ms: int = Field(1000, ge=0, le=MAX_DURATION_MS)
+    max_backoff_ms: int = Field(60000, ge=0, le=MAX_DURATION_MS)
+    jitter: float = Field(
+        0.1, ge=0.0, le=1.0, description="Each delay is shortened by up to this fraction, at random."
+    )
+    retry_on: RetryCondition | None = None
+
+    @model_validator(mode="after")
+    def _max_not_below_initial(self) -> RetryPolicy:
+        if self.max_backoff_ms < self.initial_backoff_ms:
+            raise ValueError(
+                f"maxBackoffMs: {self.max_backoff_ms} is below initialBackoffMs "
+                f"({self.initial_backoff_ms})"
+            )
+        return self
+
+
+_NAME_FORBIDDEN = set("/%&<>")
+
+
+class CreateTaskOptions(_SpecModel):
+    """What a client sends to create a task (the spec's shape, plus the extras above)."""
+
+    name: str = Field(min_length=1, max_length=100)
+    description: str | None = Field(None, max_length=2000)
+    schedule: TaskSchedule
+    priority: TaskPriority = TaskPriority.NORMAL
+    constraints: TaskConstraints = Field(default_factory=TaskConstraints)
+    retry_policy: RetryPolicy | None = None
+    data: Any = None
+    timeout_ms: int | None = Field(None, gt=0, le=MAX_DURATION_MS, description="Per attempt.")
+    handler: str | None = Field(
+        None, min_length=1, max_length=100, description="Registered handler (flow) to run."
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _clean_name(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("must not be blank")
+        bad = sorted(_NAME_FORBIDDEN & set(v))
+        if bad:
+            raise ValueError(f"must not contain {' '.join(bad)}")
+        return v
+
+
+class TaskResult(_SpecModel):
+    """The outcome of one run. ``duration`` is in milliseconds, as in the spec."""
+
+    success: bool
+    data: Any = None
+    error: str | None = None
+    executed_at: AwareDatetime
+    duration: int = Field(ge=0)
+    # Beyond the spec: which run, its Prefect state, how many attempts it took.
+    run_id: str | None = None
+    state: str | None = None
+    attempts: int | None = None
+
+    @field_validator("executed_at")
+    @classmethod
+    def _to_utc(cls, v: datetime) -> datetime | None:
+        return _utc(v)
+
+
+class BackgroundTask(_SpecModel):
+    """A task as clients see it; the live fields are derived from Prefect."""
+
+    id: str
+    name: str
+    description: str | None = None
+    type: TaskType
+    status: TaskStatus
+    priority: TaskPriority
+    created_at: AwareDatetime
+    scheduled_for: AwareDatetime | None = None
+    last_run: AwareDatetime | None = None
+    next_run: AwareDatetime | None = None
+    result: TaskResult | None = None
+    # Beyond the spec: the definition, so `show` and the UI can explain the task.
+    handler: str | None = None
+    paused: bool = False
+    schedule: TaskSchedule | None = None
+    constraints: TaskConstraints | None = None
+    retry_policy: RetryPolicy | None = None
+    timeout_ms: int | None = None
+    data: Any = None
+
+    @field_validator("created_at", "scheduled_for", "last_run", "next_run")
+    @classmethod
+    def _to_utc(cls, v: datetime | None) -> datetime | None:
+        return _utc(v)
+
+
+def field_errors(exc: Exception) -> list[dict[str, str]]:
+    """Flatten a pydantic ``ValidationError`` into ``[{"field", "message"}]``.
+
+    Field names use the JSON (camelCase) path. Cross-field checks raise from a
+    model validator, whose location is the model; their message starts with the
+    offending field ("endTime: must be after startTime"), which is moved into the
+    path here so every error names its field.
+    """
+    from pydantic import ValidationError
+
+    if not isinstance(exc, ValidationError):
+        return [{"field": "", "message": str(exc)}]
+    out = []
+    for err in exc.errors():
+        loc = [to_camel(p) if isinstance(p, str) else str(p) for p in err["loc"]]
+        msg = err["msg"].removeprefix("Value error, ")
+        m = re.match(r"^([A-Za-z/]+): (.*)$", msg, re.S)
+        if m and err["type"] == "value_error":
+            loc.append(m.group(1))
+            msg = m.group(2)
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        out.append({"field": ".".join(loc), "message": msg})
+    return out
+
+
+def describe_errors(exc: Exception) -> str:
+    """One line per error: ``schedule.interval: must be a positive number of milliseconds``."""
+    return "; ".join(f"{e['field']}: {e['message']}" if e["field"] else e["message"] for e in field_errors(exc))
+
+
+class TaskRun(_SpecModel):
+    """One run of a task, for its history (beyond the spec's interfaces)."""
+
+    id: str
+    status: TaskStatus
+    state: str
+    message: str | None = None
+    scheduled_for: AwareDatetime | None = None
+    started_at: AwareDatetime | None = None
+    ended_at: AwareDatetime | None = None
+    attempts: int | None = None
+    result: TaskResult | None = None
+
+    @field_validator("scheduled_for", "started_at", "ended_at")
+    @classmethod
+    def _to_utc(cls, v: datetime | None) -> datetime | None:
+        return _utc(v)

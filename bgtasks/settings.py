@@ -1,0 +1,110 @@
+"""One settings tree for bgtasks, read once at the entry point and passed down.
+
+Every component has its own pydantic-settings class whose environment prefix
+follows its place in the tree (``BGTASKS_SERVER_PORT``, ``BGTASKS_WORKER_LIMIT``).
+Nothing here reads the environment at import time: call :func:`load_settings`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_POOL = "background-tasks"
+
+
+class ServerSettings(BaseSettings):
+    """The Prefect server bgtasks starts (or talks to)."""
+
+    model_config = SettingsConfigDict(env_prefix="BGTASKS_SERVER_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address the embedded Prefect server binds.")
+    port: int = Field(4200, ge=1, le=65535, description="Port of the Prefect server and UI.")
+    database_url: str | None = Field(
+        None,
+        description="Prefect's database URL (sqlite+aiosqlite:// or postgresql+asyncpg://); "
+        "default: a SQLite file under the bgtasks home.",
+    )
+    api_url: str | None = Field(
+        None,
+        description="Use an existing Prefect API instead of the embedded server "
+        "(e.g. http://prefect.internal:4200/api).",
+    )
+    start_timeout_s: float = Field(
+        120.0, gt=0, le=900, description="How long `bgtasks up` waits for the server to be healthy."
+    )
+
+
+class WorkerSettings(BaseSettings):
+    """The worker of the background-tasks pool."""
+
+    model_config = SettingsConfigDict(env_prefix="BGTASKS_WORKER_", extra="ignore")
+
+    pool: str = Field(DEFAULT_POOL, min_length=1, description="Work pool name.")
+    limit: int = Field(
+        4, ge=1, le=64, description="Flow runs one worker executes at once (bounded: SQLite locks)."
+    )
+    query_seconds: float = Field(
+        2.0, gt=0, le=60, description="How often the worker asks the server for due runs."
+    )
+    prefetch_seconds: float = Field(
+        2.0, ge=0, le=60, description="How far ahead of its time a run may be picked up."
+    )
+
+
+class Settings(BaseSettings):
+    """The root of the tree."""
+
+    model_config = SettingsConfigDict(env_prefix="BGTASKS_", extra="ignore")
+
+    home: Path = Field(
+        default_factory=lambda: Path.home() / ".bgtasks",
+        description="Where bgtasks keeps its state: the Prefect database, results, logs.",
+    )
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+
+    @property
+    def prefect_home(self) -> Path:
+        return self.home / "prefect"
+
+    @property
+    def api_url(self) -> str:
+        if self.server.api_url:
+            return self.server.api_url.rstrip("/")
+        return f"http://{self.server.host}:{self.server.port}/api"
+
+    @property
+    def ui_url(self) -> str:
+        return self.api_url.removesuffix("/api")
+
+    def prefect_env(self) -> dict[str, str]:
+        """The Prefect settings every bgtasks process shares, as environment variables.
+
+        The server, the worker, the flow-run processes and the CLI must agree on the
+        API URL and on where results are stored, or a result written by a run cannot
+        be read by ``bgtasks task show``.
+        """
+        env = {
+            "PREFECT_HOME": str(self.prefect_home),
+            "PREFECT_API_URL": self.api_url,
+            "PREFECT_UI_API_URL": self.api_url,
+            "PREFECT_SERVER_API_HOST": self.server.host,
+            "PREFECT_SERVER_API_PORT": str(self.server.port),
+            "PREFECT_LOCAL_STORAGE_PATH": str(self.prefect_home / "storage"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_WORKER_QUERY_SECONDS": str(self.worker.query_seconds),
+            "PREFECT_WORKER_PREFETCH_SECONDS": str(self.worker.prefetch_seconds),
+            # The CLI owns its terminal; Prefect's own prompts would hang `bgtasks up`.
+            "PREFECT_CLI_PROMPT": "false",
+        }
+        if self.server.database_url:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.server.database_url
+        return env
+
+
+def load_settings() -> Settings:
+    """Read the settings from the environment (``BGTASKS_*``) once."""
+    return Settings()

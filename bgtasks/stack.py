@@ -1,0 +1,184 @@
+"""The embedded stack behind ``bgtasks up``: Prefect server + UI, and a worker of the pool.
+
+Each part is a child process of ours, started with the settings' Prefect
+environment, its output in ``<home>/logs/<part>.log``. Start order: server, wait
+until ``/api/health`` answers, create the pool and its queues, worker, wait until
+the worker has registered with the pool. Stop order is the reverse, as
+../shared/FACTS.md says: an idle Prefect worker often ignores its first SIGINT,
+so it gets a second one, then SIGKILL after a grace; the server gets SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from bgtasks.settings import Settings
+
+
+class StackError(RuntimeError):
+    """A part of the stack did not start; the message says which and where its log is."""
+
+
+@dataclass
+class Part:
+    name: str
+    argv: list[str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    _log: object = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, env: dict[str, str], cwd: Path) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab", buffering=0)
+        self._log = log
+        self.proc = subprocess.Popen(
+            self.argv,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C in the terminal reaches us, not them
+        )
+
+    def wait(self, timeout_s: float) -> bool:
+        if self.proc is None:
+            return True
+        try:
+            self.proc.wait(timeout=timeout_s)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def stop(self, signals: tuple[signal.Signals, ...], grace_s: float) -> None:
+        """Send each signal in turn, waiting ``grace_s`` after each, then SIGKILL."""
+        if self.proc is None:
+            return
+        for sig in signals:
+            if not self.alive():
+                break
+            self.proc.send_signal(sig)
+            if self.wait(grace_s):
+                break
+        if self.alive():
+            self.proc.kill()
+            self.wait(10)
+        if self._log is not None:
+            self._log.close()  # type: ignore[attr-defined]
+            self._log = None
+
+
+def _child_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(settings.prefect_env())
+    # The worker runs flows with `python -m prefect.engine`: make that our Python.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str, alive: Callable[[], bool]) -> None:
+    """Poll ``check`` until it holds; fail when ``timeout_s`` passes or the process dies."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if not alive():
+            raise StackError(f"{what} exited during start-up")
+        time.sleep(0.2)
+    raise StackError(f"{what} was not ready after {timeout_s:g}s")
+
+
+def server_healthy(api_url: str) -> bool:
+    try:
+        return httpx.get(f"{api_url}/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+class Stack:
+    """Start, supervise and stop the embedded server and worker."""
+
+    def __init__(self, settings: Settings, with_server: bool = True) -> None:
+        self.settings = settings
+        self.env = _child_env(settings)
+        logs = settings.home / "logs"
+        py = sys.executable
+        self.server = Part(
+            "server",
+            [py, "-m", "prefect", "server", "start", "--host", settings.server.host,
+             "--port", str(settings.server.port)],
+            logs / "server.log",
+        )
+        self.worker = Part(
+            "worker",
+            [py, "-m", "prefect", "worker", "start", "--pool", settings.worker.pool, "--type", "process",
+             "--limit", str(settings.worker.limit), "--name", f"bgtasks-{os.uname().nodename}-{os.getpid()}"],
+            logs / "worker.log",
+        )
+        self.with_server = with_server and not settings.server.api_url
+        self.parts = [p for p in (self.server if self.with_server else None, self.worker) if p]
+
+    def start(self, progress: Callable[[str], None] = lambda s: None) -> None:
+        s = self.settings
+        s.prefect_home.mkdir(parents=True, exist_ok=True)
+        try:
+            if self.with_server:
+                if server_healthy(s.api_url):
+                    raise StackError(
+                        f"something already serves {s.api_url}; stop it or choose another port "
+                        "(BGTASKS_SERVER_PORT)"
+                    )
+                progress("starting the Prefect server")
+                self.server.start(self.env, s.home)
+                wait_until(lambda: server_healthy(s.api_url), s.server.start_timeout_s,
+                           f"the Prefect server (log: {self.server.log_path})", self.server.alive)
+            progress("creating the work pool and its queues")
+            asyncio.run(self._ensure_pool())
+            progress("starting the worker")
+            self.worker.start(self.env, s.home)
+            wait_until(lambda: asyncio.run(self._worker_registered()), 60,
+                       f"the worker (log: {self.worker.log_path})", self.worker.alive)
+        except BaseException:
+            self.stop()
+            raise
+
+    async def _ensure_pool(self) -> None:
+        from prefect.client.orchestration import get_client
+
+        from deployments.pool import ensure_pool
+
+        async with get_client() as client:
+            await ensure_pool(client, self.settings.worker.pool)
+
+    async def _worker_registered(self) -> bool:
+        from prefect.client.orchestration import get_client
+
+        async with get_client() as client:
+            workers = await client.read_workers_for_work_pool(self.settings.worker.pool)
+        return any(w.name == self.worker.argv[-1] for w in workers)
+
+    def dead_part(self) -> Part | None:
+        return next((p for p in self.parts if p.proc is not None and not p.alive()), None)
+
+    def stop(self) -> None:
+        """Worker first (SIGINT twice, as FACTS.md says), then the server."""
+        self.worker.stop((signal.SIGINT, signal.SIGINT), grace_s=10)
+        if self.with_server:
+            self.server.stop((signal.SIGTERM,), grace_s=20)

@@ -1,0 +1,202 @@
+"""A task <-> its deployment and flow runs (pure: no client, no I/O).
+
+The definition lives on the deployment: its name, the handler's flow, the work
+queue (= priority), tags (``bgtasks``, ``priority:*``, ``type:*``,
+``handler:*``), schedules, and the parameters ``data`` and ``task`` (the
+CreateTaskOptions JSON without ``data``, which the handler flow reads for its
+retry policy and timeout). The description is generated for people reading the
+Prefect UI. Status, last and next run and the result come from flow runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bgtasks.models import (
+    BackgroundTask,
+    CreateTaskOptions,
+    TaskPriority,
+    TaskResult,
+    TaskRun,
+    TaskSchedule,
+    TaskStatus,
+    TaskType,
+)
+
+TAG = "bgtasks"
+CANCELLED_TAG = "bgtasks:cancelled"
+
+#: Prefect state type -> the spec's status.
+_STATUS = {
+    "SCHEDULED": TaskStatus.PENDING,
+    "PENDING": TaskStatus.PENDING,
+    "PAUSED": TaskStatus.PENDING,
+    "RUNNING": TaskStatus.RUNNING,
+    "CANCELLING": TaskStatus.RUNNING,
+    "COMPLETED": TaskStatus.COMPLETED,
+    "FAILED": TaskStatus.FAILED,
+    "CRASHED": TaskStatus.FAILED,
+    "CANCELLED": TaskStatus.CANCELLED,
+}
+FINISHED = ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+STARTED = ("PENDING", "RUNNING", "CANCELLING", *FINISHED)
+ACTIVE = ("SCHEDULED", "PENDING", "RUNNING", "PAUSED")
+
+
+def status_of(state_type: str) -> TaskStatus:
+    return _STATUS[state_type]
+
+
+def tags_for(opts: CreateTaskOptions, handler: str) -> list[str]:
+    return [TAG, f"priority:{opts.priority.value}", f"type:{opts.schedule.type.value}", f"handler:{handler}"]
+
+
+def _tag_value(tags: list[str], key: str) -> str | None:
+    for tag in tags:
+        if tag.startswith(key + ":"):
+            return tag.split(":", 1)[1]
+    return None
+
+
+def parameters_for(opts: CreateTaskOptions) -> dict[str, Any]:
+    spec = opts.to_json_dict()
+    spec.pop("data", None)
+    return {"data": opts.data, "task": spec}
+
+
+def describe_schedule(s: TaskSchedule) -> str:
+    if s.type == TaskType.ONE_TIME:
+        return f"once at {s.start_time.isoformat()}" if s.start_time else "once, now"
+    if s.cron is not None:
+        text = f"cron '{s.cron}' ({s.timezone or 'UTC'})"
+    else:
+        assert s.interval is not None
+        text = f"every {format_ms(s.interval)}"
+    if s.start_time:
+        text += f" from {s.start_time.isoformat()}"
+    if s.end_time:
+        text += f" until {s.end_time.isoformat()}"
+    return text
+
+
+def format_ms(ms: int) -> str:
+    for unit, size in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+        if ms >= size and ms % size == 0:
+            return f"{ms // size}{unit}"
+    return f"{ms}ms"
+
+
+def description_for(opts: CreateTaskOptions, handler: str) -> str:
+    """What the Prefect UI shows: the user's description, then the definition."""
+    lines = [opts.description, ""] if opts.description else []
+    lines.append(f"**bgtasks** {opts.schedule.type.value} task, priority {opts.priority.value}, handler `{handler}`")
+    lines.append(f"- schedule: {describe_schedule(opts.schedule)}")
+    cons = [k for k, v in opts.constraints.to_json_dict().items() if v]
+    lines.append(f"- constraints: {', '.join(cons) if cons else 'none'}")
+    p = opts.retry_policy
+    if p is None or p.max_retries == 0:
+        lines.append("- retries: none")
+    else:
+        cond = ""
+        if p.retry_on is not None:
+            cond = f", only on {', '.join(p.retry_on.exceptions + ([f'/{p.retry_on.message_pattern}/'] if p.retry_on.message_pattern else []))}"
+        lines.append(
+            f"- retries: {p.max_retries}, backoff {format_ms(p.initial_backoff_ms)} x{p.backoff_multiplier:g} "
+            f"up to {format_ms(p.max_backoff_ms)}, jitter {p.jitter:g}{cond}"
+        )
+    lines.append(f"- timeout: {format_ms(opts.timeout_ms) if opts.timeout_ms else 'none'}")
+    return "\n".join(lines)
+
+
+def stored_options(parameters: dict[str, Any]) -> CreateTaskOptions | None:
+    """The definition kept in a deployment's parameters, if it has one."""
+    spec = parameters.get("task")
+    if not isinstance(spec, dict):
+        return None
+    body = dict(spec)
+    body["data"] = parameters.get("data")
+    return CreateTaskOptions.model_validate(body, context={"stored": True})
+
+
+def result_of(run: Any, data: Any = None, attempts: int | None = None) -> TaskResult | None:
+    """The spec's TaskResult for a finished flow run (None while it has not finished)."""
+    state = run.state
+    if state is None or state.type.value not in FINISHED:
+        return None
+    executed_at = run.start_time or run.expected_start_time or run.created
+    duration_s = run.total_run_time.total_seconds() if run.total_run_time else 0.0
+    if not duration_s and run.start_time and run.end_time:
+        duration_s = (run.end_time - run.start_time).total_seconds()
+    success = state.type.value == "COMPLETED"
+    return TaskResult(
+        success=success,
+        data=data if success else None,
+        error=None if success else (state.message or state.name),
+        executed_at=executed_at,
+        duration=int(round(duration_s * 1000)),
+        run_id=str(run.id),
+        state=state.name,
+        attempts=attempts,
+    )
+
+
+def run_view(run: Any, result: TaskResult | None, attempts: int | None) -> TaskRun:
+    state = run.state
+    return TaskRun(
+        id=str(run.id),
+        status=status_of(state.type.value),
+        state=state.name,
+        message=state.message or None,
+        scheduled_for=run.expected_start_time,
+        started_at=run.start_time,
+        ended_at=run.end_time,
+        attempts=attempts,
+        result=result,
+    )
+
+
+def task_from(
+    deployment: Any,
+    last_run: Any | None,
+    next_run: Any | None,
+    result: TaskResult | None,
+) -> BackgroundTask:
+    """The spec's BackgroundTask for a deployment and its latest and next runs."""
+    tags = list(deployment.tags or [])
+    opts = stored_options(deployment.parameters or {})
+    if opts is not None:
+        ttype, priority = opts.schedule.type, opts.priority
+        description, handler = opts.description, opts.handler
+    else:  # deployed by hand (prefect.yaml without a task parameter)
+        ttype = TaskType(_tag_value(tags, "type") or ("periodic" if deployment.schedules else "one-time"))
+        priority = TaskPriority(_tag_value(tags, "priority") or deployment.work_queue_name or "normal")
+        description, handler = deployment.description, _tag_value(tags, "handler")
+    if CANCELLED_TAG in tags:
+        status = TaskStatus.CANCELLED
+    elif last_run is not None:
+        status = status_of(last_run.state.type.value)
+    else:
+        status = TaskStatus.PENDING
+    scheduled_for = opts.schedule.start_time if opts is not None else None
+    fields = dict(
+        id=str(deployment.id),
+        name=deployment.name,
+        description=description,
+        type=ttype,
+        status=status,
+        priority=priority,
+        created_at=deployment.created,
+        scheduled_for=scheduled_for,
+        last_run=last_run.start_time if last_run is not None else None,
+        next_run=next_run.expected_start_time if next_run is not None else None,
+        result=result,
+        handler=handler,
+        paused=bool(deployment.paused),
+        schedule=opts.schedule if opts else None,
+        constraints=opts.constraints if opts else None,
+        retry_policy=opts.retry_policy if opts else None,
+        timeout_ms=opts.timeout_ms if opts else None,
+        data=opts.data if opts else (deployment.parameters or {}).get("data"),
+    )
+    # A stored definition is not new input: skip the clock checks on re-validation.
+    return BackgroundTask.model_validate(fields, context={"stored": True})

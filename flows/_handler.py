@@ -1,0 +1,150 @@
+"""Turn a plain function into a bgtasks handler flow.
+
+The flow takes two parameters, both stored on the task's deployment:
+
+- ``data``: the task's data, handed to the function;
+- ``task``: the task's definition (CreateTaskOptions JSON without ``data``), from
+  which the retry policy, timeout and end time are read at run time.
+
+The function runs as a Prefect *task* inside the flow because Prefect flows take
+only a fixed retry delay, no condition and no jitter (../shared/FACTS.md). The
+delays are computed by :mod:`bgtasks.retry` (capped, jitter only shortens).
+
+Timeouts stop the work for real: Prefect's per-attempt timeout interrupts the
+handler in the main thread (SIGALRM); a handler that does not yield to signals
+(stuck in C code, signals blocked) is stopped by a backstop that records the
+run as ``TimedOut`` and ends the process, ``HARD_TIMEOUT_GRACE_S`` later.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed
+
+from bgtasks.models import CreateTaskOptions, RetryPolicy
+from bgtasks.retry import retry_delays_seconds, should_retry
+
+#: How long after its timeout an attempt that ignores signals is killed.
+HARD_TIMEOUT_GRACE_S = 5.0
+#: Exit status of a run process ended by the timeout backstop.
+HARD_TIMEOUT_EXIT = 124
+
+
+def parse_task_spec(spec: dict[str, Any] | None, data: Any = None) -> CreateTaskOptions | None:
+    """The stored definition (validated without the clock checks meant for new input)."""
+    if not spec:
+        return None
+    body = dict(spec)
+    body["data"] = data
+    return CreateTaskOptions.model_validate(body, context={"stored": True})
+
+
+def _retry_condition(policy: RetryPolicy) -> Callable[..., bool]:
+    def condition(task_obj: Any, task_run: Any, state: Any) -> bool:
+        exc = state.result(raise_on_failure=False)
+        ok = should_retry(policy.retry_on, exc if isinstance(exc, BaseException) else None)
+        if not ok:
+            get_run_logger().info("Not retrying: %r does not match retryOn", exc)
+        return ok
+
+    return condition
+
+
+def _hard_timeout(seconds: float) -> threading.Timer:
+    """Start the backstop for one attempt: record TimedOut, then end this process."""
+
+    def fire() -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.context import FlowRunContext
+        from prefect.states import Failed
+
+        ctx = FlowRunContext.get()
+        message = f"Handler ignored its {seconds - HARD_TIMEOUT_GRACE_S:g}s timeout; process stopped"
+        try:
+            if ctx is not None and ctx.flow_run is not None:
+                with get_client(sync_client=True) as client:
+                    client.set_flow_run_state(
+                        ctx.flow_run.id, Failed(name="TimedOut", message=message), force=True
+                    )
+        finally:
+            os._exit(HARD_TIMEOUT_EXIT)
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def _attempt_task(fn: Callable[[Any], Any], name: str, timeout_s: float | None) -> Any:
+    """The Prefect task that runs one attempt of ``fn``, with the backstop when timed."""
+    body = fn
+    if timeout_s is not None:
+
+        @functools.wraps(fn)
+        def body(d: Any) -> Any:
+            timer = _hard_timeout(timeout_s + HARD_TIMEOUT_GRACE_S)
+            try:
+                return fn(d)
+            finally:
+                timer.cancel()
+
+    return task(
+        body,
+        name=name,
+        persist_result=False,
+        cache_policy=NO_CACHE,
+        log_prints=True,
+        timeout_seconds=timeout_s,
+    )
+
+
+def background_handler(name: str) -> Callable[[Callable[[Any], Any]], Any]:
+    """Decorator: ``fn(data) -> JSON`` becomes the handler flow called ``name``.
+
+    The flow's return value (the function's) is persisted as JSON: it is the
+    ``data`` of the run's TaskResult.
+    """
+
+    def decorate(fn: Callable[[Any], Any]) -> Any:
+        # Not functools.wraps: Prefect reads the flow's parameters from its signature.
+        def handler_flow(data: Any = None, task: dict[str, Any] | None = None) -> Any:
+            spec = parse_task_spec(task, data)
+            options: dict[str, Any] = {}
+            timeout_s: float | None = None
+            if spec is not None:
+                end = spec.schedule.end_time
+                if end is not None and datetime.now(UTC) > end:
+                    return Completed(message=f"Skipped: past the schedule's endTime {end.isoformat()}")
+                policy = spec.retry_policy
+                if policy is not None and policy.max_retries:
+                    options["retries"] = policy.max_retries
+                    options["retry_delay_seconds"] = retry_delays_seconds(policy)
+                    options["retry_condition_fn"] = _retry_condition(policy)
+                if spec.timeout_ms is not None:
+                    timeout_s = spec.timeout_ms / 1000.0
+            attempt = _attempt_task(fn, name, timeout_s)
+            if options:
+                attempt = attempt.with_options(**options)
+            return attempt(data)
+
+        handler_flow.__name__ = fn.__name__
+        handler_flow.__qualname__ = fn.__qualname__
+        handler_flow.__doc__ = fn.__doc__
+        handler_flow.__module__ = fn.__module__
+        return flow(
+            handler_flow,
+            name=name,
+            persist_result=True,
+            result_serializer="json",
+            log_prints=True,
+        )
+
+    return decorate

@@ -1,0 +1,63 @@
+"""The demo handler: succeeds, fails on demand, or sleeps.
+
+``data`` (all optional):
+
+- ``sleepSeconds``: sleep this long first (a blocking ``time.sleep``);
+- ``fail``: ``true`` fails every attempt; ``failTimes``: fail the first N attempts;
+- ``errorType``: the exception raised on failure (``RuntimeError`` by default;
+  ``ValueError``, ``TimeoutError``, ``ConnectionError``, ``PermissionError``);
+- ``errorMessage``: its message;
+- ``blockSignals``: block SIGALRM while sleeping, as a C extension stuck in a call
+  would, so only a process-level timeout can stop it;
+- ``recordTo``: append one JSON line per attempt (``attempt``, ``pid``, ``at``)
+  to this file, so a demo can show when and where each attempt ran;
+- ``message``: echoed in the result.
+
+Returns ``{"message", "timestamp", "attempt"}`` like the spec's demo task.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect.runtime import task_run
+
+from flows._handler import background_handler
+
+_ERRORS: dict[str, type[Exception]] = {
+    "RuntimeError": RuntimeError,
+    "ValueError": ValueError,
+    "TimeoutError": TimeoutError,
+    "ConnectionError": ConnectionError,
+    "PermissionError": PermissionError,
+}
+
+
+@background_handler("demo")
+def demo(data: Any = None) -> dict[str, Any]:
+    """A demo task: succeed, fail on demand, or sleep for N seconds."""
+    opts = data if isinstance(data, dict) else {}
+    attempt = int(task_run.run_count or 1)
+    if opts.get("recordTo"):
+        with open(opts["recordTo"], "a", encoding="utf-8") as fh:
+            line = {"attempt": attempt, "pid": os.getpid(), "at": datetime.now(UTC).isoformat()}
+            fh.write(json.dumps(line) + "\n")
+    sleep_s = float(opts.get("sleepSeconds", 0))
+    if sleep_s > 0:
+        if opts.get("blockSignals"):
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        time.sleep(sleep_s)
+    fail_times = opts.get("failTimes")
+    if opts.get("fail") or (fail_times is not None and attempt <= int(fail_times)):
+        error = _ERRORS.get(str(opts.get("errorType", "RuntimeError")), RuntimeError)
+        raise error(opts.get("errorMessage", f"demo failure on attempt {attempt}"))
+    return {
+        "message": opts.get("message", "Task completed successfully"),
+        "timestamp": datetime.now(UTC).isoformat(),
+        "attempt": attempt,
+    }
