@@ -50,6 +50,8 @@ from flows import UnknownHandler, dotted_entrypoint, resolve_handler
 
 #: How many future runs Prefect pre-creates when a periodic task is created/resumed.
 SCHEDULE_AHEAD_RUNS = 10
+#: Prefect's largest page of flow runs.
+PAGE = 200
 
 
 SORTS = ("priority", "next-run", "created", "name")
@@ -292,7 +294,7 @@ class TaskManager:
         return str(run.id)
 
     async def _scheduled_runs(self, dep_id: UUID) -> list[Any]:
-        return await self._runs(dep_id, _state_filter("SCHEDULED"), FlowRunSort.EXPECTED_START_TIME_ASC, 200)
+        return await self._runs(dep_id, _state_filter("SCHEDULED"), FlowRunSort.EXPECTED_START_TIME_ASC, PAGE)
 
     async def pause(self, task_id: str) -> BackgroundTask:
         """No scheduled, queued or run-now run starts until resumed."""
@@ -326,13 +328,13 @@ class TaskManager:
     async def _stop_runs(self, dep_id: UUID) -> None:
         """Cancel every run that has not finished: queued ones at once, running ones
         through Cancelling, so the worker stops their process."""
-        runs = await self._runs(dep_id, _state_filter(*mapping.ACTIVE, "CANCELLING"), FlowRunSort.EXPECTED_START_TIME_ASC, 500)
-        for run in runs:
-            kind = run.state.type.value
-            if kind in ("RUNNING", "PENDING"):
-                await self.client.set_flow_run_state(run.id, Cancelling(message="Cancelled by bgtasks"), force=True)
-            elif kind != "CANCELLING":
-                await self.client.set_flow_run_state(run.id, Cancelled(message="Cancelled by bgtasks"), force=True)
+        while runs := await self._runs(dep_id, _state_filter(*mapping.ACTIVE), FlowRunSort.EXPECTED_START_TIME_ASC, PAGE):
+            for run in runs:
+                if run.state.type.value in ("RUNNING", "PENDING"):
+                    state = Cancelling(message="Cancelled by bgtasks")
+                else:
+                    state = Cancelled(message="Cancelled by bgtasks")
+                await self.client.set_flow_run_state(run.id, state, force=True)
 
     async def cancel(self, task_id: str) -> BackgroundTask:
         """Stop the task for good: no further runs; pending runs cancelled, running ones stopped."""
@@ -347,8 +349,9 @@ class TaskManager:
         dep = await self._deployment(task_id)
         await self.client.pause_deployment(dep.id)
         await self._stop_runs(dep.id)
-        for run in await self._runs(dep.id, _state_filter("SCHEDULED"), FlowRunSort.EXPECTED_START_TIME_ASC, 500):
-            await self.client.delete_flow_run(run.id)
+        while runs := await self._scheduled_runs(dep.id):
+            for run in runs:
+                await self.client.delete_flow_run(run.id)
         await self.client.delete_deployment(dep.id)
 
 

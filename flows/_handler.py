@@ -58,22 +58,25 @@ def _retry_condition(policy: RetryPolicy) -> Callable[..., bool]:
     return condition
 
 
-def _hard_timeout(seconds: float) -> threading.Timer:
-    """Start the backstop for one attempt: record TimedOut, then end this process."""
+def _hard_timeout(seconds: float, flow_run_id: str | None) -> threading.Timer:
+    """Start the backstop for one attempt: record TimedOut, then end this process.
+
+    The flow run id is captured by the caller: Prefect's run context does not
+    reach other threads.
+    """
 
     def fire() -> None:
         from prefect.client.orchestration import get_client
-        from prefect.context import FlowRunContext
         from prefect.states import Failed
 
-        ctx = FlowRunContext.get()
-        message = f"Handler ignored its {seconds - HARD_TIMEOUT_GRACE_S:g}s timeout; process stopped"
+        message = (
+            f"Handler ignored its {seconds - HARD_TIMEOUT_GRACE_S:g}s timeout "
+            f"for {HARD_TIMEOUT_GRACE_S:g}s more; its process was stopped"
+        )
         try:
-            if ctx is not None and ctx.flow_run is not None:
+            if flow_run_id is not None:
                 with get_client(sync_client=True) as client:
-                    client.set_flow_run_state(
-                        ctx.flow_run.id, Failed(name="TimedOut", message=message), force=True
-                    )
+                    client.set_flow_run_state(flow_run_id, Failed(name="TimedOut", message=message), force=True)
         finally:
             os._exit(HARD_TIMEOUT_EXIT)
 
@@ -90,7 +93,9 @@ def _attempt_task(fn: Callable[[Any], Any], name: str, timeout_s: float | None) 
 
         @functools.wraps(fn)
         def body(d: Any) -> Any:
-            timer = _hard_timeout(timeout_s + HARD_TIMEOUT_GRACE_S)
+            from prefect.runtime import flow_run
+
+            timer = _hard_timeout(timeout_s + HARD_TIMEOUT_GRACE_S, flow_run.id)
             try:
                 return fn(d)
             finally:

@@ -1,0 +1,159 @@
+"""Fixtures for real components: the Prefect server, workers, task managers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from bgtasks.settings import Settings, load_settings
+from bgtasks.stack import Part, Stack, server_healthy, wait_until
+
+T = TypeVar("T")
+
+
+async def wait_for(check: Callable[[], Awaitable[T]], timeout_s: float, what: str, poll_s: float = 0.25) -> T:
+    """Poll an async condition until it returns something truthy; fail after ``timeout_s``.
+
+    The deadline is a safety net for a hung test, not a timing assertion.
+    """
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what} (last: {last!r})")
+
+
+class ServerHandle:
+    """The session's Prefect server; restartable for persistence tests."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stack = Stack(settings)
+
+    @property
+    def part(self) -> Part:
+        return self.stack.server
+
+    def start(self) -> None:
+        self.part.start(self.stack.env, self.settings.home)
+        wait_until(lambda: server_healthy(self.settings.api_url), 180, "prefect server", self.part.alive)
+        asyncio.run(self.stack._ensure_pool())
+
+    def stop(self) -> None:
+        self.part.stop((signal.SIGTERM,), grace_s=20)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return load_settings()
+
+
+@pytest.fixture(scope="session")
+def prefect_server(settings: Settings) -> Iterator[ServerHandle]:
+    handle = ServerHandle(settings)
+    handle.start()
+    yield handle
+    handle.stop()
+
+
+class WorkerHandle:
+    def __init__(self, settings: Settings, limit: int) -> None:
+        stack = Stack(settings)
+        self.stack = stack
+        self.part = stack.worker
+        # One worker per test module: its own name and log.
+        self.part.argv[self.part.argv.index("--limit") + 1] = str(limit)
+        self.part.argv[-1] = f"test-worker-{os.getpid()}-{time.monotonic_ns()}"
+        self.part.log_path = settings.home / "logs" / f"{self.part.argv[-1]}.log"
+
+    def start(self) -> None:
+        self.part.start(self.stack.env, self.stack.settings.home)
+        wait_until(lambda: asyncio.run(self.stack._worker_registered()), 90, "worker", self.part.alive)
+
+    def stop(self) -> None:
+        self.part.stop((signal.SIGINT, signal.SIGINT), grace_s=10)
+
+
+def start_worker(settings: Settings, limit: int) -> WorkerHandle:
+    w = WorkerHandle(settings, limit)
+    w.start()
+    return w
+
+
+@pytest.fixture(scope="module")
+def worker(prefect_server: ServerHandle, settings: Settings) -> Iterator[WorkerHandle]:
+    w = start_worker(settings, limit=4)
+    yield w
+    w.stop()
+
+
+@pytest.fixture
+async def client(prefect_server: ServerHandle) -> AsyncIterator[Any]:
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as c:
+        yield c
+
+
+@pytest.fixture
+async def manager(client: Any, settings: Settings) -> AsyncIterator[Any]:
+    """A TaskManager that deletes every task the test created."""
+    from bgtasks.errors import TaskNotFound
+    from bgtasks.manager import TaskManager
+
+    mgr = TaskManager(client, settings.worker.pool)
+    created: list[str] = []
+    original = mgr.create
+
+    async def create(body: Any) -> Any:
+        task = await original(body)
+        created.append(task.id)
+        return task
+
+    mgr.create = create  # type: ignore[method-assign]
+    yield mgr
+    for tid in created:
+        try:
+            await mgr.delete(tid)
+        except TaskNotFound:
+            pass
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    """The demo handler's per-attempt records."""
+    import json
+
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+PY = sys.executable

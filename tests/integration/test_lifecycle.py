@@ -1,0 +1,157 @@
+"""Task types, run-now, cancel, pause/resume, against a real Prefect server and worker."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+from bgtasks.errors import TaskConflict
+from bgtasks.models import TaskStatus
+from tests.fixtures import pid_alive, records, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker")]
+
+
+async def _finished(manager: Any, task_id: str, n: int = 1) -> Any:
+    async def check() -> Any:
+        runs = [r for r in await manager.history(task_id) if r.result is not None]
+        return runs if len(runs) >= n else None
+
+    return await wait_for(check, 120, f"{n} finished run(s) of {task_id}")
+
+
+async def test_one_time_task_runs_at_its_time(manager: Any, tmp_path: Path, settings: Any) -> None:
+    at = datetime.now(UTC) + timedelta(seconds=4)
+    rec = tmp_path / "rec"
+    task = await manager.create(
+        {"name": "once", "handler": "demo", "schedule": {"type": "one-time", "startTime": at.isoformat()},
+         "data": {"recordTo": str(rec)}}
+    )
+    assert task.status == TaskStatus.PENDING
+    assert task.next_run == task.scheduled_for == at
+    [run] = await _finished(manager, task.id)
+    assert run.result.success and run.scheduled_for == at
+    started = datetime.fromisoformat(records(rec)[0]["at"])
+    # A worker may pick a run up at most its prefetch window early.
+    assert started >= at - timedelta(seconds=settings.worker.prefetch_seconds)
+    done = await manager.get(task.id)
+    assert done.status == TaskStatus.COMPLETED and done.next_run is None
+    assert done.result.data["message"] == "Task completed successfully"
+
+
+async def test_periodic_task_runs_repeatedly(manager: Any) -> None:
+    task = await manager.create(
+        {"name": "every-2s", "handler": "demo", "schedule": {"type": "periodic", "interval": 2000}}
+    )
+    runs = await _finished(manager, task.id, n=3)
+    times = sorted(r.scheduled_for for r in runs)
+    gaps = {(b - a).total_seconds() for a, b in zip(times, times[1:])}
+    assert gaps <= {2.0, 4.0, 6.0}, gaps  # consecutive slots of the 2 s interval
+    assert all(r.result.success for r in runs)
+    assert (await manager.get(task.id)).next_run is not None
+
+
+async def test_run_now_runs_immediately(manager: Any) -> None:
+    later = datetime.now(UTC) + timedelta(hours=1)
+    task = await manager.create(
+        {"name": "hourly", "handler": "demo",
+         "schedule": {"type": "periodic", "intervalMs": 3_600_000, "startTime": later.isoformat()}}
+    )
+    run_id = await manager.run_now(task.id)
+    result = await manager.wait_for_run(run_id, timeout_s=120)
+    assert result.success and result.run_id == run_id
+    assert (await manager.get(task.id)).next_run >= later
+
+
+async def test_cancel_pending_task_runs_nothing(manager: Any, client: Any) -> None:
+    at = datetime.now(UTC) + timedelta(hours=1)
+    task = await manager.create(
+        {"name": "cancel-me", "handler": "demo", "schedule": {"type": "one-time", "startTime": at.isoformat()}}
+    )
+    cancelled = await manager.cancel(task.id)
+    assert cancelled.status == TaskStatus.CANCELLED
+    runs = await client.read_flow_runs(
+        deployment_filter=_dep_filter(task.id)
+    )
+    assert runs and all(r.state.type.value == "CANCELLED" and r.run_count == 0 for r in runs)
+    with pytest.raises(TaskConflict):
+        await manager.run_now(task.id)
+
+
+def _dep_filter(task_id: str) -> Any:
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    return DeploymentFilter(id=DeploymentFilterId(any_=[UUID(task_id)]))
+
+
+async def test_cancel_running_task_stops_its_process(manager: Any, client: Any, tmp_path: Path) -> None:
+    rec = tmp_path / "rec"
+    task = await manager.create(
+        {"name": "long", "handler": "demo", "schedule": {"type": "one-time"},
+         "data": {"sleepSeconds": 600, "recordTo": str(rec)}}
+    )
+    [first] = await wait_for(lambda: _async(records(rec)), 120, "the handler to start")
+    assert pid_alive(first["pid"])
+    await manager.cancel(task.id)
+
+    async def cancelled() -> Any:
+        runs = await client.read_flow_runs(deployment_filter=_dep_filter(task.id))
+        return all(r.state.type.value == "CANCELLED" for r in runs) and runs
+
+    await wait_for(cancelled, 120, "the run to be Cancelled")
+    await wait_for(lambda: _async(not pid_alive(first["pid"])), 60, "the handler process to exit")
+    assert (await manager.get(task.id)).status == TaskStatus.CANCELLED
+
+
+async def _async(value: Any) -> Any:
+    return value
+
+
+async def test_pause_stops_scheduled_runs_and_resume_restores_them(manager: Any, client: Any) -> None:
+    task = await manager.create(
+        {"name": "pausable", "handler": "demo", "schedule": {"type": "periodic", "interval": 2000}}
+    )
+    await _finished(manager, task.id, n=1)
+    paused = await manager.pause(task.id)
+    assert paused.paused and paused.next_run is None
+    scheduled = await client.read_flow_runs(
+        deployment_filter=_dep_filter(task.id),
+        flow_run_filter=_scheduled(),
+    )
+    assert scheduled == []  # nothing left that a worker could start
+    with pytest.raises(TaskConflict):
+        await manager.run_now(task.id)
+    seen = {r.id for r in await manager.history(task.id)}
+
+    resumed = await manager.resume(task.id)
+    assert not resumed.paused and resumed.next_run is not None
+
+    async def new_run() -> Any:
+        runs = [r for r in await manager.history(task.id) if r.id not in seen and r.result is not None]
+        return runs
+
+    [*_] = await wait_for(new_run, 120, "a run after resume")
+
+
+def _scheduled() -> Any:
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+
+    return FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])))
+
+
+async def test_paused_one_time_task_waits_and_runs_after_resume(manager: Any) -> None:
+    at = datetime.now(UTC) + timedelta(seconds=10)
+    task = await manager.create(
+        {"name": "pause-once", "handler": "demo", "schedule": {"type": "one-time", "startTime": at.isoformat()}}
+    )
+    await manager.pause(task.id)
+    assert (await manager.history(task.id)) == []
+    resumed = await manager.resume(task.id)
+    assert resumed.next_run is not None
+    [run] = await _finished(manager, task.id)
+    assert run.result.success
