@@ -19,7 +19,7 @@ from rich.console import Console
 from bgtasks.settings import Settings, load_settings
 
 console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 app = cyclopts.App(
     name="bgtasks",

@@ -214,7 +214,8 @@ def list_tasks(
         _print_json([t.to_json_dict() for t in tasks])
         return
     table = Table(title="Background tasks")
-    for col in ("ID", "Name", "Type", "Status", "Priority", "Next run", "Last run", "Last result"):
+    table.add_column("ID", no_wrap=True)
+    for col in ("Name", "Type", "Status", "Priority", "Next run", "Last run", "Last result"):
         table.add_column(col, overflow="fold")
     for t in tasks:
         table.add_row(t.id, t.name, t.type.value, _status(t), t.priority.value, _when(t.next_run), _when(t.last_run), _result_text(t))

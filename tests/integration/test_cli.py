@@ -1,0 +1,73 @@
+"""The CLI end to end: `bgtasks task create ... -o json`, then ls, show, run, pause, resume, cancel, rm."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker")]
+
+BGTASKS = str(Path(os.sys.executable).parent / "bgtasks")
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.run([BGTASKS, *args], capture_output=True, text=True, timeout=300, env=env)
+    if check:
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+    return proc
+
+
+def test_cli_create_ls_show_run_pause_resume_cancel_rm(prefect_server: Any) -> None:
+    created = json.loads(cli(
+        "task", "create", "cli-task", "--handler", "demo", "--every", "1h", "--start", "2099-01-01T00:00:00Z",
+        "--priority", "high", "--retries", "2", "--backoff", "500ms", "--max-backoff", "2s", "--timeout", "30s",
+        "--requires-network", "--data", '{"message": "from the CLI"}', "-o", "json",
+    ).stdout)
+    tid = created["id"]
+    assert created["type"] == "periodic" and created["priority"] == "high"
+    assert created["schedule"]["interval"] == 3_600_000
+    assert created["retryPolicy"]["maxRetries"] == 2 and created["retryPolicy"]["initialBackoffMs"] == 500
+    assert created["constraints"] == {"requiresNetwork": True} and created["timeoutMs"] == 30_000
+
+    listed = json.loads(cli("task", "ls", "--priority", "high", "-o", "json").stdout)
+    assert tid in [t["id"] for t in listed]
+    assert tid not in [t["id"] for t in json.loads(cli("task", "ls", "--type", "one-time", "-o", "json").stdout)]
+    table = cli("task", "ls").stdout
+    assert "cli-task" in table
+
+    ran = json.loads(cli("task", "run", "cli-task", "--wait", "-o", "json").stdout)
+    assert ran["result"]["success"] and ran["result"]["data"]["message"] == "from the CLI"
+
+    shown = json.loads(cli("task", "show", tid, "-o", "json").stdout)
+    assert shown["status"] == "completed" and shown["history"][0]["id"] == ran["runId"]
+    assert "cli-task" in cli("task", "show", "cli-task").stdout
+
+    assert json.loads(cli("task", "pause", tid, "-o", "json").stdout)["paused"] is True
+    refused = cli("task", "run", tid, check=False)
+    assert refused.returncode == 1 and "paused" in refused.stderr
+    assert json.loads(cli("task", "resume", tid, "-o", "json").stdout)["paused"] is False
+
+    assert json.loads(cli("task", "cancel", tid, "-o", "json").stdout)["status"] == "cancelled"
+    cli("task", "rm", tid, "--yes")
+    gone = cli("task", "show", tid, check=False)
+    assert gone.returncode == 1 and "no task" in gone.stderr
+
+
+def test_cli_bad_input_is_one_red_line_and_exit_1(prefect_server: Any) -> None:
+    proc = cli("task", "create", "bad", "--handler", "demo", "--every", "1h", "--retries", "-3", check=False)
+    assert proc.returncode == 1
+    assert "retryPolicy.maxRetries" in proc.stderr and "Traceback" not in proc.stderr
+    proc = cli("task", "create", "Unknown Thing", check=False)
+    assert proc.returncode == 1 and "available: cleanup, data-sync, demo" in " ".join(proc.stderr.split())
+
+
+def test_cli_reports_an_unreachable_server(tmp_path: Path) -> None:
+    env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    proc = subprocess.run([BGTASKS, "task", "ls"], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 1 and "bgtasks up" in proc.stderr
