@@ -47,8 +47,12 @@ class ServerHandle:
 
     def start(self) -> None:
         self.part.start(self.stack.env, self.settings.home)
-        wait_until(lambda: server_healthy(self.settings.api_url), 180, "prefect server", self.part.alive)
-        asyncio.run(self.stack._ensure_pool())
+        try:
+            wait_until(lambda: server_healthy(self.settings.api_url), 180, "prefect server", self.part.alive)
+            asyncio.run(self.stack._ensure_pool())
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         self.part.stop((signal.SIGTERM,), grace_s=20)
@@ -83,7 +87,11 @@ class WorkerHandle:
 
     def start(self) -> None:
         self.part.start(self.stack.env, self.stack.settings.home)
-        wait_until(lambda: asyncio.run(self.stack._worker_registered()), 90, "worker", self.part.alive)
+        try:
+            wait_until(lambda: asyncio.run(self.stack._worker_registered()), 90, "worker", self.part.alive)
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         self.part.stop((signal.SIGINT, signal.SIGINT), grace_s=10)

@@ -68,3 +68,12 @@ def up(
         stack.stop()
     cli.console.print("bgtasks stopped.")
     return code
+
+
+def env(*, shell: bool = True) -> None:
+    """Print the Prefect environment of this bgtasks (for `prefect deploy`, `prefect worker start`)."""
+    from bgtasks import cli
+
+    s = cli.settings()
+    for key, value in sorted(s.prefect_env().items()):
+        print(f"export {key}={value!s}" if shell else f"{key}={value}")
