@@ -155,3 +155,22 @@ async def test_paused_one_time_task_waits_and_runs_after_resume(manager: Any) ->
     assert resumed.next_run is not None
     [run] = await _finished(manager, task.id)
     assert run.result.success
+
+
+async def test_cleanup_deletes_completed_runs_older_than_n_days(manager: Any, client: Any) -> None:
+    demo = await manager.create(
+        {"name": "to-clean", "handler": "demo", "schedule": {"type": "periodic", "interval": 3_600_000,
+                                                            "startTime": (datetime.now(UTC) + timedelta(days=1)).isoformat()}}
+    )
+    old_run = (await manager.wait_for_run(await manager.run_now(demo.id), timeout_s=120)).run_id
+    cleanup = await manager.create(
+        {"name": "cleanup-now", "handler": "cleanup", "schedule": {"type": "one-time"}, "data": {"olderThanDays": 0}}
+    )
+    [run] = await _finished(manager, cleanup.id)
+    assert run.result.success and run.result.data["deleted"] >= 1
+    from prefect.exceptions import ObjectNotFound
+
+    with pytest.raises(ObjectNotFound):
+        await client.read_flow_run(UUID(old_run))
+    # The cleanup run itself is kept.
+    assert (await manager.get(cleanup.id)).status == TaskStatus.COMPLETED
