@@ -43,11 +43,17 @@ class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BGTASKS_WORKER_", extra="ignore")
 
     pool: str = Field(DEFAULT_POOL, min_length=1, description="Work pool name.")
+    type: str = Field(
+        "bgtasks-warm",
+        pattern=r"^(bgtasks-warm|process)$",
+        description="Worker type: bgtasks' warm worker, or Prefect's stock process worker.",
+    )
     limit: int = Field(
         4, ge=1, le=64, description="Flow runs one worker executes at once (bounded: SQLite locks)."
     )
     query_seconds: float = Field(
-        2.0, gt=0, le=60, description="How often the worker asks the server for due runs."
+        10.0, gt=0, le=60,
+        description="How often the worker polls for due runs (the warm worker is also told by events).",
     )
     prefetch_seconds: float = Field(
         2.0, ge=0, le=60, description="How far ahead of its time a run may be picked up."

@@ -128,7 +128,7 @@ class Stack:
         )
         self.worker = Part(
             "worker",
-            [py, "-m", "prefect", "worker", "start", "--pool", settings.worker.pool, "--type", "process",
+            [py, "-m", "prefect", "worker", "start", "--pool", settings.worker.pool, "--type", settings.worker.type,
              "--limit", str(settings.worker.limit), "--name", f"bgtasks-{os.uname().nodename}-{os.getpid()}"],
             logs / "worker.log",
         )
@@ -165,7 +165,7 @@ class Stack:
         from deployments.pool import ensure_pool
 
         async with get_client() as client:
-            await ensure_pool(client, self.settings.worker.pool)
+            await ensure_pool(client, self.settings.worker.pool, self.settings.worker.type)
 
     async def _worker_registered(self) -> bool:
         from prefect.client.orchestration import get_client

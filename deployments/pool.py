@@ -24,7 +24,11 @@ ENGINE_COMMAND = "python -m prefect.engine"
 
 
 def process_job_template() -> dict[str, Any]:
-    """Prefect's process worker template with the engine command as the default."""
+    """Prefect's process worker template with the engine command as the default.
+
+    The warm worker takes the same job variables (env, working_dir...); it
+    ignores ``command`` since it forks instead of starting one.
+    """
     from prefect.workers.process import ProcessWorker
 
     template = ProcessWorker.get_default_base_job_template()
@@ -32,19 +36,23 @@ def process_job_template() -> dict[str, Any]:
     return template
 
 
-async def ensure_pool(client: PrefectClient, pool: str, pool_type: str = "process") -> None:
-    """Create the pool and its three priority queues if missing; fix their priorities."""
+async def ensure_pool(client: PrefectClient, pool: str, pool_type: str = "bgtasks-warm") -> None:
+    """Create the pool and its three priority queues if missing; fix their priorities.
+
+    An existing pool keeps its type: Prefect cannot change it, and both worker
+    types run the same job template (a mismatch only makes Prefect log a warning).
+    """
     try:
         await client.read_work_pool(pool)
     except ObjectNotFound:
-        template = process_job_template() if pool_type == "process" else None
+        template = process_job_template()
         try:
             await client.create_work_pool(
                 WorkPoolCreate(
                     name=pool,
                     type=pool_type,
                     description="bgtasks: background tasks by priority (high, normal, low)",
-                    base_job_template=template or {},
+                    base_job_template=template,
                 )
             )
         except ObjectAlreadyExists:

@@ -1,0 +1,331 @@
+"""The warm worker: a Prefect worker type (``bgtasks-warm``) that runs each flow run
+in a child forked from a pre-imported parent.
+
+Prefect's ``process`` worker starts a new Python per run, which spends seconds
+importing Prefect before the first line of the handler (../shared/FACTS.md).
+This worker keeps one *zygote* (:mod:`bgtasks.zygote`) that has imported Prefect,
+the flow engine and every handler, and asks it to fork a child per run. The
+child runs the same engine steps as ``python -m prefect.engine``.
+
+Everything else is Prefect's own machinery, reused as the process worker uses it:
+
+- ``BaseWorker`` polls the pool's queues by priority, honours the pool, queue
+  and ``--limit`` concurrency, proposes Pending and reports a non-zero exit as
+  Crashed;
+- one long-lived ``FlowRunExecutorContext`` (the process worker makes one per
+  run) supervises the children: cancellation of a running run through the
+  control channel, then SIGTERM to the child's process group and SIGKILL after a
+  grace, crash reporting when a child dies without a final state.
+
+Being told instead of polling: the worker subscribes to the server's event
+stream for flow runs entering ``Scheduled`` in its pool and polls at once (or at
+the run's scheduled time); the periodic poll stays as a safety net.
+
+Start it with ``prefect worker start --pool background-tasks --type bgtasks-warm``
+(``bgtasks up`` does). Prefect finds the type through the ``prefect.collections``
+entry point of the bgtasks distribution.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import anyio.abc
+from prefect.client.schemas.objects import FlowRun
+from prefect.flows import load_flow_from_flow_run
+from prefect.runner._flow_run_executor import FlowRunExecutionResult, FlowRunExecutorContext
+from prefect.runner._process_manager import ProcessHandle, create_isolated_termination_scope
+from prefect.settings import get_current_settings
+from prefect.workers.process import (
+    ProcessJobConfiguration,
+    ProcessVariables,
+    ProcessWorker,
+    ProcessWorkerResult,
+)
+
+WORKER_TYPE = "bgtasks-warm"
+
+
+class ZygoteGone(RuntimeError):
+    """The zygote exited; it is restarted for the next run."""
+
+
+class _ForkedProcess:
+    """What ``ProcessHandle`` needs of a process: its pid and, once reaped, its exit code."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+
+class ZygoteClient:
+    """Owns the zygote process: starts it, sends run requests, collects exits."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        self._env = env
+        self._proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._spawned: dict[str, asyncio.Future[int]] = {}
+        self._exits: dict[int, asyncio.Future[int]] = {}
+        self._early_exits: dict[int, int] = {}
+        self._lock = asyncio.Lock()
+        self.ready = asyncio.Event()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    async def start(self) -> None:
+        self.ready = asyncio.Event()
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bgtasks.zygote",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            env=self._env, limit=1 << 20,
+        )
+        self._reader = asyncio.create_task(self._read(self._proc))
+        await asyncio.wait_for(self.ready.wait(), timeout=120)
+
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        while line := await proc.stdout.readline():
+            msg = json.loads(line)
+            if msg["op"] == "ready":
+                self.ready.set()
+            elif msg["op"] == "spawned":
+                fut = self._spawned.pop(msg["req"], None)
+                if fut and not fut.done():
+                    fut.set_result(msg["pid"])
+            elif msg["op"] == "exited":
+                fut = self._exits.pop(msg["pid"], None)
+                if fut and not fut.done():
+                    fut.set_result(msg["code"])
+                else:
+                    self._early_exits[msg["pid"]] = msg["code"]
+        # The zygote is gone: its orphaned children can no longer be reaped by it.
+        for fut in self._spawned.values():
+            if not fut.done():
+                fut.set_exception(ZygoteGone("the zygote exited before starting the run"))
+        self._spawned.clear()
+        for pid, fut in list(self._exits.items()):
+            asyncio.create_task(self._await_orphan(pid, fut))
+        self._exits.clear()
+
+    @staticmethod
+    async def _await_orphan(pid: int, fut: asyncio.Future[int]) -> None:
+        """A child whose zygote died: wait until it is gone; its exit code is unknown."""
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            await asyncio.sleep(0.5)
+        if not fut.done():
+            fut.set_result(-1)
+
+    async def spawn(self, flow_run_id: str, env: dict[str, str]) -> tuple[int, asyncio.Future[int]]:
+        """Fork a child for the run: ``(pid, future of its exit code)``."""
+        async with self._lock:
+            if self._proc is None or self._proc.returncode is not None:
+                await self.start()
+            assert self._proc is not None and self._proc.stdin is not None
+            req = uuid.uuid4().hex
+            spawned: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            self._spawned[req] = spawned
+            line = json.dumps({"op": "run", "req": req, "flow_run_id": flow_run_id, "env": env})
+            self._proc.stdin.write(line.encode() + b"\n")
+            await self._proc.stdin.drain()
+            pid = await spawned
+            exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            if pid in self._early_exits:
+                exited.set_result(self._early_exits.pop(pid))
+            else:
+                self._exits[pid] = exited
+            return pid, exited
+
+    async def stop(self) -> None:
+        """Close the request pipe; the zygote exits, running children finish on their own."""
+        if self._proc is None:
+            return
+        if self._proc.stdin is not None:
+            self._proc.stdin.close()
+        try:
+            await asyncio.wait_for(self._proc.wait(), timeout=10)
+        except TimeoutError:
+            self._proc.kill()
+            await self._proc.wait()
+        if self._reader is not None:
+            await self._reader
+
+    async def __aenter__(self) -> ZygoteClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+class ZygoteStarter:
+    """A ``ProcessStarter`` (Prefect's runner protocol) that forks from the zygote.
+
+    Builds the child's environment as ``EngineCommandStarter`` does: the job's
+    env, the flow run id, the control channel's port and token (so a cancel
+    reaches the engine as an intent before any signal).
+    """
+
+    def __init__(self, zygote: ZygoteClient, env: dict[str, str | None], control_channel: Any) -> None:
+        self._zygote = zygote
+        self._env = env
+        self._control_channel = control_channel
+
+    async def start(
+        self, flow_run: FlowRun, task_status: anyio.abc.TaskStatus[ProcessHandle] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        env = {k: v for k, v in self._env.items() if v is not None}
+        if self._control_channel is not None:
+            try:
+                port, token = self._control_channel.register(flow_run.id)
+                env["PREFECT__CONTROL_PORT"] = str(port)
+                env["PREFECT__CONTROL_TOKEN"] = token
+            except RuntimeError:
+                pass  # no channel: cancellation falls back to signals
+        env["PREFECT__ENABLE_CANCELLATION_AND_CRASHED_HOOKS"] = "false"
+        pid, exited = await self._zygote.spawn(str(flow_run.id), env)
+        process = _ForkedProcess(pid)
+        # The child called setsid(): its pid is its process group.
+        task_status.started(ProcessHandle(process, termination_scope=create_isolated_termination_scope(pid)))
+        process.returncode = await exited
+
+
+class WarmWorker(ProcessWorker):
+    """Runs flow runs in children forked from a warm, pre-imported parent."""
+
+    type = WORKER_TYPE
+    job_configuration = ProcessJobConfiguration
+    job_configuration_variables = ProcessVariables
+    _description = (
+        "bgtasks warm worker: runs each flow run in a process forked from a parent that "
+        "has Prefect and the handlers already imported (milliseconds to start, not seconds)."
+    )
+    _display_name = "bgtasks warm"
+    _documentation_url = "https://github.com/bgtasks/bgtasks#performance"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._zygote: ZygoteClient | None = None
+        self._ctx: FlowRunExecutorContext | None = None
+        self._wake_scope: anyio.CancelScope | None = None
+        self._poll_lock = asyncio.Lock()
+        self._poll_again = False
+
+    async def setup(self) -> None:
+        # Entered before BaseWorker's own contexts, so they close after the
+        # runs task group has drained: in-flight runs keep their supervisor.
+        self._zygote = await self._exit_stack.enter_async_context(ZygoteClient())
+        self._ctx = await self._exit_stack.enter_async_context(FlowRunExecutorContext())
+        await super().setup()
+        wake_group = await self._exit_stack.enter_async_context(anyio.create_task_group())
+        self._wake_scope = wake_group.cancel_scope
+        wake_group.start_soon(self._listen_for_runs)
+
+    async def teardown(self, *exc_info: Any) -> None:
+        if self._wake_scope is not None:
+            self._wake_scope.cancel()
+        await super().teardown(*exc_info)
+
+    # ---- being told ------------------------------------------------------------
+
+    async def _listen_for_runs(self) -> None:
+        """Poll as soon as a run of this pool is scheduled (or at its time)."""
+        from prefect.events.clients import get_events_subscriber
+        from prefect.events.filters import EventFilter, EventNameFilter
+
+        flt = EventFilter(event=EventNameFilter(name=["prefect.flow-run.Scheduled"]))
+        while True:
+            try:
+                async with get_events_subscriber(filter=flt, reconnection_attempts=10) as sub:
+                    async for event in sub:
+                        if self._is_ours(event):
+                            self._wake_at(_scheduled_time(event))
+            except Exception as exc:  # the safety-net poll keeps working meanwhile
+                self._logger.debug("Event stream interrupted (%s); reconnecting", exc)
+                await anyio.sleep(2)
+
+    def _is_ours(self, event: Any) -> bool:
+        pool = self._work_pool
+        if pool is None:
+            return True
+        wanted = f"prefect.work-pool.{pool.id}"
+        return any(r.id == wanted for r in event.related)
+
+    def _wake_at(self, when: datetime | None) -> None:
+        delay = 0.0
+        if when is not None:
+            prefetch = get_current_settings().worker.prefetch_seconds
+            delay = max(0.0, (when - datetime.now(UTC)).total_seconds() - prefetch)
+        if self._runs_task_group is not None:
+            self._runs_task_group.start_soon(self._poll_after, delay)
+
+    async def _poll_after(self, delay: float) -> None:
+        if delay:
+            await anyio.sleep(delay)
+        if self._poll_lock.locked():
+            self._poll_again = True
+            return
+        async with self._poll_lock:
+            while True:
+                self._poll_again = False
+                try:
+                    await self.get_and_submit_flow_runs()
+                except Exception:
+                    self._logger.exception("Polling for flow runs failed")
+                if not self._poll_again:
+                    return
+
+    # ---- running -----------------------------------------------------------------
+
+    async def run(
+        self,
+        flow_run: FlowRun,
+        configuration: ProcessJobConfiguration,
+        task_status: anyio.abc.TaskStatus[int] | None = None,
+    ) -> ProcessWorkerResult:
+        if task_status is None:
+            task_status = anyio.TASK_STATUS_IGNORED
+        assert self._ctx is not None and self._zygote is not None
+        starter = ZygoteStarter(self._zygote, dict(configuration.env), self._ctx.control_channel)
+        executor = self._ctx.create_executor(
+            flow_run, starter, resolve_flow=load_flow_from_flow_run, propose_submitting=False
+        )
+        execution: FlowRunExecutionResult | None = None
+
+        async def execute(*, task_status: anyio.abc.TaskStatus[ProcessHandle] = anyio.TASK_STATUS_IGNORED) -> None:
+            nonlocal execution
+            execution = await executor.submit(task_status=task_status)
+
+        async with anyio.create_task_group() as tg:
+            handle = await tg.start(execute)
+            if handle is None or handle.pid is None:
+                raise RuntimeError("Flow run process has no PID")
+            task_status.started(handle.pid)
+        if execution is None or execution.status_code is None:
+            # Crash already reported by the executor (or the run never started).
+            return ProcessWorkerResult(status_code=0, identifier=str(handle.pid))
+        return ProcessWorkerResult(status_code=execution.status_code, identifier=str(execution.handle.pid))
+
+
+def _scheduled_time(event: Any) -> datetime | None:
+    try:
+        raw = event.payload["validated_state"]["state_details"]["scheduled_time"]
+    except (KeyError, TypeError):
+        return None
+    if not raw:
+        return None
+    t = datetime.fromisoformat(str(raw).replace("Z", "+00:00"))
+    return t if t.tzinfo else t.replace(tzinfo=UTC)

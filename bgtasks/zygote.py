@@ -1,0 +1,193 @@
+"""The warm worker's zygote: a pre-imported parent that forks one child per flow run.
+
+Started by :class:`bgtasks.warm_worker.WarmWorker` as ``python -m bgtasks.zygote``.
+It imports Prefect, its flow engine and every registered handler once, starts no
+thread, then serves requests from the worker, one JSON object a line:
+
+- stdin  ``{"op": "run", "req": ID, "flow_run_id": UUID, "env": {...}}``
+- stdout ``{"op": "spawned", "req": ID, "pid": PID}`` once the child exists,
+  ``{"op": "exited", "pid": PID, "code": N}`` when it has been reaped
+  (``N < 0``: killed by signal ``-N``), ``{"op": "ready"}`` once at start.
+
+Each child is a copy of the warm parent: it starts its own session (so the
+worker can signal the whole group), points stdin at /dev/null and stdout at the
+worker's log, applies the run's environment, runs the same steps as
+``python -m prefect.engine`` and always leaves with ``os._exit``. A child that
+crashes, leaks or calls ``os._exit`` takes only itself down.
+
+The zygote never talks to the Prefect API: the worker process owns the client
+and the states (../shared/FACTS.md, "Fork safety").
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import sys
+import threading
+import traceback
+from typing import Any
+
+
+def preload() -> list[str]:
+    """Import what every run needs; the handlers that failed to import."""
+    import prefect.engine  # noqa: F401
+    import prefect.flow_engine  # noqa: F401
+    from prefect._internal.metrics import RunMetrics  # noqa: F401
+    from prefect.utilities.importtools import import_object
+
+    from flows import available_handlers
+
+    failed = []
+    for name, entrypoint in available_handlers().items():
+        try:
+            import_object(entrypoint)
+        except Exception as exc:  # a broken handler must not stop the others
+            failed.append(f"{name}: {exc}")
+    return failed
+
+
+def _exit_code(exc: SystemExit) -> int:
+    if exc.code is None:
+        return 0
+    return exc.code if isinstance(exc.code, int) else 1
+
+
+def run_child(flow_run_id: str, env: dict[str, str]) -> None:
+    """In the forked child: run the flow run as ``prefect.engine`` would, then ``os._exit``."""
+    code = 1
+    try:
+        os.setsid()
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.set_wakeup_fd(-1)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        os.dup2(2, 1)  # prints go to the worker's log, never into the zygote's pipe
+        os.environ.update(env)
+        os.environ["PREFECT__FLOW_RUN_ID"] = flow_run_id
+        code = _run_engine(flow_run_id)
+    except SystemExit as exc:
+        code = _exit_code(exc)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        try:
+            threading._shutdown()  # type: ignore[attr-defined]  # let log/event shipping flush
+            import atexit
+
+            atexit._run_exitfuncs()
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def _run_engine(flow_run_id: str) -> int:
+    from uuid import UUID
+
+    from prefect._internal.control_listener import configure_from_env
+    from prefect._internal.metrics import RunMetrics
+    from prefect.engine import _drive_run_flow_result, handle_engine_signals
+    from prefect.flow_engine import flow_run_logger, load_flow, load_flow_run, run_flow
+
+    run_id = UUID(flow_run_id)
+    configure_from_env()
+    try:
+        with handle_engine_signals(run_id):
+            flow_run = load_flow_run(flow_run_id=run_id)
+            run_logger = flow_run_logger(flow_run=flow_run)
+            try:
+                flow = load_flow(flow_run)
+            except Exception:
+                run_logger.error("Unexpected exception encountered when trying to load flow", exc_info=True)
+                raise
+            with RunMetrics(flow_run, flow):
+                result = run_flow(flow, flow_run=flow_run, error_logger=run_logger)
+                _drive_run_flow_result(flow, result)
+    except SystemExit as exc:
+        return _exit_code(exc)
+    return 0
+
+
+class Zygote:
+    """The request loop (single-threaded: selectors over stdin and a SIGCHLD self-pipe)."""
+
+    def __init__(self) -> None:
+        self.out = os.fdopen(os.dup(1), "w", buffering=1)
+        self.buffer = b""
+
+    def send(self, **msg: Any) -> None:
+        self.out.write(json.dumps(msg) + "\n")
+        self.out.flush()
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.send(op="exited", pid=pid, code=os.waitstatus_to_exitcode(status))
+
+    def handle(self, line: bytes, wake_r: int, wake_w: int) -> None:
+        req = json.loads(line)
+        if req.get("op") != "run":
+            return
+        pid = os.fork()
+        if pid == 0:
+            os.close(wake_r)
+            os.close(wake_w)
+            os.close(self.out.fileno())
+            run_child(req["flow_run_id"], req.get("env") or {})
+        self.send(op="spawned", req=req["req"], pid=pid)
+
+    def serve(self) -> None:
+        if threading.active_count() != 1:
+            raise RuntimeError(f"zygote must not run threads before forking ({threading.enumerate()})")
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when we stop
+        sel = selectors.DefaultSelector()
+        sel.register(0, selectors.EVENT_READ, "requests")
+        sel.register(wake_r, selectors.EVENT_READ, "signals")
+        self.send(op="ready")
+        while True:
+            for key, _ in sel.select():
+                if key.data == "signals":
+                    try:
+                        while os.read(wake_r, 512):
+                            pass
+                    except BlockingIOError:
+                        pass
+                    self.reap()
+                    continue
+                chunk = os.read(0, 65536)
+                if not chunk:  # the worker is gone: children finish on their own
+                    self.reap()
+                    return
+                self.buffer += chunk
+                while b"\n" in self.buffer:
+                    line, self.buffer = self.buffer.split(b"\n", 1)
+                    if line.strip():
+                        self.handle(line, wake_r, wake_w)
+            self.reap()
+
+
+def main() -> None:
+    failed = preload()
+    for problem in failed:
+        print(f"bgtasks zygote: handler not preloaded: {problem}", file=sys.stderr)
+    Zygote().serve()
+
+
+if __name__ == "__main__":
+    main()
