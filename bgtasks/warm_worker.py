@@ -51,6 +51,8 @@ from prefect.workers.process import (
 )
 
 WORKER_TYPE = "bgtasks-warm"
+#: How long a deployment's entrypoint is reused without reading the deployment again.
+ENTRYPOINT_CACHE_S = 30.0
 
 
 class ZygoteGone(RuntimeError):
@@ -129,7 +131,9 @@ class ZygoteClient:
         if not fut.done():
             fut.set_result(-1)
 
-    async def spawn(self, flow_run_id: str, env: dict[str, str]) -> tuple[int, asyncio.Future[int]]:
+    async def spawn(
+        self, flow_run_id: str, env: dict[str, str], flow_run_json: str | None = None
+    ) -> tuple[int, asyncio.Future[int]]:
         """Fork a child for the run: ``(pid, future of its exit code)``."""
         async with self._lock:
             if self._proc is None or self._proc.returncode is not None:
@@ -138,7 +142,9 @@ class ZygoteClient:
             req = uuid.uuid4().hex
             spawned: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             self._spawned[req] = spawned
-            line = json.dumps({"op": "run", "req": req, "flow_run_id": flow_run_id, "env": env})
+            line = json.dumps(
+                {"op": "run", "req": req, "flow_run_id": flow_run_id, "env": env, "flow_run": flow_run_json}
+            )
             self._proc.stdin.write(line.encode() + b"\n")
             await self._proc.stdin.drain()
             pid = await spawned
@@ -179,10 +185,13 @@ class ZygoteStarter:
     reaches the engine as an intent before any signal).
     """
 
-    def __init__(self, zygote: ZygoteClient, env: dict[str, str | None], control_channel: Any) -> None:
+    def __init__(
+        self, zygote: ZygoteClient, env: dict[str, str | None], control_channel: Any, entrypoint: str | None = None
+    ) -> None:
         self._zygote = zygote
         self._env = env
         self._control_channel = control_channel
+        self._entrypoint = entrypoint
 
     async def start(
         self, flow_run: FlowRun, task_status: anyio.abc.TaskStatus[ProcessHandle] = anyio.TASK_STATUS_IGNORED
@@ -196,7 +205,9 @@ class ZygoteStarter:
             except RuntimeError:
                 pass  # no channel: cancellation falls back to signals
         env["PREFECT__ENABLE_CANCELLATION_AND_CRASHED_HOOKS"] = "false"
-        pid, exited = await self._zygote.spawn(str(flow_run.id), env)
+        if self._entrypoint:
+            env["PREFECT__FLOW_ENTRYPOINT"] = self._entrypoint
+        pid, exited = await self._zygote.spawn(str(flow_run.id), env, flow_run.model_dump_json())
         process = _ForkedProcess(pid)
         # The child called setsid(): its pid is its process group.
         task_status.started(ProcessHandle(process, termination_scope=create_isolated_termination_scope(pid)))
@@ -222,6 +233,7 @@ class WarmWorker(ProcessWorker):
         self._ctx: FlowRunExecutorContext | None = None
         self._wake_scope: anyio.CancelScope | None = None
         self._poll_lock = asyncio.Lock()
+        self._entrypoints: dict[Any, tuple[float, str | None]] = {}
         self._poll_again = False
 
     async def setup(self) -> None:
@@ -290,6 +302,28 @@ class WarmWorker(ProcessWorker):
 
     # ---- running -----------------------------------------------------------------
 
+    async def _entrypoint_of(self, flow_run: FlowRun) -> str | None:
+        """The deployment's module-path entrypoint, when the child may import it directly.
+
+        Only for deployments without pull steps and with a module path
+        (``flows.demo.demo``): then loading the flow is an import, already done
+        in the zygote, and the child skips reading the deployment again.
+        Cached for ``ENTRYPOINT_CACHE_S``: a re-deployment is seen that late.
+        """
+        if flow_run.deployment_id is None:
+            return None
+        now = asyncio.get_running_loop().time()
+        cached = self._entrypoints.get(flow_run.deployment_id)
+        if cached is not None and now - cached[0] < ENTRYPOINT_CACHE_S:
+            return cached[1]
+        dep = await self.client.read_deployment(flow_run.deployment_id)
+        entry = dep.entrypoint if dep.entrypoint and ":" not in dep.entrypoint and not dep.pull_steps else None
+        if entry is not None:
+            module, _, attr = entry.rpartition(".")
+            entry = f"{module}:{attr}"
+        self._entrypoints[flow_run.deployment_id] = (now, entry)
+        return entry
+
     async def run(
         self,
         flow_run: FlowRun,
@@ -299,7 +333,9 @@ class WarmWorker(ProcessWorker):
         if task_status is None:
             task_status = anyio.TASK_STATUS_IGNORED
         assert self._ctx is not None and self._zygote is not None
-        starter = ZygoteStarter(self._zygote, dict(configuration.env), self._ctx.control_channel)
+        starter = ZygoteStarter(
+            self._zygote, dict(configuration.env), self._ctx.control_channel, await self._entrypoint_of(flow_run)
+        )
         executor = self._ctx.create_executor(
             flow_run, starter, resolve_flow=load_flow_from_flow_run, propose_submitting=False
         )

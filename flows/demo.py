@@ -11,6 +11,8 @@
   would, so only a process-level timeout can stop it;
 - ``recordTo``: append one JSON line per attempt (``attempt``, ``pid``, ``at``)
   to this file, so a demo can show when and where each attempt ran;
+- ``exitCode``: end the run's process at once with ``os._exit(exitCode)``, as a
+  crashing native library would (the run ends Crashed);
 - ``message``: echoed in the result.
 
 Returns ``{"message", "timestamp", "attempt"}`` like the spec's demo task.
@@ -47,6 +49,8 @@ def demo(data: Any = None) -> dict[str, Any]:
         with open(opts["recordTo"], "a", encoding="utf-8") as fh:
             line = {"attempt": attempt, "pid": os.getpid(), "at": datetime.now(UTC).isoformat()}
             fh.write(json.dumps(line) + "\n")
+    if opts.get("exitCode") is not None:
+        os._exit(int(opts["exitCode"]))
     sleep_s = float(opts.get("sleepSeconds", 0))
     if sleep_s > 0:
         if opts.get("blockSignals"):
