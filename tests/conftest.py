@@ -33,7 +33,6 @@ for _k in [k for k in os.environ if k.startswith("PREFECT_")]:
 from bgtasks.settings import load_settings  # noqa: E402
 
 os.environ.update(load_settings().prefect_env())
-os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
 
 pytest_plugins = ["tests.fixtures"]
 

@@ -1,0 +1,85 @@
+"""The warm worker (`bgtasks-warm`): Prefect features through forked children, isolation, the stock worker kept."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+from bgtasks.models import TaskStatus
+from tests.fixtures import records, wait_for
+
+pytestmark = pytest.mark.integration
+
+ONCE = {"type": "one-time"}
+
+
+def test_prefect_knows_the_worker_type() -> None:
+    from prefect.workers.base import BaseWorker
+
+    from bgtasks.warm_worker import WarmWorker
+
+    assert BaseWorker.get_worker_class_from_type("bgtasks-warm") is WarmWorker
+
+
+async def _state(client: Any, run_id: str, *types: str) -> Any:
+    async def check() -> Any:
+        run = await client.read_flow_run(UUID(run_id))
+        return run if run.state.type.value in types else None
+
+    return await wait_for(check, 120, f"run {run_id} to reach {types}")
+
+
+@pytest.mark.usefixtures("worker")
+async def test_run_completes_with_result_and_logs(manager: Any, client: Any, settings: Any) -> None:
+    assert settings.worker.type == "bgtasks-warm"
+    task = await manager.create({"name": "warm-ok", "handler": "demo", "schedule": {**ONCE, "startTime": "2099-01-01T00:00:00Z"},
+                                 "data": {"message": "from a fork"}})
+    run_id = await manager.run_now(task.id)
+    result = await manager.wait_for_run(run_id, timeout_s=120)
+    assert result.success and result.data["message"] == "from a fork"
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    async def logs() -> Any:
+        got = await client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=[UUID(run_id)])))
+        return got if any("Finished in state Completed" in log.message for log in got) else None
+
+    await wait_for(logs, 60, "the run's logs in the API")
+    run = await client.read_flow_run(UUID(run_id))
+    assert run.infrastructure_pid  # the forked child's pid, for cancellation
+
+
+@pytest.mark.usefixtures("worker")
+@pytest.mark.parametrize("how", ["os._exit", "SIGKILL"])
+async def test_a_dying_run_ends_crashed_and_the_worker_serves_the_next(
+    manager: Any, client: Any, tmp_path: Path, how: str
+) -> None:
+    rec = tmp_path / "rec"
+    data = {"exitCode": 3} if how == "os._exit" else {"sleepSeconds": 600, "recordTo": str(rec)}
+    task = await manager.create({"name": f"dies-{how}", "handler": "demo", "schedule": ONCE, "data": data})
+    if how == "SIGKILL":
+        [attempt] = await wait_for(lambda: _ready(records(rec)), 120, "the handler to start")
+        os.kill(attempt["pid"], signal.SIGKILL)
+
+    t = await _finished(manager, task.id)
+    assert t.status == TaskStatus.FAILED and t.result.state == "Crashed"
+    assert ("3" in t.result.error) if how == "os._exit" else ("-9" in t.result.error or "SIGKILL" in t.result.error)
+
+    after = await manager.create({"name": f"after-{how}", "handler": "demo", "schedule": ONCE})
+    assert (await _finished(manager, after.id)).result.success
+
+
+async def _ready(value: Any) -> Any:
+    return value
+
+
+async def _finished(manager: Any, task_id: str) -> Any:
+    async def check() -> Any:
+        t = await manager.get(task_id)
+        return t if t.result is not None else None
+
+    return await wait_for(check, 120, f"task {task_id} to finish")
