@@ -18,8 +18,9 @@ Everything else is Prefect's own machinery, reused as the process worker uses it
   grace, crash reporting when a child dies without a final state.
 
 Being told instead of polling: the worker subscribes to the server's event
-stream for flow runs entering ``Scheduled`` in its pool and polls at once (or at
-the run's scheduled time); the periodic poll stays as a safety net.
+stream for flow runs entering ``Scheduled`` in its pool and polls at once, or at
+the run's scheduled time (one timer over a heap of due times); the periodic
+poll (``PREFECT_WORKER_QUERY_SECONDS``) stays as a safety net.
 
 Start it with ``prefect worker start --pool background-tasks --type bgtasks-warm``
 (``bgtasks up`` does). Prefect finds the type through the ``prefect.collections``
@@ -29,9 +30,11 @@ entry point of the bgtasks distribution.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import os
 import sys
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -53,6 +56,8 @@ from prefect.workers.process import (
 WORKER_TYPE = "bgtasks-warm"
 #: How long a deployment's entrypoint is reused without reading the deployment again.
 ENTRYPOINT_CACHE_S = 30.0
+#: Pending wake-ups kept (a float each); beyond, runs wait for the periodic poll.
+MAX_PENDING_WAKES = 100_000
 
 
 class ZygoteGone(RuntimeError):
@@ -231,10 +236,10 @@ class WarmWorker(ProcessWorker):
         super().__init__(*args, **kwargs)
         self._zygote: ZygoteClient | None = None
         self._ctx: FlowRunExecutorContext | None = None
-        self._wake_scope: anyio.CancelScope | None = None
-        self._poll_lock = asyncio.Lock()
+        self._wake_group: anyio.abc.TaskGroup | None = None
         self._entrypoints: dict[Any, tuple[float, str | None]] = {}
-        self._poll_again = False
+        self._due: list[float] = []  # heap of epoch times to poll at
+        self._due_changed: anyio.Event | None = None
 
     async def setup(self) -> None:
         # Entered before BaseWorker's own contexts, so they close after the
@@ -242,13 +247,16 @@ class WarmWorker(ProcessWorker):
         self._zygote = await self._exit_stack.enter_async_context(ZygoteClient())
         self._ctx = await self._exit_stack.enter_async_context(FlowRunExecutorContext())
         await super().setup()
-        wake_group = await self._exit_stack.enter_async_context(anyio.create_task_group())
-        self._wake_scope = wake_group.cancel_scope
-        wake_group.start_soon(self._listen_for_runs)
+        # Its own task group, cancelled first at teardown: a wake-up timer for a
+        # run due in an hour must not hold the worker's shutdown.
+        self._due_changed = anyio.Event()
+        self._wake_group = await self._exit_stack.enter_async_context(anyio.create_task_group())
+        self._wake_group.start_soon(self._listen_for_runs)
+        self._wake_group.start_soon(self._wake_loop)
 
     async def teardown(self, *exc_info: Any) -> None:
-        if self._wake_scope is not None:
-            self._wake_scope.cancel()
+        if self._wake_group is not None:
+            self._wake_group.cancel_scope.cancel()
         await super().teardown(*exc_info)
 
     # ---- being told ------------------------------------------------------------
@@ -277,28 +285,32 @@ class WarmWorker(ProcessWorker):
         return any(r.id == wanted for r in event.related)
 
     def _wake_at(self, when: datetime | None) -> None:
-        delay = 0.0
+        """Remember to poll at ``when`` (minus the prefetch window), or now."""
+        at = time.time()
         if when is not None:
-            prefetch = get_current_settings().worker.prefetch_seconds
-            delay = max(0.0, (when - datetime.now(UTC)).total_seconds() - prefetch)
-        if self._runs_task_group is not None:
-            self._runs_task_group.start_soon(self._poll_after, delay)
+            at = max(at, when.timestamp() - get_current_settings().worker.prefetch_seconds)
+        if len(self._due) < MAX_PENDING_WAKES:
+            heapq.heappush(self._due, at)
+        if self._due_changed is not None:
+            self._due_changed.set()
 
-    async def _poll_after(self, delay: float) -> None:
-        if delay:
-            await anyio.sleep(delay)
-        if self._poll_lock.locked():
-            self._poll_again = True
-            return
-        async with self._poll_lock:
-            while True:
-                self._poll_again = False
+    async def _wake_loop(self) -> None:
+        """One timer for all wake-ups: sleep until the earliest, poll, repeat."""
+        while True:
+            now = time.time()
+            due = False
+            while self._due and self._due[0] <= now:
+                heapq.heappop(self._due)
+                due = True
+            if due:
                 try:
                     await self.get_and_submit_flow_runs()
                 except Exception:
                     self._logger.exception("Polling for flow runs failed")
-                if not self._poll_again:
-                    return
+                continue
+            changed = self._due_changed = anyio.Event()
+            with anyio.move_on_after(self._due[0] - now if self._due else None):
+                await changed.wait()
 
     # ---- running -----------------------------------------------------------------
 

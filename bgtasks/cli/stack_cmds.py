@@ -52,7 +52,7 @@ def up(
         f"[green]bgtasks is up[/] in {time.monotonic() - started:.1f}s.\n"
         f"  Prefect UI:  [bold]{s.ui_url}[/]\n"
         f"  API:         {s.api_url}\n"
-        f"  Work pool:   {s.worker.pool} (queues high, normal, low; worker limit {s.worker.limit})\n"
+        f"  Work pool:   {s.worker.pool} (queues high, normal, low), {s.worker.type} worker, limit {s.worker.limit}\n"
         f"  Home:        {s.home}\n"
         "Create a task:  bgtasks task create demo --every 1m\n"
         "Press Ctrl-C to stop."
