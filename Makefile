@@ -25,8 +25,11 @@ test: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider tests/unit
 
+## Benchmarks that print numbers (README "Performance"); about 15 minutes.
 bench: $(STAMP)
 	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/worker.py
+	$(BIN)/python bench/worker.py --postgres postgresql://postgres@127.0.0.1:5432
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -174,6 +174,16 @@ def idle(worker: psutil.Process, seconds: float) -> tuple[float, float]:
     return (cpu_s(worker) - c0) / seconds * 100, rss_mib(worker)
 
 
+async def _pg(url: str, sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url.rstrip("/") + "/postgres")
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20, help="sequential run-now latency samples (warm)")
@@ -181,12 +191,21 @@ def main() -> None:
     ap.add_argument("--burst", type=int, default=60, help="runs in the warm worker's throughput burst")
     ap.add_argument("--stock-burst", type=int, default=20, help="runs in the stock worker's burst")
     ap.add_argument("--idle-s", type=float, default=30)
+    ap.add_argument("--postgres", metavar="URL", default=None,
+                    help="run the server on a fresh PostgreSQL database at this server URL "
+                         "(e.g. postgresql://postgres@127.0.0.1:5432); default SQLite")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bgtasks-bench-"))
     os.environ.update({"BGTASKS_HOME": str(tmp), "BGTASKS_SERVER_PORT": str(free_port())})
     for k in [k for k in os.environ if k.startswith("PREFECT_")]:
         del os.environ[k]
+    dbname = None
+    if args.postgres:
+        dbname = f"bgtasks_bench_{os.getpid()}"
+        asyncio.run(_pg(args.postgres, f'CREATE DATABASE "{dbname}"'))
+        base = args.postgres.replace("postgresql://", "postgresql+asyncpg://").rstrip("/")
+        os.environ["BGTASKS_SERVER_DATABASE_URL"] = f"{base}/{dbname}"
     from bgtasks.settings import load_settings
 
     settings = load_settings()
@@ -235,13 +254,19 @@ def main() -> None:
             if lane.worker is not None:
                 lane.worker.stop()
         server.stop()
+        if dbname:
+            asyncio.run(_pg(args.postgres, f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
 
-    print(f"\nWarm worker vs stock process worker, one server (SQLite), {os.cpu_count()} cores, --limit 4 each")
+    db = "PostgreSQL" if args.postgres else "SQLite"
+    print(f"\nWarm worker vs stock process worker, one server ({db}), {os.cpu_count()} cores, --limit 4 each")
     keys = list(rows["warm"])
-    print(f"{'':32} {'bgtasks-warm':>14} {'process (stock)':>16} {'ratio':>8}")
+    print(f"{'':32} {'bgtasks-warm':>14} {'process (stock)':>16} {'better by':>9}")
     for k in keys:
         a, b = rows["warm"][k], rows["process"].get(k, "-")
         ratio = ""
+        if k.startswith(("latency samples", "burst", "idle RSS")):
+            print(f"{k:32} {a:>14} {b:>16}")
+            continue
         try:
             fa, fb = float(a), float(b)
             if k.startswith("throughput"):

@@ -56,6 +56,8 @@ from prefect.workers.process import (
 WORKER_TYPE = "bgtasks-warm"
 #: How long a deployment's entrypoint is reused without reading the deployment again.
 ENTRYPOINT_CACHE_S = 30.0
+#: Shortest gap between two polls triggered by events or finished runs.
+MIN_POLL_INTERVAL_S = 0.5
 #: Pending wake-ups kept (a float each); beyond, runs wait for the periodic poll.
 MAX_PENDING_WAKES = 100_000
 
@@ -240,6 +242,7 @@ class WarmWorker(ProcessWorker):
         self._entrypoints: dict[Any, tuple[float, str | None]] = {}
         self._due: list[float] = []  # heap of epoch times to poll at
         self._due_changed: anyio.Event | None = None
+        self._backlog = False
 
     async def setup(self) -> None:
         # Entered before BaseWorker's own contexts, so they close after the
@@ -295,7 +298,15 @@ class WarmWorker(ProcessWorker):
             self._due_changed.set()
 
     async def _wake_loop(self) -> None:
-        """One timer for all wake-ups: sleep until the earliest, poll, repeat."""
+        """One timer for all wake-ups: sleep until the earliest, poll, repeat.
+
+        Polls are at least ``MIN_POLL_INTERVAL_S`` apart: every poll makes the
+        server mark the pool's queues ready, and on SQLite a burst of those
+        locks the database (measured: 60 s stalls with a poll after every
+        event and every finished run). Wake-ups that come due meanwhile are
+        served by the one poll that follows.
+        """
+        last_poll = 0.0
         while True:
             now = time.time()
             due = False
@@ -303,10 +314,17 @@ class WarmWorker(ProcessWorker):
                 heapq.heappop(self._due)
                 due = True
             if due:
+                wait = last_poll + MIN_POLL_INTERVAL_S - time.monotonic()
+                if wait > 0:
+                    await anyio.sleep(wait)
+                last_poll = time.monotonic()
                 try:
                     await self.get_and_submit_flow_runs()
                 except Exception:
                     self._logger.exception("Polling for flow runs failed")
+                # Every slot taken: runs may be left in the queues, so a finished
+                # run should look for them. Otherwise the queues were drained.
+                self._backlog = self._limiter is not None and self._limiter.available_tokens == 0
                 continue
             changed = self._due_changed = anyio.Event()
             with anyio.move_on_after(self._due[0] - now if self._due else None):
@@ -357,11 +375,17 @@ class WarmWorker(ProcessWorker):
             nonlocal execution
             execution = await executor.submit(task_status=task_status)
 
-        async with anyio.create_task_group() as tg:
-            handle = await tg.start(execute)
-            if handle is None or handle.pid is None:
-                raise RuntimeError("Flow run process has no PID")
-            task_status.started(handle.pid)
+        try:
+            async with anyio.create_task_group() as tg:
+                handle = await tg.start(execute)
+                if handle is None or handle.pid is None:
+                    raise RuntimeError("Flow run process has no PID")
+                task_status.started(handle.pid)
+        finally:
+            # A slot is free again: if runs were left queued, take one now
+            # rather than at the next periodic poll.
+            if self._backlog:
+                self._wake_at(None)
         if execution is None or execution.status_code is None:
             # Crash already reported by the executor (or the run never started).
             return ProcessWorkerResult(status_code=0, identifier=str(handle.pid))
