@@ -232,7 +232,6 @@ class WarmWorker(ProcessWorker):
         "has Prefect and the handlers already imported (milliseconds to start, not seconds)."
     )
     _display_name = "bgtasks warm"
-    _documentation_url = "https://github.com/bgtasks/bgtasks#performance"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
