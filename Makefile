@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test unit bench install clean
+.PHONY: run test unit bench install clean openapi
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/worker.py
 	$(BIN)/python bench/worker.py --postgres postgresql://postgres@127.0.0.1:5432
+
+## Regenerate the committed OpenAPI document of the REST API.
+openapi: $(STAMP)
+	$(BIN)/python -c "import json; from bgtasks.api import create_app; from bgtasks.settings import load_settings; print(json.dumps(create_app(load_settings()).openapi(), indent=2, sort_keys=True))" > docs/openapi.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -34,7 +34,7 @@ def free_port() -> int:
 def time_up(home: Path) -> float:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "BGTASKS_"))}
-    env.update({"BGTASKS_HOME": str(home), "BGTASKS_SERVER_PORT": str(port)})
+    env.update({"BGTASKS_HOME": str(home), "BGTASKS_SERVER_PORT": str(port), "BGTASKS_API_PORT": str(free_port())})
     t0 = time.monotonic()
     p = subprocess.Popen([str(BIN / "bgtasks"), "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -51,6 +51,7 @@ __all__ = [
     "ONE_TIME_GRACE",
     "MAX_RETRIES",
     "describe_errors",
+    "errors_from",
     "field_errors",
 ]
 
@@ -368,9 +369,15 @@ def field_errors(exc: Exception) -> list[dict[str, str]]:
 
     if not isinstance(exc, ValidationError):
         return [{"field": "", "message": str(exc)}]
+    return errors_from(exc.errors())
+
+
+def errors_from(errors: Any, skip: tuple[str, ...] = ()) -> list[dict[str, str]]:
+    """:func:`field_errors` for pydantic's error dicts (as FastAPI hands them over);
+    location parts in ``skip`` (``"body"``) are dropped."""
     out = []
-    for err in exc.errors():
-        loc = [to_camel(p) if isinstance(p, str) else str(p) for p in err["loc"]]
+    for err in errors:
+        loc = [to_camel(p) if isinstance(p, str) else str(p) for p in err["loc"] if p not in skip]
         msg = err["msg"].removeprefix("Value error, ")
         m = re.match(r"^([A-Za-z/]+): (.*)$", msg, re.S)
         if m and err["type"] == "value_error":

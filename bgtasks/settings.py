@@ -60,6 +60,15 @@ class WorkerSettings(BaseSettings):
     )
 
 
+class ApiSettings(BaseSettings):
+    """bgtasks' REST API (``bgtasks api``)."""
+
+    model_config = SettingsConfigDict(env_prefix="BGTASKS_API_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address the API binds (loopback only until auth lands).")
+    port: int = Field(4300, ge=1, le=65535, description="Port of the REST API.")
+
+
 class Settings(BaseSettings):
     """The root of the tree."""
 
@@ -71,6 +80,7 @@ class Settings(BaseSettings):
     )
     server: ServerSettings = Field(default_factory=ServerSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
 
     @property
     def prefect_home(self) -> Path:

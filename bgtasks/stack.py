@@ -1,9 +1,10 @@
-"""The embedded stack behind ``bgtasks up``: Prefect server + UI, and a worker of the pool.
+"""The embedded stack behind ``bgtasks up``: Prefect server + UI, a worker of the pool,
+and bgtasks' REST API.
 
 Each part is a child process of ours, started with the settings' Prefect
 environment, its output in ``<home>/logs/<part>.log``. Start order: server, wait
 until ``/api/health`` answers, create the pool and its queues, worker, wait until
-the worker has registered with the pool. Stop order is the reverse, as
+the worker has registered with the pool, REST API. Stop order is the reverse, as
 ../shared/FACTS.md says: an idle Prefect worker often ignores its first SIGINT,
 so it gets a second one, then SIGKILL after a grace; the server gets SIGTERM.
 """
@@ -105,11 +106,15 @@ def wait_until(check: Callable[[], bool], timeout_s: float, what: str, alive: Ca
     raise StackError(f"{what} was not ready after {timeout_s:g}s")
 
 
-def server_healthy(api_url: str) -> bool:
+def _healthy(url: str) -> bool:
     try:
-        return httpx.get(f"{api_url}/health", timeout=2).status_code == 200
+        return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def server_healthy(api_url: str) -> bool:
+    return _healthy(f"{api_url}/health")
 
 
 class Stack:
@@ -132,8 +137,13 @@ class Stack:
              "--limit", str(settings.worker.limit), "--name", f"bgtasks-{os.uname().nodename}-{os.getpid()}"],
             logs / "worker.log",
         )
+        self.api = Part(
+            "api",
+            [str(Path(py).parent / "bgtasks"), "api", "--host", settings.api.host, "--port", str(settings.api.port)],
+            logs / "api.log",
+        )
         self.with_server = with_server and not settings.server.api_url
-        self.parts = [p for p in (self.server if self.with_server else None, self.worker) if p]
+        self.parts = [p for p in (self.server if self.with_server else None, self.worker, self.api) if p]
 
     def start(self, progress: Callable[[str], None] = lambda s: None) -> None:
         s = self.settings
@@ -155,6 +165,10 @@ class Stack:
             self.worker.start(self.env, s.home)
             wait_until(lambda: asyncio.run(self._worker_registered()), 60,
                        f"the worker (log: {self.worker.log_path})", self.worker.alive)
+            progress("starting the REST API")
+            self.api.start(self.env, s.home)
+            wait_until(lambda: _healthy(f"{self.api_url}/health"), 60,
+                       f"the REST API (log: {self.api.log_path})", self.api.alive)
         except BaseException:
             self.stop()
             raise
@@ -174,11 +188,16 @@ class Stack:
             workers = await client.read_workers_for_work_pool(self.settings.worker.pool)
         return any(w.name == self.worker.argv[-1] for w in workers)
 
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.settings.api.host}:{self.settings.api.port}"
+
     def dead_part(self) -> Part | None:
         return next((p for p in self.parts if p.proc is not None and not p.alive()), None)
 
     def stop(self) -> None:
-        """Worker first (SIGINT twice, as FACTS.md says), then the server."""
+        """API and worker first (the worker gets SIGINT twice, as FACTS.md says), then the server."""
+        self.api.stop((signal.SIGINT, signal.SIGTERM), grace_s=10)
         self.worker.stop((signal.SIGINT, signal.SIGINT), grace_s=10)
         if self.with_server:
             self.server.stop((signal.SIGTERM,), grace_s=20)

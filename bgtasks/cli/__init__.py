@@ -59,6 +59,7 @@ from bgtasks.cli import stack_cmds, task_cmds  # noqa: E402  (registers the comm
 app.command(task_cmds.task_app)
 app.command(stack_cmds.up)
 app.command(stack_cmds.env)
+app.command(stack_cmds.api)
 
 
 def main(argv: list[str] | None = None) -> int:

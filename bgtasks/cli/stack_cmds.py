@@ -13,9 +13,10 @@ from cyclopts import Parameter
 def up(
     *,
     port: Annotated[int | None, Parameter(help="Port of the Prefect server and UI (default 4200).")] = None,
+    api_port: Annotated[int | None, Parameter(help="Port of bgtasks' REST API (default 4300).")] = None,
     database: Annotated[str | None, Parameter(help="Prefect database URL (default: SQLite under the bgtasks home).")] = None,
 ) -> int:
-    """Start the Prefect server + UI and a worker of the background-tasks pool; Ctrl-C stops them."""
+    """Start the Prefect server + UI, a worker of the background-tasks pool and the REST API; Ctrl-C stops them."""
     from bgtasks import cli
     from bgtasks.settings import load_settings
 
@@ -24,6 +25,8 @@ def up(
         base.server.port = port
     if database is not None:
         base.server.database_url = database
+    if api_port is not None:
+        base.api.port = api_port
     cli._settings = None
     import os
 
@@ -51,7 +54,8 @@ def up(
     cli.console.print(
         f"[green]bgtasks is up[/] in {time.monotonic() - started:.1f}s.\n"
         f"  Prefect UI:  [bold]{s.ui_url}[/]\n"
-        f"  API:         {s.api_url}\n"
+        f"  Prefect API: {s.api_url}\n"
+        f"  REST API:    {stack.api_url} (OpenAPI at /docs)\n"
         f"  Work pool:   {s.worker.pool} (queues high, normal, low), {s.worker.type} worker, limit {s.worker.limit}\n"
         f"  Home:        {s.home}\n"
         "Create a task:  bgtasks task create demo --every 1m\n"
@@ -77,3 +81,22 @@ def env(*, shell: bool = True) -> None:
     s = cli.settings()
     for key, value in sorted(s.prefect_env().items()):
         print(f"export {key}={value!s}" if shell else f"{key}={value}")
+
+
+def api(*, host: str | None = None, port: int | None = None) -> int:
+    """Serve bgtasks' REST API (the spec's JSON shapes) against the Prefect API."""
+    from bgtasks import cli
+    from bgtasks.api.app import is_loopback
+
+    s = cli.settings()
+    host = host or s.api.host
+    port = port or s.api.port
+    if not is_loopback(host):
+        cli.fail(f"--host {host}: the API has no authentication yet and binds only to loopback (127.0.0.1)")
+    import uvicorn
+
+    from bgtasks.api import create_app
+
+    cli.console.print(f"bgtasks API on http://{host}:{port} (OpenAPI: /docs), Prefect API {s.api_url}")
+    uvicorn.run(create_app(s), host=host, port=port, log_level="warning")
+    return 0

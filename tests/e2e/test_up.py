@@ -53,16 +53,17 @@ def _wait_line(q: queue.Queue[str], needle: str, timeout_s: float) -> list[str]:
 
 
 def test_bgtasks_up_serves_the_ui_runs_a_task_and_stops_cleanly(tmp_path: Path) -> None:
-    port = free_port()
+    port, api_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "BGTASKS_"))}
-    env.update({"BGTASKS_HOME": str(tmp_path / "home"), "BGTASKS_SERVER_PORT": str(port), "COLUMNS": "200"})
+    env.update({"BGTASKS_HOME": str(tmp_path / "home"), "BGTASKS_SERVER_PORT": str(port),
+                "BGTASKS_API_PORT": str(api_port), "COLUMNS": "200"})
     up = subprocess.Popen([str(BIN / "bgtasks"), "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     children: list[psutil.Process] = []
     try:
         out = _wait_line(_lines(up), "Press Ctrl-C to stop", 240)
         assert any(f"http://127.0.0.1:{port}" in line for line in out)
         children = psutil.Process(up.pid).children(recursive=True)
-        assert len(children) >= 2  # server and worker
+        assert len(children) >= 3  # server, worker (and its zygote), REST API
 
         ui = httpx.get(f"http://127.0.0.1:{port}/", timeout=30)
         assert ui.status_code == 200 and "<html" in ui.text.lower()
@@ -79,6 +80,8 @@ def test_bgtasks_up_serves_the_ui_runs_a_task_and_stops_cleanly(tmp_path: Path) 
                               "--start", "2099-01-01T00:00:00Z", "-o", "json"))
         ran = json.loads(cli("task", "run", task["id"], "--wait", "-o", "json"))
         assert ran["result"]["success"]
+        via_api = httpx.get(f"http://127.0.0.1:{api_port}/tasks/{task['id']}", timeout=30).json()
+        assert via_api["status"] == "completed" and via_api["result"]["success"]
     finally:
         up.send_signal(signal.SIGINT)  # what Ctrl-C sends
         try:
