@@ -9,7 +9,7 @@
 - ``errorMessage``: its message;
 - ``blockSignals``: block SIGALRM while sleeping, as a C extension stuck in a call
   would, so only a process-level timeout can stop it;
-- ``recordTo``: append one JSON line per attempt (``attempt``, ``pid``, ``at``)
+- ``recordTo``: append one JSON line per attempt (``attempt``, ``pid``, ``at``, ``run``)
   to this file, so a demo can show when and where each attempt ran;
 - ``exitCode``: end the run's process at once with ``os._exit(exitCode)``, as a
   crashing native library would (the run ends Crashed);
@@ -27,7 +27,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect.runtime import task_run
+from prefect.runtime import flow_run, task_run
 
 from flows._handler import background_handler
 
@@ -47,7 +47,7 @@ def demo(data: Any = None) -> dict[str, Any]:
     attempt = int(task_run.run_count or 1)
     if opts.get("recordTo"):
         with open(opts["recordTo"], "a", encoding="utf-8") as fh:
-            line = {"attempt": attempt, "pid": os.getpid(), "at": datetime.now(UTC).isoformat()}
+            line = {"attempt": attempt, "pid": os.getpid(), "at": datetime.now(UTC).isoformat(), "run": flow_run.id}
             fh.write(json.dumps(line) + "\n")
     if opts.get("exitCode") is not None:
         os._exit(int(opts["exitCode"]))
