@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -20,20 +21,16 @@ def up(
     from bgtasks import cli
     from bgtasks.settings import load_settings
 
-    base = load_settings()
+    s = load_settings()
     if port is not None:
-        base.server.port = port
+        s.server.port = port
     if database is not None:
-        base.server.database_url = database
+        s.server.database_url = database
     if api_port is not None:
-        base.api.port = api_port
-    cli._settings = None
-    import os
-
-    for key, value in base.prefect_env().items():
+        s.api.port = api_port
+    for key, value in s.prefect_env().items():
         os.environ[key] = value  # `up` owns these: its children must agree with it
-    cli._settings = base
-    s = base
+    cli._settings = s
 
     from bgtasks.stack import Stack, StackError
 
