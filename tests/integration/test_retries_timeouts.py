@@ -15,23 +15,44 @@ from tests.fixtures import pid_alive, records, wait_for
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker")]
 
 
-async def _run_once(manager: Any, body: dict[str, Any]) -> Any:
+async def _run_once(manager: Any, body: dict[str, Any], settle: bool = True) -> Any:
+    """Create a one-time task and wait for its run to finish.
+
+    With ``settle``, also wait until the handler's task run is final in the API:
+    task-run states reach the server as events, after the flow run's own final
+    state, and the attempt count is read from them.
+    """
     task = await manager.create({"schedule": {"type": "one-time"}, "handler": "demo", **body})
 
     async def done() -> Any:
         t = await manager.get(task.id)
         return t if t.result is not None else None
 
-    return await wait_for(done, 180, f"task {body['name']} to finish")
+    t = await wait_for(done, 180, f"task {body['name']} to finish")
+    if settle:
+        await _task_run(manager.client, t.result.run_id, final=True)
+        t = await manager.get(task.id)
+    return t
 
 
-async def _retry_delays(client: Any, run_id: str) -> list[float]:
-    """The delays Prefect scheduled between attempts, from the task run's AwaitingRetry states."""
+async def _task_run(client: Any, run_id: str, final: bool) -> Any:
+    """The flow run's one task run, once the server has it (final, if asked)."""
     from uuid import UUID
 
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
-    [task_run] = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(run_id)])))
+    async def check() -> Any:
+        runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(run_id)])))
+        if len(runs) == 1 and (not final or (runs[0].state is not None and runs[0].state.is_final())):
+            return runs[0]
+        return None
+
+    return await wait_for(check, 120, f"the task run of {run_id}")
+
+
+async def _retry_delays(client: Any, run_id: str) -> list[float]:
+    """The delays Prefect scheduled between attempts, from the task run's AwaitingRetry states."""
+    task_run = await _task_run(client, run_id, final=True)
 
     async def states() -> Any:
         got = await client.read_task_run_states(task_run.id)
@@ -108,7 +129,7 @@ async def test_timeout_stops_the_handler(manager: Any, tmp_path: Path, block_sig
         "name": f"too-slow-{block_signals}",
         "timeoutMs": 1500,
         "data": {"sleepSeconds": 600, "blockSignals": block_signals, "recordTo": str(rec)},
-    })
+    }, settle=False)
     assert task.status == TaskStatus.FAILED
     assert task.result.state == "TimedOut" and not task.result.success
     [attempt] = records(rec)
