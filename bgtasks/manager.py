@@ -191,8 +191,13 @@ class TaskManager:
             self._runs(dep.id, _state_filter("SCHEDULED"), FlowRunSort.EXPECTED_START_TIME_ASC, 1),
             self._runs(dep.id, _state_filter(*mapping.FINISHED), FlowRunSort.END_TIME_DESC, 1),
         )
-        result = await self._result(finished[0] if finished else None, attempts=detailed)
-        return mapping.task_from(dep, last[0] if last else None, nxt[0] if nxt else None, result)
+        latest = last[0] if last else None
+        done = finished[0] if finished else None
+        # The three reads are not one snapshot: a run can finish between them.
+        if latest is not None and done is not None and latest.id == done.id:
+            latest = done
+        result = await self._result(done, attempts=detailed)
+        return mapping.task_from(dep, latest, nxt[0] if nxt else None, result)
 
     async def resolve(self, ref: str) -> str:
         """A task id from an id or a task name."""
