@@ -16,18 +16,11 @@ import pytest
 
 from bgtasks.stack import wait_until
 from tests.conftest import free_port
+from tests.spec_example import SPEC_EXAMPLE
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-SPEC_EXAMPLE = {  # the spec's createBackgroundTask({...}) example, as written
-    "name": "Data Sync",
-    "description": "Sync user data with server",
-    "schedule": {"type": "periodic", "interval": 3600000},
-    "priority": "normal",
-    "constraints": {"requiresNetwork": True, "requiresWifi": False},
-    "retryPolicy": {"maxRetries": 3, "backoffMultiplier": 2, "initialBackoffMs": 1000},
-}
 
 
 @pytest.fixture(scope="module")

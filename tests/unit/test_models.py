@@ -15,15 +15,8 @@ from bgtasks.models import (
     TaskSchedule,
     field_errors,
 )
+from tests.spec_example import SPEC_EXAMPLE
 
-SPEC_EXAMPLE = {  # the spec's createBackgroundTask({...}) example, as written
-    "name": "Data Sync",
-    "description": "Sync user data with server",
-    "schedule": {"type": "periodic", "interval": 3600000},
-    "priority": "normal",
-    "constraints": {"requiresNetwork": True, "requiresWifi": False},
-    "retryPolicy": {"maxRetries": 3, "backoffMultiplier": 2, "initialBackoffMs": 1000},
-}
 
 
 def test_spec_example_parses_with_spec_defaults() -> None:
