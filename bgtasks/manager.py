@@ -350,13 +350,11 @@ class TaskManager:
         return await self.get(task_id)
 
     async def delete(self, task_id: str) -> None:
-        """Cancel what is running, then remove the task and its pending runs."""
+        """Stop the task's runs (pending ones end Cancelled, running ones are stopped),
+        then remove the task."""
         dep = await self._deployment(task_id)
         await self.client.pause_deployment(dep.id)
-        await self._stop_runs(dep.id)
-        while runs := await self._scheduled_runs(dep.id):
-            for run in runs:
-                await self.client.delete_flow_run(run.id)
+        await self._stop_runs(dep.id)  # leaves no Scheduled run behind
         await self.client.delete_deployment(dep.id)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect.client.orchestration import PrefectClient
-from prefect.client.schemas.actions import WorkPoolCreate, WorkQueueCreate
+from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
 from bgtasks.models import TaskPriority

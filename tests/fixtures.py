@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -163,5 +162,3 @@ def pid_alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
 
-
-PY = sys.executable
