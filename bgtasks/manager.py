@@ -10,7 +10,7 @@ Errors are those of :mod:`bgtasks.errors`.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -287,14 +287,15 @@ class TaskManager:
         if mapping.CANCELLED_TAG in (dep.tags or []):
             raise TaskConflict(f"task {dep.name!r} is cancelled and cannot {action}; create it again")
 
-    async def run_now(self, task_id: str) -> str:
-        """Start a run now, in the task's priority queue; return the run id."""
+    async def run_now(self, task_id: str, delay_s: float = 0) -> str:
+        """Start a run now (or ``delay_s`` seconds from now), in the task's priority queue;
+        return the run id."""
         dep = await self._deployment(task_id)
         self._ensure_not_cancelled(dep, "run")
         if dep.paused:
             raise TaskConflict(f"task {dep.name!r} is paused; resume it first (`bgtasks task resume {dep.id}`)")
         run = await self.client.create_flow_run_from_deployment(
-            dep.id, state=Scheduled(scheduled_time=datetime.now(UTC)), tags=["run-now"]
+            dep.id, state=Scheduled(scheduled_time=datetime.now(UTC) + timedelta(seconds=delay_s)), tags=["run-now"]
         )
         return str(run.id)
 

@@ -8,6 +8,7 @@ Nothing here reads the environment at import time: call :func:`load_settings`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -65,8 +66,13 @@ class ApiSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="BGTASKS_API_", extra="ignore")
 
-    host: str = Field("127.0.0.1", description="Address the API binds (loopback only until auth lands).")
+    host: str = Field("127.0.0.1", description="Address the API binds.")
     port: int = Field(4300, ge=1, le=65535, description="Port of the REST API.")
+    auth: Literal["token", "none"] = Field(
+        "token",
+        description="`token`: every request but /health needs a bearer token (`bgtasks token create`). "
+        "`none`: no authentication, accepted only when the API binds to loopback.",
+    )
 
 
 class Settings(BaseSettings):
@@ -78,6 +84,11 @@ class Settings(BaseSettings):
         default_factory=lambda: Path.home() / ".bgtasks",
         description="Where bgtasks keeps its state: the Prefect database, results, logs.",
     )
+    database_url: str | None = Field(
+        None,
+        description="bgtasks' own database (tokens, devices, deliveries): sqlite:/// or postgresql:// URL; "
+        "default: the Prefect database when it is PostgreSQL, else <home>/bgtasks.db.",
+    )
     server: ServerSettings = Field(default_factory=ServerSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
@@ -85,6 +96,16 @@ class Settings(BaseSettings):
     @property
     def prefect_home(self) -> Path:
         return self.home / "prefect"
+
+    @property
+    def store_url(self) -> str:
+        """The URL of bgtasks' own database (see ``database_url``)."""
+        if self.database_url:
+            return self.database_url
+        prefect_db = self.server.database_url or ""
+        if prefect_db.startswith(("postgresql", "postgres:")):
+            return prefect_db
+        return f"sqlite:///{self.home / 'bgtasks.db'}"
 
     @property
     def api_url(self) -> str:

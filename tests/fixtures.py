@@ -162,3 +162,68 @@ def pid_alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
 
+
+
+def make_token(settings: Settings, *scopes: str, name: str = "test", device: str | None = None) -> str:
+    """A real API token in the settings' bgtasks database; returns its secret."""
+    from bgtasks.auth import TokenStore, parse_scopes
+    from bgtasks.store import open_store
+
+    async def go() -> str:
+        store = await open_store(settings.store_url)
+        try:
+            _, secret = await TokenStore(store).create(name, parse_scopes(list(scopes)), device)
+            return secret
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+class ApiProcess:
+    """``bgtasks api`` as a child process on a free port; stopped by PID."""
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        import subprocess
+        import sys
+
+        from tests.conftest import free_port
+
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "bgtasks"), "api", "--port", str(self.port)],
+            env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+
+    def wait_healthy(self) -> None:
+        import httpx
+
+        def healthy() -> bool:
+            try:
+                return httpx.get(f"{self.base}/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(healthy, 120, "bgtasks api", lambda: self.proc.poll() is None)
+
+    def stop(self) -> None:
+        import subprocess
+
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture(scope="module")
+def api_process(prefect_server: ServerHandle) -> Iterator[ApiProcess]:
+    """The REST API with token auth, against the session's Prefect server."""
+    proc = ApiProcess()
+    try:
+        proc.wait_healthy()
+        yield proc
+    finally:
+        proc.stop()

@@ -7,43 +7,117 @@ JSON bodies are the spec's shapes (``CreateTaskOptions`` in, ``BackgroundTask``,
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Literal
 
-from fastapi import Body, FastAPI, Query, Request
+from fastapi import Body, Depends, FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
 
+from bgtasks.auth import ApiToken, Scope, TokenStore
 from bgtasks.errors import InvalidTask, TaskConflict, TaskNotFound
-from bgtasks.models import CreateTaskOptions, TaskPriority, TaskStatus, TaskType, errors_from
+from bgtasks.models import (
+    BackgroundTask,
+    CreateTaskOptions,
+    TaskPriority,
+    TaskResult,
+    TaskRun,
+    TaskStatus,
+    TaskType,
+    errors_from,
+)
 from bgtasks.settings import Settings
 
 PROBLEM = "application/problem+json"
 
 
-def problem(status: int, title: str, detail: str, errors: list[dict[str, str]] | None = None) -> JSONResponse:
+class Problem(BaseModel):
+    """An RFC 9457 problem document; ``errors`` names each bad field."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    errors: list[dict[str, str]] | None = None
+
+
+class RunOptions(BaseModel):
+    """Optional body of ``POST /tasks/{id}/run``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    delay_seconds: int = Field(0, ge=0, le=86400, alias="delaySeconds",
+                               description="Start the run this many seconds from now.")
+
+
+class RunStarted(BaseModel):
+    run_id: str = Field(alias="runId")
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class AuthError(Exception):
+    """401 (no or bad token) or 403 (the token lacks the scope)."""
+
+    def __init__(self, status: int, detail: str, scope: str | None = None) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.scope = scope
+
+
+def problem(status: int, title: str, detail: str, errors: list[dict[str, str]] | None = None,
+            headers: dict[str, str] | None = None) -> JSONResponse:
     body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
     if errors:
         body["errors"] = errors
-    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The API, talking to the Prefect API named by ``settings``."""
+def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": Problem, "content": {PROBLEM: {}}} for code in codes}
+
+
+def _ok(model: Any, code: int = 200) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": model}}
+
+
+bearer = HTTPBearer(auto_error=False, description="A token from `bgtasks token create`.")
+
+
+def create_app(settings: Settings, store: Any = None) -> FastAPI:
+    """The API, talking to the Prefect API named by ``settings``.
+
+    ``store``: an opened :class:`bgtasks.store.Store` (tests); by default the API
+    opens and migrates ``settings.store_url`` itself.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from prefect.client.orchestration import get_client
 
         from bgtasks.manager import TaskManager
+        from bgtasks.store import open_store
 
-        async with get_client() as client:
-            app.state.manager = TaskManager(client, settings.worker.pool)
-            yield
+        own = store is None
+        db = await open_store(settings.store_url) if own else store
+        app.state.tokens = TokenStore(db)
+        try:
+            async with get_client() as client:
+                app.state.manager = TaskManager(client, settings.worker.pool)
+                yield
+        finally:
+            if own:
+                await db.close()
 
     app = FastAPI(title="bgtasks", version="1", lifespan=lifespan,
-                  description="Background tasks for desktop and mobile apps, on Prefect.")
+                  description="Background tasks for desktop and mobile apps, on Prefect. "
+                  "Every route but /health needs a bearer token with the scope it names.")
 
     @app.exception_handler(InvalidTask)
     async def _invalid(request: Request, exc: InvalidTask) -> JSONResponse:
@@ -57,67 +131,118 @@ def create_app(settings: Settings) -> FastAPI:
     async def _conflict(request: Request, exc: TaskConflict) -> JSONResponse:
         return problem(409, "Conflict", str(exc))
 
+    @app.exception_handler(AuthError)
+    async def _auth(request: Request, exc: AuthError) -> JSONResponse:
+        challenge = 'Bearer realm="bgtasks"'
+        if exc.scope:
+            challenge += f', error="insufficient_scope", scope="{exc.scope}"'
+        elif exc.status == 401 and request.headers.get("authorization"):
+            challenge += ', error="invalid_token"'
+        title = "Unauthorized" if exc.status == 401 else "Forbidden"
+        return problem(exc.status, title, exc.detail, headers={"WWW-Authenticate": challenge})
+
     @app.exception_handler(RequestValidationError)
     async def _request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = errors_from(exc.errors(), skip=("body", "query", "path"))
         return problem(422, "Invalid input", "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors)
 
+    def requires(scope: Scope) -> Callable[..., Awaitable[ApiToken | None]]:
+        async def check(request: Request,
+                        creds: HTTPAuthorizationCredentials | None = Security(bearer)) -> ApiToken | None:
+            if settings.api.auth == "none":
+                return None
+            if creds is None:
+                raise AuthError(401, "send a bearer token: Authorization: Bearer <token> "
+                                     "(create one with `bgtasks token create`)")
+            token = await request.app.state.tokens.verify(creds.credentials)
+            if token is None:
+                raise AuthError(401, "the bearer token is unknown or revoked")
+            if scope not in token.scopes:
+                raise AuthError(403, f"the token {token.name!r} lacks the scope {scope.value}", scope.value)
+            return token
+
+        return check
+
+    read = [Depends(requires(Scope.TASKS_READ))]
+    write = [Depends(requires(Scope.TASKS_WRITE))]
+    denied = _problems(401, 403)
+
     def mgr(request: Request) -> Any:
         return request.app.state.manager
 
-    @app.get("/health")
-    async def health(request: Request) -> dict[str, Any]:
-        await mgr(request).client.api_healthcheck()
+    def task_json(task: BackgroundTask) -> JSONResponse:
+        return JSONResponse(task.to_json_dict())
+
+    @app.get("/health", responses=_ok(Health) | _problems(503))
+    async def health(request: Request) -> Any:
+        """Liveness of the API and its Prefect server; needs no token."""
+        try:
+            await mgr(request).client.api_healthcheck()
+        except Exception as exc:  # noqa: BLE001 - any failure means unhealthy
+            return problem(503, "Unavailable", f"the Prefect API does not answer: {type(exc).__name__}")
         return {"status": "ok"}
 
-    @app.post("/tasks", status_code=201)
-    async def create_task(request: Request, body: CreateTaskOptions = Body(...)) -> dict[str, Any]:
+    @app.post("/tasks", status_code=201, dependencies=write, response_class=JSONResponse,
+              responses=_ok(BackgroundTask, 201) | denied | _problems(409, 422))
+    async def create_task(request: Request, body: CreateTaskOptions = Body(...)) -> Any:
         """Create a task from a CreateTaskOptions body; returns the BackgroundTask."""
-        return (await mgr(request).create(body)).to_json_dict()
+        return JSONResponse((await mgr(request).create(body)).to_json_dict(), status_code=201)
 
-    @app.get("/tasks")
+    @app.get("/tasks", dependencies=read, responses=_ok(list[BackgroundTask]) | denied | _problems(422))
     async def list_tasks(
         request: Request,
         status: TaskStatus | None = None,
         type: TaskType | None = None,
         priority: TaskPriority | None = None,
         sort: Literal["priority", "next-run", "created", "name"] = Query("priority"),
-    ) -> list[dict[str, Any]]:
+    ) -> Any:
         tasks = await mgr(request).list(status=status, type=type, priority=priority, sort=sort)
-        return [t.to_json_dict() for t in tasks]
+        return JSONResponse([t.to_json_dict() for t in tasks])
 
-    @app.get("/tasks/{task_id}")
-    async def get_task(request: Request, task_id: str) -> dict[str, Any]:
-        return (await mgr(request).get(task_id)).to_json_dict()
+    @app.get("/tasks/{task_id}", dependencies=read, responses=_ok(BackgroundTask) | denied | _problems(404))
+    async def get_task(request: Request, task_id: str) -> Any:
+        return task_json(await mgr(request).get(task_id))
 
-    @app.get("/tasks/{task_id}/history")
-    async def task_history(request: Request, task_id: str, limit: int = Query(50, ge=1, le=200)) -> list[dict[str, Any]]:
-        return [r.to_json_dict() for r in await mgr(request).history(task_id, limit=limit)]
+    @app.get("/tasks/{task_id}/history", dependencies=read,
+             responses=_ok(list[TaskRun]) | denied | _problems(404, 422))
+    async def task_history(request: Request, task_id: str, limit: int = Query(50, ge=1, le=200)) -> Any:
+        return JSONResponse([r.to_json_dict() for r in await mgr(request).history(task_id, limit=limit)])
 
-    @app.get("/tasks/{task_id}/result")
+    @app.get("/tasks/{task_id}/result", dependencies=read, responses=_ok(TaskResult) | denied | _problems(404))
     async def task_result(request: Request, task_id: str) -> Any:
         task = await mgr(request).get(task_id)
         if task.result is None:
             return problem(404, "No result yet", f"task {task_id} has no finished run")
-        return task.result.to_json_dict()
+        return JSONResponse(task.result.to_json_dict())
 
-    @app.post("/tasks/{task_id}/run", status_code=202)
-    async def run_task(request: Request, task_id: str) -> dict[str, str]:
-        return {"runId": await mgr(request).run_now(task_id)}
+    @app.post("/tasks/{task_id}/run", status_code=202, dependencies=write,
+              responses=_ok(RunStarted, 202) | denied | _problems(404, 409, 422))
+    async def run_task(request: Request, task_id: str, body: RunOptions | None = Body(None)) -> Any:
+        """Run the task now, or ``delaySeconds`` from now; returns the run id."""
+        delay = body.delay_seconds if body else 0
+        return JSONResponse({"runId": await mgr(request).run_now(task_id, delay_s=delay)}, status_code=202)
 
     for action in ("pause", "resume", "cancel"):
         def make(action: str) -> Any:
-            async def control(request: Request, task_id: str) -> dict[str, Any]:
-                return (await getattr(mgr(request), action)(task_id)).to_json_dict()
+            async def control(request: Request, task_id: str) -> Any:
+                return task_json(await getattr(mgr(request), action)(task_id))
 
             control.__name__ = f"{action}_task"
+            control.__doc__ = {
+                "pause": "No scheduled, triggered or run-now run starts until resumed.",
+                "resume": "Undo pause: the schedule and triggers apply again.",
+                "cancel": "Stop the task for good: pending runs cancelled, running ones stopped.",
+            }[action]
             return control
 
-        app.post(f"/tasks/{{task_id}}/{action}")(make(action))
+        app.post(f"/tasks/{{task_id}}/{action}", dependencies=write,
+                 responses=_ok(BackgroundTask) | denied | _problems(404, 409))(make(action))
 
-    @app.delete("/tasks/{task_id}", status_code=204)
-    async def delete_task(request: Request, task_id: str) -> None:
+    @app.delete("/tasks/{task_id}", status_code=204, dependencies=write,
+                responses=denied | _problems(404))
+    async def delete_task(request: Request, task_id: str) -> Response:
         await mgr(request).delete(task_id)
+        return Response(status_code=204)
 
     return app
 

@@ -54,9 +54,10 @@ def fail(message: str) -> None:
     raise CliError(message)
 
 
-from bgtasks.cli import stack_cmds, task_cmds  # noqa: E402  (registers the commands)
+from bgtasks.cli import stack_cmds, task_cmds, token_cmds  # noqa: E402  (registers the commands)
 
 app.command(task_cmds.task_app)
+app.command(token_cmds.token_app)
 app.command(stack_cmds.up)
 app.command(stack_cmds.env)
 app.command(stack_cmds.api)

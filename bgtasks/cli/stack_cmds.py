@@ -52,7 +52,8 @@ def up(
         f"[green]bgtasks is up[/] in {time.monotonic() - started:.1f}s.\n"
         f"  Prefect UI:  [bold]{s.ui_url}[/]\n"
         f"  Prefect API: {s.api_url}\n"
-        f"  REST API:    {stack.api_url} (OpenAPI at /docs)\n"
+        f"  REST API:    {stack.api_url} (OpenAPI at /docs; "
+        + ("no authentication" if s.api.auth == "none" else "tokens from `bgtasks token create NAME`") + ")\n"
         f"  Work pool:   {s.worker.pool} (queues high, normal, low), {s.worker.type} worker, limit {s.worker.limit}\n"
         f"  Home:        {s.home}\n"
         "Create a task:  bgtasks task create demo --every 1m\n"
@@ -88,12 +89,14 @@ def api(*, host: str | None = None, port: int | None = None) -> int:
     s = cli.settings()
     host = host or s.api.host
     port = port or s.api.port
-    if not is_loopback(host):
-        cli.fail(f"--host {host}: the API has no authentication yet and binds only to loopback (127.0.0.1)")
+    if s.api.auth == "none" and not is_loopback(host):
+        cli.fail(f"--host {host}: BGTASKS_API_AUTH=none is accepted only on loopback (127.0.0.1); "
+                 "use tokens (`bgtasks token create`) to serve other hosts")
     import uvicorn
 
     from bgtasks.api import create_app
 
-    cli.console.print(f"bgtasks API on http://{host}:{port} (OpenAPI: /docs), Prefect API {s.api_url}")
+    auth = "no authentication (loopback only)" if s.api.auth == "none" else "bearer tokens"
+    cli.console.print(f"bgtasks API on http://{host}:{port} (OpenAPI: /docs, {auth}), Prefect API {s.api_url}")
     uvicorn.run(create_app(s), host=host, port=port, log_level="warning")
     return 0

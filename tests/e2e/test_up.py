@@ -80,7 +80,10 @@ def test_bgtasks_up_serves_the_ui_runs_a_task_and_stops_cleanly(tmp_path: Path) 
                               "--start", "2099-01-01T00:00:00Z", "-o", "json"))
         ran = json.loads(cli("task", "run", task["id"], "--wait", "-o", "json"))
         assert ran["result"]["success"]
-        via_api = httpx.get(f"http://127.0.0.1:{api_port}/tasks/{task['id']}", timeout=30).json()
+        token = json.loads(cli("token", "create", "e2e", "--scope", "tasks:read", "-o", "json"))["token"]
+        assert httpx.get(f"http://127.0.0.1:{api_port}/tasks/{task['id']}", timeout=30).status_code == 401
+        via_api = httpx.get(f"http://127.0.0.1:{api_port}/tasks/{task['id']}", timeout=30,
+                            headers={"Authorization": f"Bearer {token}"}).json()
         assert via_api["status"] == "completed" and via_api["result"]["success"]
     finally:
         up.send_signal(signal.SIGINT)  # what Ctrl-C sends

@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from bgtasks.stack import wait_until
-from tests.conftest import free_port
+from bgtasks.settings import Settings
+from tests.fixtures import ApiProcess, make_token
 from tests.spec_example import SPEC_EXAMPLE
 
 pytestmark = pytest.mark.integration
@@ -24,29 +20,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def api(prefect_server: Any) -> Iterator[httpx.Client]:
-    port = free_port()
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "bgtasks"), "api", "--port", str(port)],
-                            env=os.environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(f"{base}/health", timeout=2).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_until(healthy, 120, "bgtasks api", lambda: proc.poll() is None)
-        with httpx.Client(base_url=base, timeout=60) as client:
-            yield client
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def api(api_process: ApiProcess, settings: Settings) -> Iterator[httpx.Client]:
+    """A client with a token carrying tasks:read and tasks:write."""
+    token = make_token(settings, "tasks:read", "tasks:write", name="api-tests")
+    with httpx.Client(base_url=api_process.base, timeout=60, headers={"Authorization": f"Bearer {token}"}) as client:
+        yield client
 
 
 def _names(api: httpx.Client) -> set[str]:
@@ -111,3 +89,100 @@ def test_committed_openapi_document_matches_the_served_one(api: httpx.Client) ->
     served = api.get("/openapi.json").json()
     committed = json.loads((ROOT / "docs" / "openapi.json").read_text())
     assert served == committed, "docs/openapi.json is stale: run `make openapi`"
+
+
+def test_run_later_schedules_the_run_delay_seconds_ahead(api: httpx.Client) -> None:
+    start = (datetime.now(UTC) + timedelta(days=1)).isoformat()
+    body = {"name": "run later", "schedule": {"type": "periodic", "interval": 86_400_000, "startTime": start},
+            "handler": "demo"}
+    task = api.post("/tasks", json=body).json()
+    try:
+        before = datetime.now(UTC)
+        resp = api.post(f"/tasks/{task['id']}/run", json={"delaySeconds": 600})
+        assert resp.status_code == 202, resp.text
+        assert resp.json()["runId"]
+        # The schedule's first run is a day away: the run-later run is the next one.
+        when = datetime.fromisoformat(api.get(f"/tasks/{task['id']}").json()["nextRun"])
+        assert before + timedelta(seconds=600) <= when <= datetime.now(UTC) + timedelta(seconds=600)
+        bad = api.post(f"/tasks/{task['id']}/run", json={"delaySeconds": -1})
+        assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == "delaySeconds"
+        assert api.get(f"/tasks/{task['id']}").json()["nextRun"] == when.isoformat().replace("+00:00", "Z")
+    finally:
+        api.delete(f"/tasks/{task['id']}")
+
+
+# ---- authentication ---------------------------------------------------------------
+
+
+def test_no_token_is_401_and_names_the_scheme(api_process: ApiProcess, api: httpx.Client) -> None:
+    before = _names(api)
+    for headers in ({}, {"Authorization": "Bearer bgt_not-a-real-token"}, {"Authorization": "Basic dXNlcjpwdw=="}):
+        for method, path in (("GET", "/tasks"), ("POST", "/tasks"), ("GET", "/tasks/x"), ("DELETE", "/tasks/x")):
+            resp = httpx.request(method, api_process.base + path, headers=headers, json=SPEC_EXAMPLE)
+            assert resp.status_code == 401, (method, path, headers, resp.text)
+            assert resp.headers["content-type"] == "application/problem+json"
+            assert resp.headers["www-authenticate"].startswith("Bearer")
+    assert _names(api) == before
+    assert httpx.get(api_process.base + "/health").status_code == 200
+
+
+def test_wrong_scope_is_403_and_changes_nothing(api_process: ApiProcess, api: httpx.Client, settings: Settings) -> None:
+    reader = {"Authorization": f"Bearer {make_token(settings, 'tasks:read', name='reader')}"}
+    device = {"Authorization": f"Bearer {make_token(settings, 'devices:report', name='phone', device='phone-1')}"}
+    before = _names(api)
+    listed = httpx.get(api_process.base + "/tasks", headers=reader)
+    assert listed.status_code == 200
+    denied = httpx.post(api_process.base + "/tasks", headers=reader, json=SPEC_EXAMPLE)
+    assert denied.status_code == 403, denied.text
+    assert 'scope="tasks:write"' in denied.headers["www-authenticate"]
+    assert "tasks:write" in denied.json()["detail"]
+    assert httpx.get(api_process.base + "/tasks", headers=device).status_code == 403
+    assert _names(api) == before
+
+
+def test_revoked_token_is_401(api_process: ApiProcess, settings: Settings) -> None:
+    import asyncio
+
+    from bgtasks.auth import TokenStore
+    from bgtasks.store import open_store
+
+    secret = make_token(settings, "tasks:read", name="short-lived")
+    headers = {"Authorization": f"Bearer {secret}"}
+    assert httpx.get(api_process.base + "/tasks", headers=headers).status_code == 200
+
+    async def revoke() -> None:
+        store = await open_store(settings.store_url)
+        tokens = TokenStore(store)
+        record = await tokens.verify(secret)
+        assert record is not None
+        await tokens.revoke(record.id)
+        await store.close()
+
+    asyncio.run(revoke())
+    assert httpx.get(api_process.base + "/tasks", headers=headers).status_code == 401
+
+
+def test_tokens_are_stored_hashed(settings: Settings) -> None:
+    import sqlite3
+
+    secret = make_token(settings, "tasks:read", name="hashed")
+    db = settings.store_url.removeprefix("sqlite:///")
+    dump = "\n".join(sqlite3.connect(db).iterdump())
+    assert secret not in dump and secret[4:] not in dump
+
+
+def test_auth_none_is_loopback_only(prefect_server: object) -> None:
+    import subprocess
+    import sys
+
+    exe = str(Path(sys.executable).parent / "bgtasks")
+    env = {**__import__("os").environ, "BGTASKS_API_AUTH": "none"}
+    refused = subprocess.run([exe, "api", "--host", "0.0.0.0", "--port", "1"], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "only on loopback" in refused.stderr
+    open_api = ApiProcess(env={"BGTASKS_API_AUTH": "none"})
+    try:
+        open_api.wait_healthy()
+        assert httpx.get(open_api.base + "/tasks").status_code == 200
+    finally:
+        open_api.stop()
