@@ -4,7 +4,11 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test unit bench install clean openapi
+TSCLIENT := clients/typescript
+CHROMIUM := /usr/bin/chromium
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run test unit bench install clean openapi browser
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,12 +18,23 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+## Debian's Chromium for the browser test (Playwright drives it; no browser download).
+$(CHROMIUM):
+	$(SUDO) apt-get install -y --no-install-recommends chromium || \
+	  ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium)
+
+browser: $(CHROMIUM)
+
+## The TypeScript client's build and test tools (npm registry).
+$(TSCLIENT)/node_modules/.package-lock.json: $(TSCLIENT)/package-lock.json
+	cd $(TSCLIENT) && npm ci --no-audit --no-fund
+
 ## Start the embedded stack: Prefect server + UI, the background-tasks worker.
 run: $(STAMP)
 	$(BIN)/bgtasks up
 
 ## The whole suite: unit, integration (real Prefect server), e2e (bgtasks up).
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM) $(TSCLIENT)/node_modules/.package-lock.json
 	$(BIN)/python -m pytest -p no:cacheprovider -ra $(PYTEST_ARGS)
 
 unit: $(STAMP)
@@ -36,4 +51,4 @@ openapi: $(STAMP)
 	$(BIN)/python -c "import json; from bgtasks.api import create_app; from bgtasks.settings import load_settings; print(json.dumps(create_app(load_settings()).openapi(), indent=2, sort_keys=True))" > docs/openapi.json
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info $(TSCLIENT)/node_modules $(TSCLIENT)/dist

@@ -95,6 +95,8 @@ class _SpecModel(BaseModel):
 
     model_config = ConfigDict(
         alias_generator=to_camel,
+        # "Max retries", not pydantic's "Maxretries", in forms built from the schema.
+        field_title_generator=lambda name, info: name.replace("_", " ").capitalize(),
         populate_by_name=True,
         extra="forbid",
         frozen=True,
@@ -114,7 +116,7 @@ def _is_stored(info: ValidationInfo) -> bool:
 
 
 class TaskSchedule(_SpecModel):
-    """When a task runs. ``interval`` is in milliseconds, as in the spec."""
+    """When a task runs. The interval is in milliseconds, as in the spec."""
 
     type: TaskType = Field(description="one-time or periodic (triggered tasks use a trigger).")
     start_time: AwareDatetime | None = Field(

@@ -159,7 +159,7 @@ class Stack:
                 self.server.start(self.env, s.home)
                 wait_until(lambda: server_healthy(s.api_url), s.server.start_timeout_s,
                            f"the Prefect server (log: {self.server.log_path})", self.server.alive)
-            progress("creating the work pool and its queues")
+            progress("creating the work pool, its queues and the UI controls")
             asyncio.run(self._ensure_pool())
             progress("starting the worker")
             self.worker.start(self.env, s.home)
@@ -176,10 +176,12 @@ class Stack:
     async def _ensure_pool(self) -> None:
         from prefect.client.orchestration import get_client
 
+        from deployments.controls import ensure_control_deployments
         from deployments.pool import ensure_pool
 
         async with get_client() as client:
             await ensure_pool(client, self.settings.worker.pool, self.settings.worker.type)
+            await ensure_control_deployments(client, self.settings.worker.pool)
 
     async def _worker_registered(self) -> bool:
         from prefect.client.orchestration import get_client

@@ -57,9 +57,10 @@ def preload() -> list[str]:
             pass
 
     from flows import available_handlers
+    from flows.controls import CONTROL_FLOWS
 
     failed = []
-    for name, entrypoint in available_handlers().items():
+    for name, entrypoint in (available_handlers() | CONTROL_FLOWS).items():
         try:
             import_object(entrypoint)
         except Exception as exc:  # a broken handler must not stop the others

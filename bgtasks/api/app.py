@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 from typing import Any, Literal
 
 from fastapi import Body, Depends, FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
 from bgtasks.auth import ApiToken, Scope, TokenStore
@@ -34,6 +36,11 @@ from bgtasks.settings import Settings
 PROBLEM = "application/problem+json"
 
 
+class FieldError(BaseModel):
+    field: str = Field(description="JSON path of the bad field, e.g. schedule.interval.")
+    message: str
+
+
 class Problem(BaseModel):
     """An RFC 9457 problem document; ``errors`` names each bad field."""
 
@@ -41,7 +48,7 @@ class Problem(BaseModel):
     title: str
     status: int
     detail: str
-    errors: list[dict[str, str]] | None = None
+    errors: list[FieldError] | None = None
 
 
 class RunOptions(BaseModel):
@@ -80,7 +87,7 @@ def problem(status: int, title: str, detail: str, errors: list[dict[str, str]] |
 
 
 def _problems(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": Problem, "content": {PROBLEM: {}}} for code in codes}
+    return {code: {"model": Problem} for code in codes}
 
 
 def _ok(model: Any, code: int = 200) -> dict[int | str, dict[str, Any]]:
@@ -118,6 +125,24 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
     app = FastAPI(title="bgtasks", version="1", lifespan=lifespan,
                   description="Background tasks for desktop and mobile apps, on Prefect. "
                   "Every route but /health needs a bearer token with the scope it names.")
+    plain_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document, with every error answer described as what is sent: a Problem
+        as application/problem+json (also 422, which FastAPI documents as its own shape)."""
+        if app.openapi_schema is None:
+            doc = plain_openapi()
+            for operations in doc["paths"].values():
+                for op in operations.values():
+                    for code, response in op.get("responses", {}).items():
+                        if code.isdigit() and int(code) >= 400:
+                            response["content"] = {PROBLEM: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+            for unused in ("HTTPValidationError", "ValidationError"):
+                doc["components"]["schemas"].pop(unused, None)
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.exception_handler(InvalidTask)
     async def _invalid(request: Request, exc: InvalidTask) -> JSONResponse:
@@ -140,6 +165,12 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
             challenge += ', error="invalid_token"'
         title = "Unauthorized" if exc.status == 401 else "Forbidden"
         return problem(exc.status, title, exc.detail, headers={"WWW-Authenticate": challenge})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # FastAPI's own refusals (unparseable JSON body, unknown route, wrong method).
+        title = HTTPStatus(exc.status_code).phrase
+        return problem(exc.status_code, title, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _request_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -183,7 +214,7 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
         return {"status": "ok"}
 
     @app.post("/tasks", status_code=201, dependencies=write, response_class=JSONResponse,
-              responses=_ok(BackgroundTask, 201) | denied | _problems(409, 422))
+              responses=_ok(BackgroundTask, 201) | denied | _problems(400, 409, 422))
     async def create_task(request: Request, body: CreateTaskOptions = Body(...)) -> Any:
         """Create a task from a CreateTaskOptions body; returns the BackgroundTask."""
         return JSONResponse((await mgr(request).create(body)).to_json_dict(), status_code=201)
@@ -216,7 +247,7 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
         return JSONResponse(task.result.to_json_dict())
 
     @app.post("/tasks/{task_id}/run", status_code=202, dependencies=write,
-              responses=_ok(RunStarted, 202) | denied | _problems(404, 409, 422))
+              responses=_ok(RunStarted, 202) | denied | _problems(400, 404, 409, 422))
     async def run_task(request: Request, task_id: str, body: RunOptions | None = Body(None)) -> Any:
         """Run the task now, or ``delaySeconds`` from now; returns the run id."""
         delay = body.delay_seconds if body else 0

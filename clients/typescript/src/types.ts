@@ -1,0 +1,172 @@
+/**
+ * The background-tasks module's data structures (the spec's "Data Structures"
+ * TypeScript interfaces), extended with the optional fields the bgtasks API
+ * adds (see bgtasks/models.py). Spec fields keep the spec's names and types:
+ * times are `Date` objects (the client converts the API's ISO-8601 strings),
+ * `interval`, `duration` and the backoffs are milliseconds.
+ *
+ * Beyond the spec, marked "(bgtasks)": cron schedules, `timeoutMs`, `handler`,
+ * retry jitter and conditions, the run behind a result, `paused`, the task's
+ * definition on `BackgroundTask`, `TaskRun` (history) and `Problem` (errors).
+ */
+
+export type TaskType = 'one-time' | 'periodic' | 'triggered'
+
+export type TaskStatus = 'pending' | 'running' | 'completed' | 'failed' | 'cancelled'
+
+export type TaskPriority = 'high' | 'normal' | 'low'
+
+export interface BackgroundTask {
+  id: string
+  name: string
+  description?: string
+  type: TaskType
+  status: TaskStatus
+  priority: TaskPriority
+  createdAt: Date
+  scheduledFor?: Date
+  lastRun?: Date
+  nextRun?: Date
+  result?: TaskResult
+  /** (bgtasks) The registered handler (Prefect flow) that runs the task. */
+  handler?: string
+  /** (bgtasks) True while paused: no run starts until resumed. */
+  paused: boolean
+  /** (bgtasks) The task's definition, as created. */
+  schedule?: TaskSchedule
+  constraints?: TaskConstraints
+  retryPolicy?: RetryPolicy
+  timeoutMs?: number
+  data?: any
+}
+
+export interface TaskResult {
+  success: boolean
+  data?: any
+  error?: string
+  executedAt: Date
+  /** Milliseconds. */
+  duration: number
+  /** (bgtasks) The run this is the outcome of. */
+  runId?: string
+  /** (bgtasks) The run's final Prefect state name ("Completed", "Failed", "Crashed"...). */
+  state?: string
+  /** (bgtasks) Attempts the run took (1 = no retry). */
+  attempts?: number
+}
+
+export interface TaskSchedule {
+  /** 'one-time' or 'periodic' ('triggered' is not accepted by this version of the API). */
+  type: 'one-time' | 'periodic'
+  startTime?: Date
+  /** Milliseconds between runs of a periodic task (at least 1000). */
+  interval?: number
+  endTime?: Date
+  /** (bgtasks) Cron expression of a periodic task, instead of `interval`. */
+  cron?: string
+  /** (bgtasks) IANA time zone the cron expression is read in (default UTC). */
+  timezone?: string
+}
+
+export interface TaskConstraints {
+  requiresNetwork?: boolean
+  requiresWifi?: boolean
+  requiresCharging?: boolean
+  requiresBatteryNotLow?: boolean
+  requiresDeviceIdle?: boolean
+  requiresStorageNotLow?: boolean
+}
+
+export interface CreateTaskOptions {
+  name: string
+  description?: string
+  schedule: TaskSchedule
+  priority?: TaskPriority
+  constraints?: TaskConstraints
+  retryPolicy?: RetryPolicy
+  data?: any
+  /** (bgtasks) Per-attempt timeout in milliseconds. */
+  timeoutMs?: number
+  /** (bgtasks) Registered handler to run (default: chosen from the name). */
+  handler?: string
+}
+
+export interface RetryPolicy {
+  maxRetries: number
+  backoffMultiplier?: number // default: 2
+  initialBackoffMs?: number // default: 1000
+  maxBackoffMs?: number // default: 60000
+  /** (bgtasks) Each delay is shortened by up to this fraction, at random (0..1, default 0.1). */
+  jitter?: number
+  /** (bgtasks) Which failures are retried (default: all). */
+  retryOn?: RetryCondition
+}
+
+/** (bgtasks) A failure is retried when its exception type is named or its message matches. */
+export interface RetryCondition {
+  exceptions?: string[]
+  /** Regular expression, searched anywhere in the failure message. */
+  messagePattern?: string
+}
+
+/** (bgtasks) One run of a task, newest first in `getTaskHistory`. */
+export interface TaskRun {
+  id: string
+  status: TaskStatus
+  /** Prefect state name ("Scheduled", "Running", "Completed", "Failed"...). */
+  state: string
+  message?: string
+  scheduledFor?: Date
+  startedAt?: Date
+  endedAt?: Date
+  attempts?: number
+  result?: TaskResult
+}
+
+/** (bgtasks) `listBackgroundTasks` filters and order (default order: priority, then next run). */
+export interface TaskFilter {
+  status?: TaskStatus
+  type?: TaskType
+  priority?: TaskPriority
+  sort?: 'priority' | 'next-run' | 'created' | 'name'
+}
+
+/** One invalid field of a request: `field` is the JSON path ("schedule.interval"). */
+export interface FieldError {
+  field: string
+  message: string
+}
+
+/** An RFC 9457 problem document, as every error response of the API is. */
+export interface Problem {
+  type: string
+  title: string
+  status: number
+  detail: string
+  errors?: FieldError[]
+}
+
+/** What `POST /tasks/{id}/run` answers. */
+export interface RunResponse {
+  runId: string
+}
+
+/** The optional body of `POST /tasks/{id}/run`: start the run after this many seconds (0..86400). */
+export interface RunRequest {
+  delaySeconds: number
+}
+
+/**
+ * A type as it travels in JSON: `Date`s are ISO-8601 strings. `Wire<BackgroundTask>`
+ * is what the API sends; the client turns it into a `BackgroundTask`.
+ */
+export type Wire<T> = T extends Date
+  ? string
+  : T extends (infer U)[]
+    ? Wire<U>[]
+    : T extends object
+      ? { [K in keyof T]: Wire<T[K]> }
+      : T
+
+/** What the API sends for a task: `Wire<BackgroundTask>`, except that `paused` may be left out (false). */
+export type BackgroundTaskJson = Omit<Wire<BackgroundTask>, 'paused'> & { paused?: boolean }

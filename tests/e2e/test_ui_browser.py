@@ -1,0 +1,97 @@
+"""The Prefect UI of a running `bgtasks up`, driven in Debian's Chromium (Playwright).
+
+A user opens the UI, finds the ``create-background-task`` deployment, fills its
+Custom run form (the spec's creation form) and submits; the new task's
+deployment appears in the list and its run completes. Screenshots of each step
+are kept in ``build/test-artifacts/ui/``.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.up import Up
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "build" / "test-artifacts" / "ui"
+#: Generous: a 2-core machine runs the server, the worker and the browser at once.
+STEP_MS = 120_000
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    up = Up(tmp_path_factory.mktemp("ui") / "home")
+    try:
+        up.start()
+        yield up
+    finally:
+        assert up.stop() == 0
+
+
+def _field(page: object, label: str, inner: str) -> object:
+    """The first ``inner`` element inside the form property labelled ``label``."""
+    return page.locator(  # type: ignore[attr-defined]
+        f"xpath=//*[normalize-space(text())='{label}']/ancestor::*[.//{inner}][1]//{inner}"
+    ).first
+
+
+def test_create_background_task_from_the_prefect_ui_form(stack: Up) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    assert CHROMIUM.exists(), "Debian's chromium is missing: `make test` installs it (apt-get install chromium)"
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    ARTIFACTS.mkdir(parents=True)
+    name = "ui-made-task"
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(STEP_MS)
+
+            page.goto(f"{stack.ui}/v2/deployments")
+            control = page.get_by_role("link", name="create-background-task").first
+            control.wait_for()
+            page.screenshot(path=ARTIFACTS / "1-deployments.png")
+            control.click()
+            page.get_by_role("button", name="Run", exact=True).click()
+            page.get_by_role("menuitem", name="Custom run").click()
+            page.get_by_text("Parameters", exact=True).wait_for()
+
+            _field(page, "name", "textarea").fill(name)
+            page.get_by_label("Select Type").click()
+            page.get_by_role("option", name="one-time").click()
+            page.get_by_label("Select priority").click()
+            page.get_by_role("option", name="high").click()
+            _field(page, "handler (Optional)", "button[normalize-space(.)='str']").click()
+            _field(page, "handler (Optional)", "textarea").fill("demo")
+            page.screenshot(path=ARTIFACTS / "2-create-form.png", full_page=True)
+            page.get_by_role("button", name="Submit").click()
+            page.get_by_text(re.compile("scheduled to start")).wait_for()
+            page.screenshot(path=ARTIFACTS / "3-submitted.png")
+
+            # The control run creates the task; its deployment shows up in the list.
+            page.goto(f"{stack.ui}/v2/deployments")
+            created = page.get_by_role("link", name=name, exact=True).first
+            expect(created).to_be_visible()
+            page.screenshot(path=ARTIFACTS / "4-task-listed.png")
+            created.click()
+            expect(page.get_by_text("priority:high").first).to_be_visible()
+            expect(page.get_by_text("Completed").first).to_be_visible()
+            page.screenshot(path=ARTIFACTS / "5-task-run-completed.png")
+        except Exception:
+            page.screenshot(path=ARTIFACTS / "failure.png", full_page=True)
+            raise
+        finally:
+            browser.close()
+
+    task = stack.cli_json("task", "show", name)
+    assert task["status"] == "completed" and task["priority"] == "high" and task["handler"] == "demo"
+    assert task["result"]["success"] is True
