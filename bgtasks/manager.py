@@ -46,7 +46,7 @@ from bgtasks.models import (
 from bgtasks.errors import InvalidTask, TaskConflict, TaskError, TaskNotFound
 from deployments import mapping
 from deployments.schedules import prefect_schedules
-from flows import UnknownHandler, dotted_entrypoint, resolve_handler
+from flows import DEVICE_ENTRYPOINT, UnknownHandler, dotted_entrypoint, resolve_handler, slug
 
 #: How many future runs Prefect pre-creates when a periodic task is created/resumed.
 SCHEDULE_AHEAD_RUNS = 10
@@ -86,6 +86,10 @@ class TaskManager:
             opts = body if isinstance(body, CreateTaskOptions) else CreateTaskOptions.model_validate(body)
         except ValidationError as exc:
             raise InvalidTask(field_errors(exc)) from None
+        if opts.target is not None:
+            # The work runs on the devices: the handler names it for them (free-form);
+            # here the device flow pushes and collects their reports.
+            return opts, opts.handler or slug(opts.name), DEVICE_ENTRYPOINT
         try:
             handler, entrypoint = resolve_handler(opts.name, opts.handler)
         except UnknownHandler as exc:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -47,6 +47,7 @@ __all__ = [
     "TaskRun",
     "TaskSchedule",
     "TaskStatus",
+    "TaskTarget",
     "TaskType",
     "ONE_TIME_GRACE",
     "MAX_RETRIES",
@@ -281,6 +282,26 @@ class RetryPolicy(_SpecModel):
         return self
 
 
+class TaskTarget(_SpecModel):
+    """The devices a task wakes with a silent push instead of running on this host
+    (beyond the spec; ``mobile_push``). Every given criterion must hold."""
+
+    device_ids: list[str] | None = Field(None, min_length=1, max_length=10000,
+                                         description="Registered device ids.")
+    labels: list[str] | None = Field(None, min_length=1, max_length=50,
+                                     description="Devices carrying all these labels.")
+    platform: Literal["android", "ios"] | None = Field(None, description="Only this platform.")
+    high_priority: bool = Field(False, description="FCM android priority high (deprioritised by FCM when "
+                                "no notification is shown: use it only for urgent work).")
+    collapse_key: str | None = Field(None, max_length=64, description="Newer pushes replace queued older ones.")
+
+    @model_validator(mode="after")
+    def _says_something(self) -> TaskTarget:
+        if self.device_ids is None and self.labels is None and self.platform is None:
+            raise ValueError("deviceIds: name deviceIds, labels or a platform")
+        return self
+
+
 _NAME_FORBIDDEN = set("/%&<>")
 
 
@@ -297,6 +318,9 @@ class CreateTaskOptions(_SpecModel):
     timeout_ms: int | None = Field(None, gt=0, le=MAX_DURATION_MS, description="Per attempt.")
     handler: str | None = Field(
         None, min_length=1, max_length=100, description="Registered handler (flow) to run."
+    )
+    target: TaskTarget | None = Field(
+        None, description="Wake these devices with a silent push; they run the work and report back."
     )
 
     @field_validator("name")
@@ -351,6 +375,7 @@ class BackgroundTask(_SpecModel):
     constraints: TaskConstraints | None = None
     retry_policy: RetryPolicy | None = None
     timeout_ms: int | None = None
+    target: TaskTarget | None = None
     data: Any = None
 
     @field_validator("created_at", "scheduled_for", "last_run", "next_run")

@@ -75,6 +75,37 @@ class ApiSettings(BaseSettings):
     )
 
 
+class PushSettings(BaseSettings):
+    """Silent pushes (``mobile_push``): credentials are paths to files, never logged."""
+
+    model_config = SettingsConfigDict(env_prefix="BGTASKS_PUSH_", extra="ignore")
+
+    sender: Literal["auto", "memory"] = Field(
+        "auto", description="`auto`: FCM and APNs with the credentials below; `memory`: record pushes "
+        "in memory without sending (development).")
+    fcm_credentials_file: Path | None = Field(
+        None, description="Firebase service-account JSON file (FCM HTTP v1).")
+    fcm_url: str | None = Field(None, description="Override of the FCM send URL (tests, proxies).")
+    apns_key_file: Path | None = Field(None, description="APNs auth key (.p8, ES256).")
+    apns_key_id: str | None = Field(None, description="The key's id (JWT header kid).")
+    apns_team_id: str | None = Field(None, description="Apple developer team id (JWT iss).")
+    apns_environment: Literal["production", "sandbox"] = Field(
+        "production", description="api.push.apple.com or api.sandbox.push.apple.com.")
+    apns_base_url: str | None = Field(None, description="Override of the APNs base URL (tests).")
+    apns_ca_file: Path | None = Field(None, description="Extra CA bundle for the APNs connection (tests).")
+    chunk_size: int = Field(100, ge=1, le=500, description="Messages per send batch (and per Prefect task).")
+    max_attempts: int = Field(5, ge=1, le=20, description="Attempts per message for transient errors.")
+    initial_backoff_s: float = Field(0.5, ge=0, le=60)
+    max_backoff_s: float = Field(30.0, ge=0, le=600, description="Cap of one backoff delay.")
+    max_retry_after_s: float = Field(
+        120.0, ge=0, le=3600, description="A Retry-After longer than this ends the retries for the run.")
+    public_url: str | None = Field(
+        None, description="The REST API's URL as devices reach it (in the payload's reportUrl); "
+        "default: the local API URL.")
+    report_wait_s: float = Field(
+        600.0, gt=0, le=86400, description="How long a run waits for device reports when the task has no timeout.")
+
+
 class Settings(BaseSettings):
     """The root of the tree."""
 
@@ -92,6 +123,7 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    push: PushSettings = Field(default_factory=PushSettings)
 
     @property
     def prefect_home(self) -> Path:

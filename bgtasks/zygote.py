@@ -56,11 +56,11 @@ def preload() -> list[str]:
         except ImportError:  # moved in another Prefect version: only slower
             pass
 
-    from flows import available_handlers
+    from flows import DEVICE_ENTRYPOINT, available_handlers
     from flows.controls import CONTROL_FLOWS
 
     failed = []
-    for name, entrypoint in (available_handlers() | CONTROL_FLOWS).items():
+    for name, entrypoint in (available_handlers() | CONTROL_FLOWS | {"device-task": DEVICE_ENTRYPOINT}).items():
         try:
             import_object(entrypoint)
         except Exception as exc:  # a broken handler must not stop the others

@@ -105,6 +105,11 @@ def description_for(opts: CreateTaskOptions, handler: str) -> str:
             f"up to {format_ms(p.max_backoff_ms)}, jitter {p.jitter:g}{cond}"
         )
     lines.append(f"- timeout: {format_ms(opts.timeout_ms) if opts.timeout_ms else 'none'}")
+    if opts.target is not None:
+        t = opts.target
+        who = [f"devices {', '.join(t.device_ids[:5])}{'…' if len(t.device_ids) > 5 else ''}" if t.device_ids else "",
+               f"labels {', '.join(t.labels)}" if t.labels else "", f"platform {t.platform}" if t.platform else ""]
+        lines.append(f"- wakes: {'; '.join(w for w in who if w)} (silent push, waits for device reports)")
     return "\n".join(lines)
 
 
@@ -196,6 +201,7 @@ def task_from(
         constraints=opts.constraints if opts else None,
         retry_policy=opts.retry_policy if opts else None,
         timeout_ms=opts.timeout_ms if opts else None,
+        target=opts.target if opts else None,
         data=opts.data if opts else (deployment.parameters or {}).get("data"),
     )
     # A stored definition is not new input: skip the clock checks on re-validation.

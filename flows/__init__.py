@@ -22,6 +22,10 @@ BUILTIN_HANDLERS: dict[str, str] = {
 }
 
 
+#: The flow of tasks that target devices (``mobile_push``): it pushes and waits for reports.
+DEVICE_ENTRYPOINT = "flows.device:device_task"
+
+
 class UnknownHandler(LookupError):
     """No registered handler has this name; the message lists the ones that exist."""
 

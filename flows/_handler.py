@@ -19,6 +19,7 @@ run as ``TimedOut`` and ends the process, ``HARD_TIMEOUT_GRACE_S`` later.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import threading
 from collections.abc import Callable
@@ -47,15 +48,60 @@ def parse_task_spec(spec: dict[str, Any] | None, data: Any = None) -> CreateTask
     return CreateTaskOptions.model_validate(body, context={"stored": True})
 
 
+def _failure_of(state: Any) -> Any:
+    """The exception a failed state carries, from sync or async code.
+
+    ``State.result`` returns a coroutine when called inside an event loop (async
+    tasks), so the exception is read from the state's data (the exception itself,
+    or the result record holding it) first.
+    """
+    data = getattr(state, "data", None)
+    if isinstance(data, BaseException):
+        return data
+    if isinstance(getattr(data, "result", None), BaseException):
+        return data.result
+    result = state.result(raise_on_failure=False)
+    if inspect.isawaitable(result):
+        result.close()  # type: ignore[attr-defined]
+        return None
+    return result
+
+
 def _retry_condition(policy: RetryPolicy) -> Callable[..., bool]:
     def condition(task_obj: Any, task_run: Any, state: Any) -> bool:
-        exc = state.result(raise_on_failure=False)
+        exc = _failure_of(state)
+        if getattr(exc, "retryable", True) is False:
+            get_run_logger().info("Not retrying: %s cannot succeed by trying again", type(exc).__name__)
+            return False
         ok = should_retry(policy.retry_on, exc if isinstance(exc, BaseException) else None)
         if not ok:
             get_run_logger().info("Not retrying: %r does not match retryOn", exc)
         return ok
 
     return condition
+
+
+def past_end(spec: CreateTaskOptions | None) -> Any:
+    """A Completed state when the schedule's endTime has passed (the run does nothing), else None."""
+    end = spec.schedule.end_time if spec is not None else None
+    if end is not None and datetime.now(UTC) > end:
+        return Completed(message=f"Skipped: past the schedule's endTime {end.isoformat()}")
+    return None
+
+
+def retry_options(spec: CreateTaskOptions | None) -> dict[str, Any]:
+    """Prefect task options for the task's retry policy (empty: no retries).
+
+    An exception whose ``retryable`` attribute is False is never retried.
+    """
+    policy = spec.retry_policy if spec is not None else None
+    if policy is None or not policy.max_retries:
+        return {}
+    return {
+        "retries": policy.max_retries,
+        "retry_delay_seconds": retry_delays_seconds(policy),
+        "retry_condition_fn": _retry_condition(policy),
+    }
 
 
 def _hard_timeout(seconds: float, flow_run_id: str | None) -> threading.Timer:
@@ -122,19 +168,10 @@ def background_handler(name: str) -> Callable[[Callable[[Any], Any]], Any]:
         # Not functools.wraps: Prefect reads the flow's parameters from its signature.
         def handler_flow(data: Any = None, task: dict[str, Any] | None = None) -> Any:
             spec = parse_task_spec(task, data)
-            options: dict[str, Any] = {}
-            timeout_s: float | None = None
-            if spec is not None:
-                end = spec.schedule.end_time
-                if end is not None and datetime.now(UTC) > end:
-                    return Completed(message=f"Skipped: past the schedule's endTime {end.isoformat()}")
-                policy = spec.retry_policy
-                if policy is not None and policy.max_retries:
-                    options["retries"] = policy.max_retries
-                    options["retry_delay_seconds"] = retry_delays_seconds(policy)
-                    options["retry_condition_fn"] = _retry_condition(policy)
-                if spec.timeout_ms is not None:
-                    timeout_s = spec.timeout_ms / 1000.0
+            if (skipped := past_end(spec)) is not None:
+                return skipped
+            options = retry_options(spec)
+            timeout_s = spec.timeout_ms / 1000.0 if spec is not None and spec.timeout_ms is not None else None
             attempt = _attempt_task(fn, name, timeout_s)
             if options:
                 attempt = attempt.with_options(**options)

@@ -38,4 +38,7 @@ pytest_plugins = ["tests.fixtures"]
 
 
 def pytest_unconfigure(config: object) -> None:
+    if os.environ.get("BGTASKS_TEST_KEEP_HOME"):  # debugging: keep the logs and databases
+        print(f"\nbgtasks test home kept: {_HOME}")
+        return
     shutil.rmtree(_HOME, ignore_errors=True)

@@ -75,8 +75,9 @@ def prefect_server(settings: Settings) -> Iterator[ServerHandle]:
 
 
 class WorkerHandle:
-    def __init__(self, settings: Settings, limit: int) -> None:
+    def __init__(self, settings: Settings, limit: int, env: dict[str, str] | None = None) -> None:
         stack = Stack(settings)
+        stack.env.update(env or {})
         self.stack = stack
         self.part = stack.worker
         # One worker per test module: its own name and log.
@@ -96,8 +97,9 @@ class WorkerHandle:
         self.part.stop((signal.SIGINT, signal.SIGINT), grace_s=10)
 
 
-def start_worker(settings: Settings, limit: int) -> WorkerHandle:
-    w = WorkerHandle(settings, limit)
+def start_worker(settings: Settings, limit: int, env: dict[str, str] | None = None) -> WorkerHandle:
+    """A worker of the pool; ``env`` adds to its (and its runs') environment."""
+    w = WorkerHandle(settings, limit, env)
     w.start()
     return w
 
@@ -177,7 +179,15 @@ def make_token(settings: Settings, *scopes: str, name: str = "test", device: str
         finally:
             await store.close()
 
-    return asyncio.run(go())
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(go())
+    # Called from async test code: run on a thread of its own (blocking briefly is fine in a test).
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, go()).result()
 
 
 class ApiProcess:

@@ -32,6 +32,9 @@ from bgtasks.models import (
     errors_from,
 )
 from bgtasks.settings import Settings
+from mobile_push.registry import Device, DeviceConflict, DeviceIn, DeviceNotFound, DeviceUpdate
+from mobile_push.reports import ReportIn, ReportRejected
+from mobile_push.types import Platform
 
 PROBLEM = "application/problem+json"
 
@@ -62,6 +65,17 @@ class RunOptions(BaseModel):
 
 class RunStarted(BaseModel):
     run_id: str = Field(alias="runId")
+
+
+class DeviceReport(BaseModel):
+    """A stored device report."""
+
+    success: bool
+    reported_at: str = Field(alias="reportedAt")
+    data: Any = None
+    error: str | None = None
+    duration_ms: int | None = Field(None, alias="durationMs")
+    stop_reason: str | None = Field(None, alias="stopReason")
 
 
 class Health(BaseModel):
@@ -111,9 +125,14 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
         from bgtasks.manager import TaskManager
         from bgtasks.store import open_store
 
+        from mobile_push.registry import DeviceRegistry
+        from mobile_push.reports import RunLedger
+
         own = store is None
         db = await open_store(settings.store_url) if own else store
         app.state.tokens = TokenStore(db)
+        app.state.devices = DeviceRegistry(db)
+        app.state.ledger = RunLedger(db)
         try:
             async with get_client() as client:
                 app.state.manager = TaskManager(client, settings.worker.pool)
@@ -156,6 +175,20 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
     async def _conflict(request: Request, exc: TaskConflict) -> JSONResponse:
         return problem(409, "Conflict", str(exc))
 
+    @app.exception_handler(DeviceNotFound)
+    async def _no_device(request: Request, exc: DeviceNotFound) -> JSONResponse:
+        return problem(404, "Device not found", str(exc))
+
+    @app.exception_handler(DeviceConflict)
+    async def _device_conflict(request: Request, exc: DeviceConflict) -> JSONResponse:
+        field, _, message = str(exc).partition(": ")
+        return problem(409, "Conflict", str(exc), [{"field": field, "message": message}])
+
+    @app.exception_handler(ReportRejected)
+    async def _report_rejected(request: Request, exc: ReportRejected) -> JSONResponse:
+        title = {403: "Forbidden", 404: "Not found", 409: "Conflict"}[exc.status]
+        return problem(exc.status, title, str(exc))
+
     @app.exception_handler(AuthError)
     async def _auth(request: Request, exc: AuthError) -> JSONResponse:
         challenge = 'Bearer realm="bgtasks"'
@@ -177,17 +210,24 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
         errors = errors_from(exc.errors(), skip=("body", "query", "path"))
         return problem(422, "Invalid input", "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors)
 
+    async def authenticate(request: Request, creds: HTTPAuthorizationCredentials | None) -> ApiToken | None:
+        """The caller's token (None when auth is off); 401 without a live one."""
+        if settings.api.auth == "none":
+            return None
+        if creds is None:
+            raise AuthError(401, "send a bearer token: Authorization: Bearer <token> "
+                                 "(create one with `bgtasks token create`)")
+        token = await request.app.state.tokens.verify(creds.credentials)
+        if token is None:
+            raise AuthError(401, "the bearer token is unknown or revoked")
+        return token
+
     def requires(scope: Scope) -> Callable[..., Awaitable[ApiToken | None]]:
         async def check(request: Request,
                         creds: HTTPAuthorizationCredentials | None = Security(bearer)) -> ApiToken | None:
-            if settings.api.auth == "none":
-                return None
-            if creds is None:
-                raise AuthError(401, "send a bearer token: Authorization: Bearer <token> "
-                                     "(create one with `bgtasks token create`)")
-            token = await request.app.state.tokens.verify(creds.credentials)
+            token = await authenticate(request, creds)
             if token is None:
-                raise AuthError(401, "the bearer token is unknown or revoked")
+                return None
             if scope not in token.scopes:
                 raise AuthError(403, f"the token {token.name!r} lacks the scope {scope.value}", scope.value)
             return token
@@ -274,6 +314,61 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
     async def delete_task(request: Request, task_id: str) -> Response:
         await mgr(request).delete(task_id)
         return Response(status_code=204)
+
+    # ---- devices (mobile_push) ------------------------------------------------------
+
+    manage_devices = [Depends(requires(Scope.DEVICES_WRITE))]
+
+    @app.post("/devices", status_code=201, dependencies=manage_devices,
+              responses=_ok(Device, 201) | denied | _problems(400, 409, 422))
+    async def register_device(request: Request, body: DeviceIn = Body(...)) -> Any:
+        """Register a device to wake with silent pushes; its token is checked for shape."""
+        device = await request.app.state.devices.add(body)
+        return JSONResponse(device.public(), status_code=201)
+
+    @app.get("/devices", dependencies=read, responses=_ok(list[Device]) | denied | _problems(422))
+    async def list_devices(request: Request, platform: Platform | None = None, label: str | None = None,
+                           state: Literal["active", "invalid"] | None = None) -> Any:
+        found = await request.app.state.devices.list(platform=platform, label=label, state=state)
+        return JSONResponse([d.public() for d in found])
+
+    @app.get("/devices/{device_id}", dependencies=read, responses=_ok(Device) | denied | _problems(404))
+    async def get_device(request: Request, device_id: str) -> Any:
+        return JSONResponse((await request.app.state.devices.get(device_id)).public())
+
+    @app.put("/devices/{device_id}", responses=_ok(Device) | denied | _problems(400, 404, 409, 422))
+    async def update_device(request: Request, device_id: str, body: DeviceUpdate = Body(...),
+                            creds: HTTPAuthorizationCredentials | None = Security(bearer)) -> Any:
+        """A new push token (tokens rotate) or labels. A device's own token may update it."""
+        token = await authenticate(request, creds)
+        if token is not None and Scope.DEVICES_WRITE not in token.scopes:
+            if Scope.DEVICES_REPORT not in token.scopes or token.device_id != device_id:
+                raise AuthError(403, "updating a device needs devices:write, or the device's own token",
+                                Scope.DEVICES_WRITE.value)
+        try:
+            device = await request.app.state.devices.update(device_id, body)
+        except ValueError as exc:
+            field, _, message = str(exc).partition(": ")
+            return problem(422, "Invalid input", str(exc), [{"field": field, "message": message}])
+        return JSONResponse(device.public())
+
+    @app.delete("/devices/{device_id}", status_code=204, dependencies=manage_devices,
+                responses=denied | _problems(404))
+    async def remove_device(request: Request, device_id: str) -> Response:
+        await request.app.state.devices.remove(device_id)
+        return Response(status_code=204)
+
+    @app.post("/devices/{device_id}/runs/{run_id}/report", status_code=201,
+              responses=_ok(DeviceReport, 201) | denied | _problems(400, 404, 409, 422))
+    async def report_run(request: Request, device_id: str, run_id: str, body: ReportIn = Body(...),
+                         token: ApiToken | None = Depends(requires(Scope.DEVICES_REPORT))) -> Any:
+        """A device reports what it did for a run, with the run's reportToken from the push."""
+        if token is not None and token.device_id is not None and token.device_id != device_id:
+            raise AuthError(403, f"this token belongs to device {token.device_id!r}: "
+                                 "a device can only report its own runs")
+        report = await request.app.state.ledger.submit(device_id, run_id, body)
+        await request.app.state.devices.touch(device_id)
+        return JSONResponse(report.to_json_dict(), status_code=201)
 
     return app
 

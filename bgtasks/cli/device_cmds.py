@@ -1,0 +1,182 @@
+"""``bgtasks device add|ls|show|rm|test``: the phones bgtasks wakes with silent pushes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal, TypeVar
+
+import cyclopts
+from cyclopts import Parameter
+from rich.table import Table
+
+from bgtasks.cli.task_cmds import Output, _print_json, _when
+
+device_app = cyclopts.App(name="device", help="Register, list, remove and test-push devices (mobile_push).")
+T = TypeVar("T")
+
+
+def _with_store(op: Callable[[Any], Awaitable[T]]) -> T:
+    from bgtasks.cli import settings
+    from bgtasks.store import open_store
+
+    async def go() -> T:
+        store = await open_store(settings().store_url)
+        try:
+            return await op(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(go())
+
+
+def _registry(op: Callable[[Any], Awaitable[T]]) -> T:
+    from mobile_push.registry import DeviceRegistry
+
+    return _with_store(lambda store: op(DeviceRegistry(store)))
+
+
+def _invalid(exc: Exception) -> None:
+    from bgtasks import cli
+    from bgtasks.models import field_errors
+
+    for e in field_errors(exc):
+        cli.err_console.print(f"[red]Invalid {e['field'] or 'input'}: {e['message']}[/red]")
+    raise SystemExit(1)
+
+
+@device_app.command
+def add(
+    platform: Literal["android", "ios"],
+    token: str,
+    *,
+    id: Annotated[str | None, Parameter(help="Your id for the device (default: generated).")] = None,
+    transport: Annotated[Literal["fcm", "apns"] | None, Parameter(
+        help="fcm or apns (default: fcm for android, apns for ios).")] = None,
+    topic: Annotated[str | None, Parameter(help="APNs: the app's bundle id. FCM: the app id.")] = None,
+    label: Annotated[list[str] | None, Parameter(name=["--label", "-l"], help="Repeatable.")] = None,
+    output: Output = "table",
+) -> None:
+    """Register a device; its push token is checked for shape."""
+    from pydantic import ValidationError
+
+    from bgtasks import cli
+    from mobile_push.registry import DeviceConflict, DeviceIn
+
+    try:
+        new = DeviceIn(id=id, platform=platform, transport=transport, token=token, topic=topic, labels=label or [])
+    except ValidationError as exc:
+        _invalid(exc)
+    try:
+        device = _registry(lambda r: r.add(new))
+    except DeviceConflict as exc:
+        cli.fail(f"Invalid {exc}")
+    if output == "json":
+        _print_json(device.public())
+    else:
+        cli.console.print(f"Device {device.id} registered ({device.platform.value}, {device.transport.value}).")
+
+
+@device_app.command(name="ls")
+def list_devices(
+    *,
+    platform: Literal["android", "ios"] | None = None,
+    label: str | None = None,
+    state: Literal["active", "invalid"] | None = None,
+    output: Output = "table",
+) -> None:
+    """List devices (tokens shortened)."""
+    from bgtasks import cli
+    from mobile_push.types import Platform
+
+    found = _registry(lambda r: r.list(platform=Platform(platform) if platform else None, label=label, state=state))
+    if output == "json":
+        _print_json([d.public() for d in found])
+        return
+    table = Table("ID", "PLATFORM", "TRANSPORT", "TOKEN", "LABELS", "STATE", "LAST SEEN")
+    for d in found:
+        pub = d.public()
+        state_text = "[green]active[/]" if d.state == "active" else f"[red]invalid[/] ({d.invalid_reason})"
+        table.add_row(d.id, d.platform.value, d.transport.value, pub["token"], ", ".join(d.labels) or "-",
+                      state_text, _when(d.last_seen_at))
+    cli.console.print(table)
+
+
+@device_app.command(name="rm")
+def remove(device_id: str) -> None:
+    """Remove a device from the registry."""
+    from bgtasks import cli
+    from mobile_push.registry import DeviceNotFound
+
+    try:
+        _registry(lambda r: r.remove(device_id))
+    except DeviceNotFound as exc:
+        cli.fail(str(exc))
+    cli.console.print(f"Device {device_id} removed.")
+
+
+@device_app.command
+def test(device_id: str, *, output: Output = "table") -> None:
+    """Send one silent test push to a device now and show the push service's answer."""
+    from bgtasks import cli
+    from mobile_push.registry import DeviceNotFound
+
+    try:
+        result = _with_store(lambda store: _test_push(store, device_id))
+    except DeviceNotFound as exc:
+        cli.fail(str(exc))
+    if output == "json":
+        _print_json(result)
+        return
+    colour = "green" if result["outcome"] == "delivered" else "red"
+    cli.console.print(f"[{colour}]{result['outcome']}[/] after {result['attempts']} attempt(s)"
+                      + (f": {result['error']}" if result.get("error") else "")
+                      + (f" (message {result['messageId']})" if result.get("messageId") else ""))
+    if result["outcome"] != "delivered":
+        raise SystemExit(1)
+
+
+async def _test_push(store: Any, device_id: str) -> dict[str, Any]:
+    import uuid
+
+    from bgtasks.cli import settings
+    from mobile_push.delivery import send_with_retries
+    from mobile_push.dispatch import invalid_reason, report_base_url
+    from mobile_push.payload import build_payload, check_size
+    from mobile_push.registry import DeviceRegistry
+    from mobile_push.reports import RunLedger
+    from mobile_push.senders import make_senders, missing_credentials_error
+    from mobile_push.types import OutcomeKind, PushMessage
+
+    s = settings()
+    registry, ledger = DeviceRegistry(store), RunLedger(store)
+    device = await registry.get(device_id)
+    run_id = f"test-{uuid.uuid4().hex[:12]}"
+    senders = make_senders(s.push)
+    try:
+        sender = senders.get(device.transport)
+        if sender is None:
+            return {"deviceId": device.id, "outcome": "config", "attempts": 0,
+                    "error": missing_credentials_error(device.transport, s.push)}
+        payload = build_payload(task_id="", run_id=run_id, task_name="bgtasks device test", handler="test",
+                                constraints={}, data=None, report_token=await ledger.issue_token(run_id, device.id, None),
+                                report_base_url=report_base_url(s), device_id=device.id)
+        check_size(payload, device.transport)
+        [(result, attempts)] = await send_with_retries(
+            sender, [PushMessage(target=device.target(), payload=payload, ttl_s=300)],
+            max_attempts=s.push.max_attempts, initial_backoff_s=s.push.initial_backoff_s,
+            max_backoff_s=s.push.max_backoff_s, max_retry_after_s=s.push.max_retry_after_s)
+    finally:
+        for each in senders.values():
+            await each.aclose()
+    await ledger.record_delivery(run_id=run_id, task_id=None, device_id=device.id, transport=device.transport.value,
+                                 outcome=result.kind.value, attempts=attempts, message_id=result.message_id,
+                                 error=result.error)
+    if result.kind == OutcomeKind.INVALID_TOKEN:
+        await registry.mark_invalid(device.id, invalid_reason(result))
+    out: dict[str, Any] = {"deviceId": device.id, "runId": run_id, "outcome": result.kind.value, "attempts": attempts}
+    if result.message_id:
+        out["messageId"] = result.message_id
+    if result.error:
+        out["error"] = result.error
+    return out

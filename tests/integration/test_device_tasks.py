@@ -1,0 +1,300 @@
+"""Tasks that target devices, end to end: the REST API, a real worker running the
+device flow, silent pushes to the local FCM and APNs fakes (real HTTP/2 + TLS,
+real firebase-admin), device reports through the API, and the run's result."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bgtasks.settings import Settings
+from tests.fakes import FakeAPNs, FakeFCM
+from tests.fixtures import ApiProcess, WorkerHandle, make_token, start_worker
+
+pytestmark = pytest.mark.integration
+
+BUNDLE = "com.example.app"
+DEADLINE_S = 180
+
+
+def fcm_token() -> str:
+    return secrets.token_urlsafe(16).replace("-", "a") + ":" + "APA91b" + secrets.token_urlsafe(100)[:134]
+
+
+def apns_token() -> str:
+    return secrets.token_hex(32)
+
+
+@pytest.fixture(scope="module")
+def fakes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FakeFCM, FakeAPNs, dict[str, str]]]:
+    keys = tmp_path_factory.mktemp("push-keys")
+    with FakeFCM() as fcm, FakeAPNs(topics={BUNDLE}) as apns:
+        env = {
+            "BGTASKS_PUSH_FCM_CREDENTIALS_FILE": str(fcm.write_service_account_file(keys / "service-account.json")),
+            "BGTASKS_PUSH_FCM_URL": fcm.send_url,
+            "BGTASKS_PUSH_APNS_KEY_FILE": str(apns.write_auth_key(keys)),
+            "BGTASKS_PUSH_APNS_KEY_ID": apns.key_id,
+            "BGTASKS_PUSH_APNS_TEAM_ID": apns.team_id,
+            "BGTASKS_PUSH_APNS_BASE_URL": apns.base_url,
+            "BGTASKS_PUSH_APNS_CA_FILE": str(apns.ca_cert_path),
+            "BGTASKS_PUSH_INITIAL_BACKOFF_S": "0.05",
+        }
+        yield fcm, apns, env
+
+
+@pytest.fixture(scope="module")
+def push_worker(prefect_server: Any, settings: Settings, fakes: Any, api_process: ApiProcess) -> Iterator[WorkerHandle]:
+    env = dict(fakes[2], BGTASKS_PUSH_PUBLIC_URL=api_process.base)
+    w = start_worker(settings, limit=4, env=env)
+    yield w
+    w.stop()
+
+
+@pytest.fixture(scope="module")
+def admin(api_process: ApiProcess, settings: Settings) -> Iterator[httpx.Client]:
+    token = make_token(settings, "tasks:read", "tasks:write", "devices:write", name="push-admin")
+    with httpx.Client(base_url=api_process.base, timeout=60, headers={"Authorization": f"Bearer {token}"}) as c:
+        yield c
+
+
+def device_client(api_process: ApiProcess, settings: Settings, device_id: str) -> httpx.Client:
+    token = make_token(settings, "devices:report", name=f"phone-{device_id}", device=device_id)
+    return httpx.Client(base_url=api_process.base, timeout=60, headers={"Authorization": f"Bearer {token}"})
+
+
+def register(admin: httpx.Client, platform: str, token: str, **extra: Any) -> dict[str, Any]:
+    body = {"id": f"{platform}-{secrets.token_hex(4)}", "platform": platform, "token": token, **extra}
+    resp = admin.post("/devices", json=body)
+    assert resp.status_code == 201, resp.text
+    return resp.json()
+
+
+def create(admin: httpx.Client, target: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    body = {"name": f"wake-{secrets.token_hex(4)}", "handler": "sync-photos",
+            "schedule": {"type": "one-time"}, "target": target, "timeoutMs": 120_000,
+            "data": {"album": "holidays"}, **extra}
+    resp = admin.post("/tasks", json=body)
+    assert resp.status_code == 201, resp.text
+    return resp.json()
+
+
+async def until(check: Any, what: str) -> Any:
+    from tests.fixtures import wait_for
+
+    async def probe() -> Any:
+        return await asyncio.to_thread(check)
+
+    return await wait_for(probe, DEADLINE_S, what)
+
+
+async def pushed(admin: httpx.Client, task_id: str, fake: Any, payload_of: Any, token: str | None = None) -> Any:
+    """The accepted push(es) of the task's run on ``fake`` (to ``token`` if given); fails at
+    once, with the run's error, if the run ends first."""
+
+    def check() -> Any:
+        found = [r for r in fake.requests.snapshot() if r.ok and payload_of(r).get("taskId") == task_id
+                 and (token is None or token in (getattr(r, "device_token", None), getattr(r, "target", None)))]
+        if not found and (done := finished(admin, task_id)):
+            raise AssertionError(f"the run ended before pushing: {done['result']}")
+        return found
+
+    return (await until(check, f"the push of task {task_id}"))[0]
+
+
+def finished(admin: httpx.Client, task_id: str) -> Any:
+    task = admin.get(f"/tasks/{task_id}").json()
+    return task if task["status"] in ("completed", "failed") and task.get("result") else None
+
+
+async def settled(admin: httpx.Client, task_id: str) -> dict[str, Any]:
+    """The finished task, read again once its wake-devices task run is final in the API
+    (task-run states arrive as events after the flow run's final state; attempts come from them)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from tests.fixtures import wait_for
+
+    task = await until(lambda: finished(admin, task_id), "the run to finish")
+    run_id = task["result"]["runId"]
+
+    async def final() -> bool:
+        async with get_client() as client:
+            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+        wake = [r for r in runs if r.name.startswith("wake-devices")]
+        return bool(wake) and all(r.state is not None and r.state.is_final() for r in wake)
+
+    await wait_for(final, DEADLINE_S, "the wake-devices task run to be final")
+    return admin.get(f"/tasks/{task_id}").json()
+
+
+def pushes_to(fake: Any, token: str) -> list[Any]:
+    return [r for r in fake.requests.snapshot() if (getattr(r, "device_token", None) or getattr(r, "target", None)) == token]
+
+
+def fcm_payload(request: Any) -> dict[str, str]:
+    return request.message["data"]
+
+
+def apns_payload(request: Any) -> dict[str, str]:
+    return request.payload["bgtasks"]
+
+
+async def test_a_task_wakes_an_android_and_an_ios_device_and_collects_their_reports(
+    fakes: Any, push_worker: WorkerHandle, admin: httpx.Client, api_process: ApiProcess, settings: Settings
+) -> None:
+    fcm, apns, _ = fakes
+    android = register(admin, "android", fcm_token(), labels=["beta"])
+    ios = register(admin, "ios", apns_token(), topic=BUNDLE)
+    a_token = [d for d in admin.get("/devices").json() if d["id"] == android["id"]][0]
+    assert a_token["state"] == "active"
+    task = create(admin, {"deviceIds": [android["id"], ios["id"]]})
+
+    fcm_req = await pushed(admin, task["id"], fcm, fcm_payload)
+    apns_req = await pushed(admin, task["id"], apns, apns_payload)
+    # FCM: data-only, normal priority, every value a string.
+    msg = fcm_req.message
+    assert "notification" not in msg and msg["android"]["priority"] == "normal"
+    assert all(isinstance(v, str) for v in msg["data"].values())
+    # APNs: a background push, priority 5, the bundle as topic, content-available and nothing visible.
+    assert apns_req.headers["apns-push-type"] == "background" and apns_req.headers["apns-priority"] == "5"
+    assert apns_req.headers["apns-topic"] == BUNDLE
+    assert apns_req.payload["aps"] == {"content-available": 1}
+    for payload in (fcm_payload(fcm_req), apns_payload(apns_req)):
+        assert payload["handler"] == "sync-photos" and json.loads(payload["data"]) == {"album": "holidays"}
+        assert json.loads(payload["constraints"]) == {} or isinstance(json.loads(payload["constraints"]), dict)
+    run_id = fcm_payload(fcm_req)["runId"]
+    assert apns_payload(apns_req)["runId"] == run_id
+
+    a_report = fcm_payload(fcm_req)
+    i_report = apns_payload(apns_req)
+    with device_client(api_process, settings, android["id"]) as phone, \
+         device_client(api_process, settings, ios["id"]) as iphone:
+        # A device cannot report another device's run, nor with a wrong token.
+        foreign = phone.post(f"/devices/{ios['id']}/runs/{run_id}/report",
+                             json={"reportToken": i_report["reportToken"], "success": True})
+        assert foreign.status_code == 403 and "own runs" in foreign.json()["detail"]
+        wrong = phone.post(f"/devices/{android['id']}/runs/{run_id}/report",
+                           json={"reportToken": "not-the-token", "success": False})
+        assert wrong.status_code == 403
+        ok = phone.post(a_report["reportUrl"].removeprefix(api_process.base),
+                        json={"reportToken": a_report["reportToken"], "success": True,
+                              "data": {"photos": 12}, "durationMs": 850})
+        assert ok.status_code == 201, ok.text
+        reused = phone.post(a_report["reportUrl"].removeprefix(api_process.base),
+                            json={"reportToken": a_report["reportToken"], "success": False})
+        assert reused.status_code == 409
+        ok = iphone.post(i_report["reportUrl"].removeprefix(api_process.base),
+                         json={"reportToken": i_report["reportToken"], "success": True, "data": {"photos": 3}})
+        assert ok.status_code == 201, ok.text
+
+    done = await until(lambda: finished(admin, task["id"]), "the run to finish")
+    assert done["status"] == "completed", done
+    data = done["result"]["data"]
+    reports = {row["deviceId"]: row["report"] for row in data["devices"]}
+    assert reports[android["id"]]["data"] == {"photos": 12} and reports[android["id"]]["success"] is True
+    assert reports[ios["id"]]["data"] == {"photos": 3}
+    assert data["missing"] == [] and sorted(data["reported"]) == sorted([android["id"], ios["id"]])
+    # One push each: the wrong and reused reports changed nothing.
+    assert len(pushes_to(fcm, fcm_req.target)) == 1 and len(pushes_to(apns, apns_req.device_token)) == 1
+
+
+async def test_dead_tokens_mark_devices_invalid_and_the_next_run_skips_them(
+    fakes: Any, push_worker: WorkerHandle, admin: httpx.Client, api_process: ApiProcess, settings: Settings
+) -> None:
+    fcm, apns, _ = fakes
+    label = f"group-{secrets.token_hex(3)}"
+    dead_fcm, dead_apns, live_apns = fcm_token(), apns_token(), apns_token()
+    fcm.unregister(dead_fcm)      # 404 UNREGISTERED
+    apns.unregister(dead_apns)    # 410 Unregistered
+    dead_android = register(admin, "android", dead_fcm, labels=[label])
+    dead_ios = register(admin, "ios", dead_apns, topic=BUNDLE, labels=[label])
+    alive = register(admin, "ios", live_apns, topic=BUNDLE, labels=[label])
+
+    async def run_and_report() -> dict[str, Any]:
+        task = create(admin, {"labels": [label]}, timeoutMs=60_000)
+        req = await pushed(admin, task["id"], apns, apns_payload, live_apns)
+        payload = apns_payload(req)
+        with device_client(api_process, settings, alive["id"]) as phone:
+            assert phone.post(payload["reportUrl"].removeprefix(api_process.base),
+                              json={"reportToken": payload["reportToken"], "success": True}).status_code == 201
+        return await until(lambda: finished(admin, task["id"]), "the run to finish")
+
+    first = await run_and_report()
+    assert first["status"] == "failed"  # two pushes were refused for good
+    assert "not delivered" in first["result"]["error"]
+    states = {d["id"]: d for d in admin.get("/devices", params={"label": label}).json()}
+    assert states[dead_android["id"]]["state"] == "invalid" and states[dead_ios["id"]]["state"] == "invalid"
+    assert "UNREGISTERED" in states[dead_android["id"]]["invalidReason"].upper()
+    assert states[alive["id"]]["state"] == "active"
+    assert len(pushes_to(fcm, dead_fcm)) == 1 and len(pushes_to(apns, dead_apns)) == 1  # never retried
+
+    second = await run_and_report()
+    assert second["status"] == "completed", second
+    skipped = {s["deviceId"] for s in second["result"]["data"]["skipped"]}
+    assert skipped == {dead_android["id"], dead_ios["id"]}
+    assert len(pushes_to(fcm, dead_fcm)) == 1 and len(pushes_to(apns, dead_apns)) == 1  # skipped, not pushed
+
+
+async def test_a_retried_run_does_not_push_again_to_devices_that_accepted(
+    fakes: Any, push_worker: WorkerHandle, admin: httpx.Client, api_process: ApiProcess, settings: Settings
+) -> None:
+    fcm, apns, _ = fakes
+    quick, slow = fcm_token(), apns_token()
+    android = register(admin, "android", quick)
+    ios = register(admin, "ios", slow, topic=BUNDLE)
+    # The first attempt waits 3 s for reports; only the Android one arrives, so it fails and is retried.
+    task = create(admin, {"deviceIds": [android["id"], ios["id"]]}, timeoutMs=3000,
+                  retryPolicy={"maxRetries": 1, "initialBackoffMs": 1000, "jitter": 0})
+    a_req = await pushed(admin, task["id"], fcm, fcm_payload, quick)
+    i_req = await pushed(admin, task["id"], apns, apns_payload, slow)
+    with device_client(api_process, settings, android["id"]) as phone:
+        p = fcm_payload(a_req)
+        assert phone.post(p["reportUrl"].removeprefix(api_process.base),
+                          json={"reportToken": p["reportToken"], "success": True}).status_code == 201
+
+    async def second_attempt_running() -> bool:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+        async with get_client() as client:
+            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[p["runId"]])))
+        return any(r.name.startswith("wake-devices") and (r.run_count or 0) >= 2 for r in runs)
+
+    from tests.fixtures import wait_for
+
+    await wait_for(second_attempt_running, DEADLINE_S, "the retried attempt")
+    with device_client(api_process, settings, ios["id"]) as iphone:
+        q = apns_payload(i_req)
+        assert iphone.post(q["reportUrl"].removeprefix(api_process.base),
+                           json={"reportToken": q["reportToken"], "success": True}).status_code == 201
+    done = await settled(admin, task["id"])
+    assert done["status"] == "completed", done
+    assert done["result"]["attempts"] == 2
+    assert len(pushes_to(fcm, quick)) == 1 and len(pushes_to(apns, slow)) == 1
+
+
+async def test_payload_too_large_and_configuration_errors_fail_without_sending_or_retrying(
+    fakes: Any, push_worker: WorkerHandle, admin: httpx.Client
+) -> None:
+    fcm, apns, _ = fakes
+    big = register(admin, "android", fcm_token())
+    before = len(fcm.requests)
+    task = create(admin, {"deviceIds": [big["id"]]}, data={"blob": "x" * 5000},
+                  retryPolicy={"maxRetries": 2, "initialBackoffMs": 100})
+    done = await settled(admin, task["id"])
+    assert done["status"] == "failed" and "4096" in done["result"]["error"]
+    assert done["result"]["attempts"] == 1 and len(fcm.requests) == before  # nothing reached the network
+
+    other_app = register(admin, "ios", apns_token(), topic="com.other.app")  # not a topic of these credentials
+    task = create(admin, {"deviceIds": [other_app["id"]]}, retryPolicy={"maxRetries": 2, "initialBackoffMs": 100})
+    done = await settled(admin, task["id"])
+    assert done["status"] == "failed" and "topic" in done["result"]["error"].lower()
+    assert done["result"]["attempts"] == 1
+    assert admin.get(f"/devices/{other_app['id']}").json()["state"] == "active"  # not the device's fault
