@@ -10,6 +10,7 @@ Errors are those of :mod:`bgtasks.errors`.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -46,6 +47,7 @@ from bgtasks.models import (
 from bgtasks.errors import InvalidTask, TaskConflict, TaskError, TaskNotFound
 from deployments import mapping
 from deployments.schedules import prefect_schedules
+from deployments.triggers import automation_for, automation_name
 from flows import DEVICE_ENTRYPOINT, UnknownHandler, dotted_entrypoint, resolve_handler, slug
 
 #: How many future runs Prefect pre-creates when a periodic task is created/resumed.
@@ -69,9 +71,35 @@ class TaskManager:
         pool: the work pool tasks run in (``background-tasks``).
     """
 
-    def __init__(self, client: PrefectClient, pool: str) -> None:
+    def __init__(self, client: PrefectClient, pool: str, allowed_roots: list[Path] | None = None) -> None:
         self.client = client
         self.pool = pool
+        self._allowed_roots = allowed_roots
+
+    @property
+    def allowed_roots(self) -> list[Path]:
+        """Where file triggers may watch (the daemon's setting)."""
+        if self._allowed_roots is None:
+            from bgtasks.settings import load_settings
+
+            self._allowed_roots = load_settings().daemon.allowed_roots
+        return self._allowed_roots
+
+    def check_trigger_path(self, opts: CreateTaskOptions) -> None:
+        """A file trigger's path must be an existing directory inside an allowed root."""
+        t = opts.trigger
+        if t is None or t.path is None:
+            return
+        path = Path(t.path)
+        resolved = path.resolve()
+        if not resolved.is_dir():
+            raise InvalidTask([{"field": "trigger.path", "message": f"{t.path} is not an existing directory"}])
+        roots = [r.resolve() for r in self.allowed_roots]
+        if not any(resolved == r or resolved.is_relative_to(r) for r in roots):
+            allowed = ", ".join(str(r) for r in roots)
+            raise InvalidTask([{"field": "trigger.path",
+                                "message": f"{t.path} is outside the allowed roots ({allowed}); "
+                                           "see BGTASKS_DAEMON_ALLOWED_ROOTS"}])
 
     # ---- create -------------------------------------------------------------------
 
@@ -99,6 +127,7 @@ class TaskManager:
     async def create(self, body: dict[str, Any] | CreateTaskOptions) -> BackgroundTask:
         """Validate and create a task; return it. Bad input stores nothing."""
         opts, handler, entrypoint = self.validate(body)
+        self.check_trigger_path(opts)
         now = datetime.now(UTC)
         # Pin the start so that the stored definition says when the task was meant to run.
         if opts.schedule.start_time is None:
@@ -132,6 +161,9 @@ class TaskManager:
         try:
             if opts.schedule.type == TaskType.ONE_TIME:
                 await self._schedule_one_time(deployment_id, opts.schedule.start_time or now)
+            elif opts.schedule.type == TaskType.TRIGGERED:
+                assert opts.trigger is not None
+                await self.client.create_automation(automation_for(deployment_id, opts.trigger))
             else:
                 await self._schedule_ahead(deployment_id)
         except BaseException:
@@ -311,6 +343,7 @@ class TaskManager:
         dep = await self._deployment(task_id)
         self._ensure_not_cancelled(dep, "be paused")
         await self.client.pause_deployment(dep.id)
+        await self._set_triggers(dep.id, enabled=False)
         # Prefect deletes only auto-scheduled runs: the one-time run and queued
         # run-now runs would still start. Resume recreates what is due.
         while runs := await self._scheduled_runs(dep.id):
@@ -322,6 +355,7 @@ class TaskManager:
         dep = await self._deployment(task_id)
         self._ensure_not_cancelled(dep, "be resumed")
         await self.client.resume_deployment(dep.id)
+        await self._set_triggers(dep.id, enabled=True)
         opts = mapping.stored_options(dep.parameters or {})
         ttype = opts.schedule.type if opts else (TaskType.PERIODIC if dep.schedules else TaskType.ONE_TIME)
         if ttype == TaskType.PERIODIC:
@@ -334,6 +368,19 @@ class TaskManager:
                     dep.id, state=Scheduled(scheduled_time=max(at, datetime.now(UTC)))
                 )
         return await self.get(task_id)
+
+    async def _triggers(self, dep_id: UUID) -> list[Any]:
+        return await self.client.read_automations_by_name(automation_name(dep_id))
+
+    async def _set_triggers(self, dep_id: UUID, enabled: bool) -> None:
+        """Disable (pause) or enable (resume) the task's trigger automations: a paused
+        Prefect deployment would still be run by them."""
+        for automation in await self._triggers(dep_id):
+            if automation.enabled != enabled:
+                if enabled:
+                    await self.client.resume_automation(automation.id)
+                else:
+                    await self.client.pause_automation(automation.id)
 
     async def _stop_runs(self, dep_id: UUID) -> None:
         """Cancel every run that has not finished: queued ones at once, running ones
@@ -351,6 +398,7 @@ class TaskManager:
         dep = await self._deployment(task_id)
         if mapping.CANCELLED_TAG not in (dep.tags or []):
             await self.client.update_deployment(dep.id, _deployment_update(tags=[*dep.tags, mapping.CANCELLED_TAG], paused=True))
+        await self._set_triggers(dep.id, enabled=False)
         await self._stop_runs(dep.id)
         return await self.get(task_id)
 
@@ -359,7 +407,10 @@ class TaskManager:
         then remove the task."""
         dep = await self._deployment(task_id)
         await self.client.pause_deployment(dep.id)
+        await self._set_triggers(dep.id, enabled=False)
         await self._stop_runs(dep.id)  # leaves no Scheduled run behind
+        for automation in await self._triggers(dep.id):
+            await self.client.delete_automation(automation.id)
         await self.client.delete_deployment(dep.id)
 
 

@@ -48,6 +48,8 @@ __all__ = [
     "TaskSchedule",
     "TaskStatus",
     "TaskTarget",
+    "TaskTrigger",
+    "TRIGGER_EVENTS",
     "TaskType",
     "ONE_TIME_GRACE",
     "MAX_RETRIES",
@@ -119,7 +121,7 @@ def _is_stored(info: ValidationInfo) -> bool:
 class TaskSchedule(_SpecModel):
     """When a task runs. The interval is in milliseconds, as in the spec."""
 
-    type: TaskType = Field(description="one-time or periodic (triggered tasks use a trigger).")
+    type: TaskType = Field(description="one-time, periodic, or triggered (with a trigger).")
     start_time: AwareDatetime | None = Field(
         None, description="First run (one-time: the run; periodic: the anchor). Default: now."
     )
@@ -178,10 +180,11 @@ class TaskSchedule(_SpecModel):
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> TaskSchedule:
         if self.type == TaskType.TRIGGERED:
-            raise ValueError(
-                "type: 'triggered' tasks need the trigger daemon, which this version does "
-                "not have yet; use 'one-time' or 'periodic'"
-            )
+            if self.interval is not None or self.cron is not None or self.timezone is not None:
+                raise ValueError("interval/cron: a triggered task runs when its trigger fires; remove them")
+            if self.start_time is not None or self.end_time is not None:
+                if self.end_time is not None and self.start_time is not None and self.end_time <= self.start_time:
+                    raise ValueError("endTime: must be after startTime")
         if self.type == TaskType.ONE_TIME:
             if self.interval is not None or self.cron is not None:
                 raise ValueError("interval/cron: only periodic tasks repeat; remove them or use type 'periodic'")
@@ -282,6 +285,50 @@ class RetryPolicy(_SpecModel):
         return self
 
 
+#: Events a trigger can wait for (``bgtasks.<on>`` as Prefect events, emitted by the trigger daemon).
+TRIGGER_EVENTS = (
+    "file.created", "file.modified", "file.deleted", "file.moved", "file.arrived",
+    "network.connected", "network.disconnected", "network.type-changed", "network.metered-changed",
+    "power.plugged", "power.unplugged", "power.battery-low", "power.battery-ok",
+    "device.idle", "device.active",
+    "storage.low", "storage.ok",
+)
+
+
+class TaskTrigger(_SpecModel):
+    """What starts a triggered task (beyond the spec's one-line "triggered" type).
+
+    ``{"on": "file.created", "path": "/data/inbox", "pattern": "*.csv"}``,
+    ``{"on": "network.connected", "networkType": "unmetered"}``, ``{"on": "power.plugged"}``.
+    File triggers watch ``path`` (absolute, an existing directory inside the daemon's
+    allowed roots: checked when the task is created); ``debounceMs`` coalesces a burst
+    into one run (the event lists the paths).
+    """
+
+    on: Literal[TRIGGER_EVENTS] = Field(description="The event: file.*, network.*, power.*, device.*, storage.*")  # type: ignore[valid-type]
+    path: str | None = Field(None, max_length=4096, description="file.*: the directory to watch (absolute).")
+    pattern: str | None = Field(None, max_length=200, description="file.*: glob of file names, e.g. *.csv.")
+    recursive: bool = Field(False, description="file.*: also watch subdirectories.")
+    debounce_ms: int = Field(1000, ge=0, le=3_600_000, description="file.*: wait for quiet this long, then run "
+                             "once for the burst.")
+    network_type: Literal["any", "unmetered", "metered", "wifi", "ethernet", "cellular"] = Field(
+        "any", description="network.connected / type-changed: only on this kind of network.")
+
+    @model_validator(mode="after")
+    def _fits(self) -> TaskTrigger:
+        is_file = self.on.startswith("file.")
+        if is_file:
+            if not self.path:
+                raise ValueError("path: file triggers need the directory to watch")
+            if not self.path.startswith("/"):
+                raise ValueError(f"path: {self.path!r} is relative; give an absolute path")
+        elif self.path is not None or self.pattern is not None:
+            raise ValueError(f"path: only file triggers watch a path, not {self.on}")
+        if self.network_type != "any" and self.on not in ("network.connected", "network.type-changed"):
+            raise ValueError(f"networkType: applies to network.connected and network.type-changed, not {self.on}")
+        return self
+
+
 class TaskTarget(_SpecModel):
     """The devices a task wakes with a silent push instead of running on this host
     (beyond the spec; ``mobile_push``). Every given criterion must hold."""
@@ -322,6 +369,16 @@ class CreateTaskOptions(_SpecModel):
     target: TaskTarget | None = Field(
         None, description="Wake these devices with a silent push; they run the work and report back."
     )
+    trigger: TaskTrigger | None = Field(None, description="What starts a triggered task.")
+
+    @model_validator(mode="after")
+    def _trigger_matches_type(self) -> CreateTaskOptions:
+        triggered = self.schedule.type == TaskType.TRIGGERED
+        if triggered and self.trigger is None:
+            raise ValueError("trigger: a triggered task needs a trigger, e.g. {\"on\": \"power.plugged\"}")
+        if self.trigger is not None and not triggered:
+            raise ValueError("trigger: only tasks of schedule type 'triggered' have a trigger")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -376,6 +433,7 @@ class BackgroundTask(_SpecModel):
     retry_policy: RetryPolicy | None = None
     timeout_ms: int | None = None
     target: TaskTarget | None = None
+    trigger: TaskTrigger | None = None
     data: Any = None
 
     @field_validator("created_at", "scheduled_for", "last_run", "next_run")

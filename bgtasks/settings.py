@@ -106,6 +106,34 @@ class PushSettings(BaseSettings):
         600.0, gt=0, le=86400, description="How long a run waits for device reports when the task has no timeout.")
 
 
+def _default_roots() -> list[Path]:
+    import tempfile
+
+    return [Path.home(), Path(tempfile.gettempdir())]
+
+
+class DaemonSettings(BaseSettings):
+    """The trigger daemon (``bgtasks daemon``) and the file triggers it may watch."""
+
+    model_config = SettingsConfigDict(env_prefix="BGTASKS_DAEMON_", extra="ignore")
+
+    allowed_roots: list[Path] = Field(
+        default_factory=_default_roots,
+        description="File triggers may watch only directories inside these (JSON list in the environment); "
+        "default: the user's home and the temp directory.")
+    network_poll_s: float = Field(30.0, gt=0, le=3600, description="Safety poll of the network (netlink wakes it).")
+    power_poll_s: float = Field(30.0, gt=0, le=3600)
+    power_root: Path = Field(Path("/sys/class/power_supply"), description="Where batteries and chargers are read.")
+    idle_poll_s: float = Field(30.0, gt=0, le=3600)
+    storage_path: Path | None = Field(None, description="The filesystem watched for low storage; default: the home.")
+    storage_poll_s: float = Field(60.0, gt=0, le=3600)
+    rules_refresh_s: float = Field(
+        5.0, gt=0, le=600, description="How often the daemon re-reads the triggered tasks (new, changed, deleted).")
+    sensors: list[Literal["network", "power", "idle", "storage", "file"]] = Field(
+        default_factory=lambda: ["network", "power", "idle", "storage", "file"],
+        description="Which sensors run.")
+
+
 class Settings(BaseSettings):
     """The root of the tree."""
 
@@ -124,6 +152,7 @@ class Settings(BaseSettings):
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     push: PushSettings = Field(default_factory=PushSettings)
+    daemon: DaemonSettings = Field(default_factory=DaemonSettings)
 
     @property
     def prefect_home(self) -> Path:

@@ -1,10 +1,11 @@
 """The embedded stack behind ``bgtasks up``: Prefect server + UI, a worker of the pool,
-and bgtasks' REST API.
+the trigger daemon and bgtasks' REST API.
 
 Each part is a child process of ours, started with the settings' Prefect
 environment, its output in ``<home>/logs/<part>.log``. Start order: server, wait
 until ``/api/health`` answers, create the pool and its queues, worker, wait until
-the worker has registered with the pool, REST API. Stop order is the reverse, as
+the worker has registered with the pool, the trigger daemon (until it has written its
+first snapshots), REST API. Stop order is the reverse, as
 ../shared/FACTS.md says: an idle Prefect worker often ignores its first SIGINT,
 so it gets a second one, then SIGKILL after a grace; the server gets SIGTERM.
 """
@@ -113,6 +114,16 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def _daemon_ready(state: Path, pid: int | None) -> bool:
+    """The daemon has written its state (its first snapshots) since it started."""
+    import json
+
+    try:
+        return json.loads(state.read_text()).get("_daemon", {}).get("pid") == pid
+    except (OSError, ValueError):
+        return False
+
+
 def server_healthy(api_url: str) -> bool:
     return _healthy(f"{api_url}/health")
 
@@ -137,13 +148,18 @@ class Stack:
              "--limit", str(settings.worker.limit), "--name", f"bgtasks-{os.uname().nodename}-{os.getpid()}"],
             logs / "worker.log",
         )
+        self.daemon = Part(
+            "daemon",
+            [str(Path(py).parent / "bgtasks"), "daemon"],
+            logs / "daemon.log",
+        )
         self.api = Part(
             "api",
             [str(Path(py).parent / "bgtasks"), "api", "--host", settings.api.host, "--port", str(settings.api.port)],
             logs / "api.log",
         )
         self.with_server = with_server and not settings.server.api_url
-        self.parts = [p for p in (self.server if self.with_server else None, self.worker, self.api) if p]
+        self.parts = [p for p in (self.server if self.with_server else None, self.worker, self.daemon, self.api) if p]
 
     def start(self, progress: Callable[[str], None] = lambda s: None) -> None:
         s = self.settings
@@ -165,6 +181,11 @@ class Stack:
             self.worker.start(self.env, s.home)
             wait_until(lambda: asyncio.run(self._worker_registered()), 60,
                        f"the worker (log: {self.worker.log_path})", self.worker.alive)
+            progress("starting the trigger daemon")
+            self.daemon.start(self.env, s.home)
+            state = s.home / "daemon-state.json"
+            wait_until(lambda: _daemon_ready(state, self.daemon.pid), 60,
+                       f"the trigger daemon (log: {self.daemon.log_path})", self.daemon.alive)
             progress("starting the REST API")
             self.api.start(self.env, s.home)
             wait_until(lambda: _healthy(f"{self.api_url}/health"), 60,
@@ -200,6 +221,7 @@ class Stack:
     def stop(self) -> None:
         """API and worker first (the worker gets SIGINT twice, as FACTS.md says), then the server."""
         self.api.stop((signal.SIGINT, signal.SIGTERM), grace_s=10)
+        self.daemon.stop((signal.SIGTERM,), grace_s=15)
         self.worker.stop((signal.SIGINT, signal.SIGINT), grace_s=10)
         if self.with_server:
             self.server.stop((signal.SIGTERM,), grace_s=20)

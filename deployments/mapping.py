@@ -64,7 +64,24 @@ def parameters_for(opts: CreateTaskOptions) -> dict[str, Any]:
     return {"data": opts.data, "task": spec}
 
 
+def describe_trigger(opts: CreateTaskOptions) -> str:
+    t = opts.trigger
+    if t is None:
+        return "a trigger"
+    text = f"on bgtasks.{t.on}"
+    if t.path:
+        text += f" in {t.path}{' (recursive)' if t.recursive else ''}"
+        if t.pattern:
+            text += f" matching {t.pattern}"
+        text += f", debounce {format_ms(t.debounce_ms) if t.debounce_ms else 'none'}"
+    if t.network_type != "any":
+        text += f", {t.network_type} networks only"
+    return text
+
+
 def describe_schedule(s: TaskSchedule) -> str:
+    if s.type == TaskType.TRIGGERED:
+        return "triggered"
     if s.type == TaskType.ONE_TIME:
         return f"once at {s.start_time.isoformat()}" if s.start_time else "once, now"
     if s.cron is not None:
@@ -90,7 +107,10 @@ def description_for(opts: CreateTaskOptions, handler: str) -> str:
     """What the Prefect UI shows: the user's description, then the definition."""
     lines = [opts.description, ""] if opts.description else []
     lines.append(f"**bgtasks** {opts.schedule.type.value} task, priority {opts.priority.value}, handler `{handler}`")
-    lines.append(f"- schedule: {describe_schedule(opts.schedule)}")
+    if opts.schedule.type == TaskType.TRIGGERED:
+        lines.append(f"- trigger: {describe_trigger(opts)}")
+    else:
+        lines.append(f"- schedule: {describe_schedule(opts.schedule)}")
     cons = [k for k, v in opts.constraints.to_json_dict().items() if v]
     lines.append(f"- constraints: {', '.join(cons) if cons else 'none'}")
     p = opts.retry_policy
@@ -202,6 +222,7 @@ def task_from(
         retry_policy=opts.retry_policy if opts else None,
         timeout_ms=opts.timeout_ms if opts else None,
         target=opts.target if opts else None,
+        trigger=opts.trigger if opts else None,
         data=opts.data if opts else (deployment.parameters or {}).get("data"),
     )
     # A stored definition is not new input: skip the clock checks on re-validation.

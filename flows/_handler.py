@@ -157,22 +157,42 @@ def _attempt_task(fn: Callable[[Any], Any], name: str, timeout_s: float | None) 
     )
 
 
-def background_handler(name: str) -> Callable[[Callable[[Any], Any]], Any]:
+def _with_event(fn: Callable[..., Any], event: dict[str, Any] | None) -> Callable[[Any], Any]:
+    """``fn(data, event=event)`` as a one-argument function named like ``fn`` (Prefect binds
+    a task's arguments from its signature, so this is not ``functools.wraps``)."""
+
+    def body(data: Any) -> Any:
+        return fn(data, event=event)
+
+    for attr in ("__name__", "__qualname__", "__doc__", "__module__"):
+        setattr(body, attr, getattr(fn, attr))
+    return body
+
+
+def background_handler(name: str) -> Callable[[Callable[..., Any]], Any]:
     """Decorator: ``fn(data) -> JSON`` becomes the handler flow called ``name``.
+
+    A handler of a triggered task may take ``fn(data, event)``: ``event`` is the
+    triggering event (``name``, ``id``, ``occurred``, ``payload``; for files the
+    payload's ``paths``), or None for a scheduled or manual run.
 
     The flow's return value (the function's) is persisted as JSON: it is the
     ``data`` of the run's TaskResult.
     """
 
-    def decorate(fn: Callable[[Any], Any]) -> Any:
+    def decorate(fn: Callable[..., Any]) -> Any:
+        wants_event = "event" in inspect.signature(fn).parameters
+
         # Not functools.wraps: Prefect reads the flow's parameters from its signature.
-        def handler_flow(data: Any = None, task: dict[str, Any] | None = None) -> Any:
+        def handler_flow(data: Any = None, task: dict[str, Any] | None = None,
+                         event: dict[str, Any] | None = None) -> Any:
             spec = parse_task_spec(task, data)
             if (skipped := past_end(spec)) is not None:
                 return skipped
             options = retry_options(spec)
             timeout_s = spec.timeout_ms / 1000.0 if spec is not None and spec.timeout_ms is not None else None
-            attempt = _attempt_task(fn, name, timeout_s)
+            body = _with_event(fn, event) if wants_event else fn
+            attempt = _attempt_task(body, name, timeout_s)
             if options:
                 attempt = attempt.with_options(**options)
             return attempt(data)

@@ -15,6 +15,9 @@
   crashing native library would (the run ends Crashed);
 - ``message``: echoed in the result.
 
+A triggered run also gets the triggering ``event`` (name, id, occurred, payload):
+it is recorded and returned under ``event``.
+
 Returns ``{"message", "timestamp", "attempt"}`` like the spec's demo task.
 """
 
@@ -41,13 +44,14 @@ _ERRORS: dict[str, type[Exception]] = {
 
 
 @background_handler("demo")
-def demo(data: Any = None) -> dict[str, Any]:
+def demo(data: Any = None, event: dict[str, Any] | None = None) -> dict[str, Any]:
     """A demo task: succeed, fail on demand, or sleep for N seconds."""
     opts = data if isinstance(data, dict) else {}
     attempt = int(task_run.run_count or 1)
     if opts.get("recordTo"):
         with open(opts["recordTo"], "a", encoding="utf-8") as fh:
-            line = {"attempt": attempt, "pid": os.getpid(), "at": datetime.now(UTC).isoformat(), "run": flow_run.id}
+            line = {"attempt": attempt, "pid": os.getpid(), "at": datetime.now(UTC).isoformat(), "run": flow_run.id,
+                    "event": event}
             fh.write(json.dumps(line) + "\n")
     if opts.get("exitCode") is not None:
         os._exit(int(opts["exitCode"]))
@@ -60,8 +64,11 @@ def demo(data: Any = None) -> dict[str, Any]:
     if opts.get("fail") or (fail_times is not None and attempt <= int(fail_times)):
         error = _ERRORS.get(str(opts.get("errorType", "RuntimeError")), RuntimeError)
         raise error(opts.get("errorMessage", f"demo failure on attempt {attempt}"))
-    return {
+    result = {
         "message": opts.get("message", "Task completed successfully"),
         "timestamp": datetime.now(UTC).isoformat(),
         "attempt": attempt,
     }
+    if event is not None:
+        result["event"] = event  # what triggered the run (a triggered task)
+    return result

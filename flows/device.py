@@ -77,7 +77,8 @@ async def _attempt(spec_json: dict[str, Any], data: Any) -> dict[str, Any]:
 
 
 @flow(name="device-task", persist_result=True, result_serializer="json", log_prints=True)
-async def device_task(data: Any = None, task: dict[str, Any] | None = None) -> Any:
+async def device_task(data: Any = None, task: dict[str, Any] | None = None,
+                      event: dict[str, Any] | None = None) -> Any:
     """Wake the task's target devices and wait for their reports."""
     spec = parse_task_spec(task, data)
     if (skipped := past_end(spec)) is not None:

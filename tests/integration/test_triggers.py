@@ -1,0 +1,216 @@
+"""Triggered tasks end to end: a real `bgtasks daemon` (inotify on temp dirs, a fake sysfs
+power tree), real Prefect events and automations, a real worker running the handler."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bgtasks.errors import InvalidTask
+from bgtasks.settings import Settings
+from tests.fixtures import records, wait_for
+from tests.power import write_power_tree
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker")]
+
+BIN = Path(sys.executable).parent / "bgtasks"
+DEADLINE_S = 180
+
+
+class Daemon:
+    def __init__(self, settings: Settings, root: Path, power: Path) -> None:
+        self.state = settings.home / "daemon-state.json"
+        self.state.unlink(missing_ok=True)
+        env = {**os.environ,
+               "BGTASKS_DAEMON_ALLOWED_ROOTS": json.dumps([str(root)]),
+               "BGTASKS_DAEMON_SENSORS": json.dumps(["file", "power"]),
+               "BGTASKS_DAEMON_POWER_ROOT": str(power),
+               "BGTASKS_DAEMON_POWER_POLL_S": "0.2",
+               "BGTASKS_DAEMON_RULES_REFRESH_S": "0.5"}
+        self.log = open(settings.home / "logs" / "test-daemon.log", "ab")
+        self.proc = subprocess.Popen([str(BIN), "daemon"], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def status(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.state.read_text()).get("_daemon", {})
+        except (OSError, ValueError):
+            return {}
+
+    async def watching(self, task_id: str) -> None:
+        async def check() -> bool:
+            assert self.proc.poll() is None, "the daemon exited"
+            return task_id in self.status().get("rules", [])
+
+        await wait_for(check, DEADLINE_S, f"the daemon to watch for task {task_id}")
+
+    async def emitted_more_than(self, n: int) -> int:
+        async def check() -> int:
+            return self.status().get("emitted", 0) > n and self.status()["emitted"]
+
+        return await wait_for(check, DEADLINE_S, f"the daemon to emit more than {n} events")
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def roots(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("watched")
+    power = tmp_path_factory.mktemp("power_supply")
+    write_power_tree(power, percent=50, plugged=True)
+    return root, power
+
+
+@pytest.fixture(scope="module")
+def daemon(prefect_server: Any, settings: Settings, roots: tuple[Path, Path]) -> Iterator[Daemon]:
+    (settings.home / "logs").mkdir(parents=True, exist_ok=True)
+    d = Daemon(settings, *roots)
+    yield d
+    d.stop()
+
+
+def _runs(path: Path) -> list[dict[str, Any]]:
+    return records(path)
+
+
+async def _records(path: Path, n: int, what: str) -> list[dict[str, Any]]:
+    async def check() -> list[dict[str, Any]] | None:
+        got = records(path)
+        return got if len(got) >= n else None
+
+    return await wait_for(check, DEADLINE_S, what)
+
+
+async def test_a_file_dropped_in_a_watched_directory_starts_the_task_once_with_its_path(
+    manager: Any, daemon: Daemon, roots: tuple[Path, Path], tmp_path: Path
+) -> None:
+    inbox = roots[0] / "inbox"
+    inbox.mkdir()
+    log = tmp_path / "runs.jsonl"
+    task = await manager.create({
+        "name": "on-csv", "handler": "demo", "schedule": {"type": "triggered"},
+        "trigger": {"on": "file.arrived", "path": str(inbox), "pattern": "*.csv", "debounceMs": 300},
+        "data": {"recordTo": str(log)},
+    })
+    assert task.type.value == "triggered" and task.next_run is None
+    await daemon.watching(task.id)
+
+    (inbox / "ignored.txt").write_text("not a csv")
+    (inbox / "a.csv").write_text("1,2,3\n")
+    first = await _records(log, 1, "the run for a.csv")
+    assert first[0]["event"]["name"] == "bgtasks.file.arrived"
+    assert first[0]["event"]["payload"]["paths"] == [str(inbox / "a.csv")]
+
+    # A burst of 1,000 files is one run (debounce), listing the count.
+    burst = roots[0] / "burst"
+    burst.mkdir()
+    task2 = await manager.create({
+        "name": "on-burst", "handler": "demo", "schedule": {"type": "triggered"},
+        "trigger": {"on": "file.arrived", "path": str(burst), "pattern": "*.csv", "debounceMs": 1500},
+        "data": {"recordTo": str(tmp_path / "burst.jsonl")},
+    })
+    await daemon.watching(task2.id)
+    for i in range(1000):
+        (burst / f"f{i:04}.csv").write_text(str(i))
+    (inbox / "b.csv").write_text("4,5,6\n")  # a second file for the first task, after the burst
+    runs = await _records(log, 2, "the run for b.csv")
+    assert [r["event"]["payload"]["paths"] for r in runs] == [[str(inbox / "a.csv")], [str(inbox / "b.csv")]]
+    burst_runs = await _records(tmp_path / "burst.jsonl", 1, "the burst's run")
+    payload = burst_runs[0]["event"]["payload"]
+    assert payload["count"] == 1000 and len(burst_runs) == 1
+
+    # The watched directory deleted and created again keeps working.
+    import shutil
+
+    shutil.rmtree(inbox)
+    inbox.mkdir()
+    (inbox / "c.csv").write_text("7\n")
+    runs = await _records(log, 3, "the run for c.csv after re-creating the directory")
+    assert runs[2]["event"]["payload"]["paths"] == [str(inbox / "c.csv")]
+    assert len(records(tmp_path / "burst.jsonl")) == 1  # still one run for the burst
+
+
+async def test_a_paused_triggered_task_does_not_run_and_runs_again_when_resumed(
+    manager: Any, daemon: Daemon, roots: tuple[Path, Path], tmp_path: Path
+) -> None:
+    drop = roots[0] / "paused"
+    drop.mkdir()
+    log = tmp_path / "runs.jsonl"
+    task = await manager.create({
+        "name": "paused-trigger", "handler": "demo", "schedule": {"type": "triggered"},
+        "trigger": {"on": "file.created", "path": str(drop), "debounceMs": 100},
+        "data": {"recordTo": str(log)},
+    })
+    await daemon.watching(task.id)
+    await manager.pause(task.id)
+    before = daemon.status().get("emitted", 0)
+    (drop / "while-paused").write_text("x")
+    await daemon.emitted_more_than(before)  # the event went out...
+    await manager.resume(task.id)
+    (drop / "after-resume").write_text("y")
+    runs = await _records(log, 1, "the run after resume")
+    # ...and started nothing: the only run is the one after resume.
+    assert [r["event"]["payload"]["paths"] for r in runs] == [[str(drop / "after-resume")]]
+    assert (await manager.get(task.id)).status.value in ("running", "completed")
+
+
+async def test_battery_low_and_ok_events_start_their_tasks(
+    manager: Any, daemon: Daemon, roots: tuple[Path, Path], tmp_path: Path
+) -> None:
+    power = roots[1]
+    low_log, ok_log = tmp_path / "low.jsonl", tmp_path / "ok.jsonl"
+    await manager.create({"name": "on-low", "handler": "demo", "schedule": {"type": "triggered"},
+                          "trigger": {"on": "power.battery-low"}, "data": {"recordTo": str(low_log)}})
+    await manager.create({"name": "on-ok", "handler": "demo", "schedule": {"type": "triggered"},
+                          "trigger": {"on": "power.battery-ok"}, "data": {"recordTo": str(ok_log)}})
+    before = daemon.status().get("emitted", 0)
+    write_power_tree(power, percent=12, plugged=False)  # unplugged at 12%: low (and unplugged)
+    low = await _records(low_log, 1, "the battery-low run")
+    assert low[0]["event"]["payload"]["percent"] == 12
+    emitted = await daemon.emitted_more_than(before)
+    write_power_tree(power, percent=20, plugged=False)  # within the hysteresis: nothing
+    write_power_tree(power, percent=21, plugged=False)  # above 15 + 5: ok
+    ok = await _records(ok_log, 1, "the battery-ok run")
+    assert ok[0]["event"]["payload"]["percent"] == 21
+    assert len(records(low_log)) == 1
+    assert emitted >= before + 1
+
+
+@pytest.mark.parametrize(
+    ("trigger", "field"),
+    [
+        ({"on": "file.created", "path": "relative/dir"}, "trigger.path"),
+        ({"on": "file.created", "path": "/no/such/dir/anywhere"}, "trigger.path"),
+        ({"on": "file.created", "path": "/etc"}, "trigger.path"),
+        ({"on": "lunar.eclipse"}, "trigger.on"),
+        ({"on": "power.plugged", "path": "/tmp"}, "trigger.path"),
+        ({"on": "power.plugged", "networkType": "wifi"}, "trigger.networkType"),
+    ],
+    ids=["relative", "missing", "outside-roots", "unknown-event", "path-on-power", "network-type-on-power"],
+)
+async def test_invalid_triggers_are_rejected_and_store_nothing(
+    manager: Any, roots: tuple[Path, Path], trigger: dict[str, Any], field: str
+) -> None:
+    from bgtasks.manager import TaskManager
+
+    strict = TaskManager(manager.client, manager.pool, allowed_roots=[roots[0]])
+    before = {t.name for t in await strict.list()}
+    with pytest.raises(InvalidTask) as err:
+        await strict.create({"name": "bad-trigger", "handler": "demo", "schedule": {"type": "triggered"},
+                             "trigger": trigger})
+    assert field in [e["field"] for e in err.value.errors], err.value.errors
+    assert {t.name for t in await strict.list()} == before

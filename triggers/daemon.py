@@ -1,0 +1,309 @@
+"""The trigger daemon: the machine's changes as Prefect events (``bgtasks daemon``).
+
+One asyncio process per host. Each state sensor (network, power, device idle,
+storage) runs in a :class:`~triggers.sensors.Tracker`; the file sensor follows
+the file rules of the triggered tasks that exist, re-read every
+``rules_refresh_s`` (a task created, changed or deleted is followed without a
+restart). Every change becomes one Prefect event ``bgtasks.<sensor>.<change>``:
+
+- resource: the host, ``bgtasks.host.<hostname>``; network events add the labels
+  ``bgtasks.network.kind`` and ``bgtasks.network.metered`` so that a trigger can
+  ask for an unmetered or a wifi network;
+- related: the interface (``bgtasks.interface.<name>``), the storage path
+  (``bgtasks.path.<path>``) or, for files, the task's rule (``bgtasks.rule.<task id>``,
+  role ``rule``) and its root;
+- payload: the sensor's detail (for files: the paths of the burst).
+
+The last snapshot of each sensor is kept in ``<home>/daemon-state.json``: on
+restart, what changed while the daemon was down is emitted once (a battery that
+went low overnight) instead of being taken as the new baseline. ``run_once()``
+is one synchronous step (rules, sensors, events) for tests and scripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+from bgtasks.settings import Settings
+from triggers.sensors import (
+    Change,
+    FileRule,
+    FileSensor,
+    IdleSensor,
+    NetworkSensor,
+    PowerSensor,
+    StorageSensor,
+    Tracker,
+)
+
+logger = logging.getLogger("bgtasks.daemon")
+
+HOST_PREFIX = "bgtasks.host."
+
+Emitter = Callable[[dict[str, Any]], None]
+
+
+def host_name() -> str:
+    return socket.gethostname()
+
+
+def event_for(change: Change, host: str) -> dict[str, Any]:
+    """The Prefect event (as ``emit_event`` keyword arguments) for one change."""
+    resource: dict[str, str] = {"prefect.resource.id": f"{HOST_PREFIX}{host}", "prefect.resource.name": host}
+    related: list[dict[str, str]] = []
+    payload = dict(change.payload)
+    if change.sensor == "network":
+        if payload.get("kind") is not None:
+            resource["bgtasks.network.kind"] = str(payload["kind"])
+        if payload.get("metered") is not None:
+            resource["bgtasks.network.metered"] = "true" if payload["metered"] else "false"
+        if change.resource:
+            related.append({"prefect.resource.id": f"bgtasks.interface.{change.resource}",
+                            "prefect.resource.role": "interface", "prefect.resource.name": change.resource})
+    elif change.sensor == "file":
+        related.append({"prefect.resource.id": f"bgtasks.rule.{change.resource}", "prefect.resource.role": "rule"})
+        if payload.get("root"):
+            related.append({"prefect.resource.id": f"bgtasks.path.{payload['root']}", "prefect.resource.role": "path"})
+    elif change.sensor == "storage":
+        related.append({"prefect.resource.id": f"bgtasks.path.{change.resource}", "prefect.resource.role": "path"})
+    return {"event": change.event, "resource": resource, "related": related, "payload": _jsonable(payload)}
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def prefect_emitter(event: dict[str, Any]) -> None:
+    """Send through Prefect's events client (a background thread; best effort when the
+    server is down, so the daemon keeps its own state to re-emit on restart)."""
+    from prefect.events import emit_event
+
+    emit_event(id=uuid4(), **event)
+
+
+def rule_for(task_id: str, trigger: Any) -> FileRule:
+    """The file rule of a triggered task's file trigger."""
+    debounce_s = trigger.debounce_ms / 1000.0
+    return FileRule(
+        rule_id=task_id,
+        root=trigger.path,
+        recursive=trigger.recursive,
+        patterns=(trigger.pattern or "*",),
+        kinds=frozenset({trigger.on.split(".", 1)[1]}),
+        debounce_s=debounce_s,
+        max_wait_s=max(debounce_s * 10, 10.0),
+    )
+
+
+class TriggerDaemon:
+    """Sensors -> events. ``emit`` receives ``emit_event`` keyword arguments (tests record them)."""
+
+    def __init__(self, settings: Settings, emit: Emitter = prefect_emitter,
+                 state_path: Path | None = None) -> None:
+        self.settings = settings
+        self.emit = emit
+        self.host = host_name()
+        self.state_path = state_path or settings.home / "daemon-state.json"
+        d = settings.daemon
+        sensors: dict[str, Any] = {
+            "network": lambda: NetworkSensor(poll_s=d.network_poll_s),
+            "power": lambda: PowerSensor(root=d.power_root, poll_s=d.power_poll_s),
+            "idle": lambda: IdleSensor(poll_s=d.idle_poll_s),
+            "storage": lambda: StorageSensor(str(d.storage_path or settings.home), poll_s=d.storage_poll_s),
+        }
+        self.trackers: dict[str, Tracker[Any]] = {
+            name: Tracker(make()) for name, make in sensors.items() if name in d.sensors
+        }
+        self.files = FileSensor() if "file" in d.sensors else None
+        self._rule_specs: dict[str, FileRule] = {}
+        self._client: Any = None  # one Prefect client while run() runs
+        self.emitted = 0
+
+    # ---- state kept across restarts ------------------------------------------------
+
+    def _restore(self) -> None:
+        """Take the last snapshots saved as each tracker's baseline (when they still parse)."""
+        try:
+            saved = json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            return
+        for name, tracker in self.trackers.items():
+            snap = saved.get(name)
+            if not isinstance(snap, dict):
+                continue
+            try:
+                tracker.current = _revive(tracker, snap)
+            except Exception:  # noqa: BLE001 - a changed snapshot format: start from a fresh baseline
+                tracker.current = None
+
+    def save(self) -> None:
+        """Write the sensors' last snapshots (restored at the next start), and for people and
+        tests: the file rules being watched and how many events were emitted."""
+        state: dict[str, Any] = {name: _plain(t.current) for name, t in self.trackers.items() if t.current is not None}
+        state["_daemon"] = {"pid": os.getpid(), "emitted": self.emitted, "rules": sorted(self._rule_specs)}
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(state, default=str))
+        os.replace(tmp, self.state_path)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The current state of every sensor (for ``bgtasks daemon status`` and constraint checks)."""
+        out = {}
+        for name, tracker in self.trackers.items():
+            current = tracker.current if tracker.current is not None else tracker.prime()
+            out[name] = _plain(current)
+        if self.files is not None:
+            out["file"] = {"rules": [{"task": r.rule_id, "root": r.root, "patterns": list(r.patterns),
+                                      "kinds": sorted(r.kinds)} for r in self.files.rules]}
+        return out
+
+    # ---- rules from the triggered tasks ------------------------------------------------
+
+    async def wanted_rules(self) -> dict[str, FileRule]:
+        """The file rules of the triggered tasks that exist now (cancelled ones excluded)."""
+        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
+
+        from deployments import mapping
+
+        rules: dict[str, FileRule] = {}
+        flt = DeploymentFilter(tags=DeploymentFilterTags(all_=[mapping.TAG, "type:triggered"]))
+        if self._client is not None:
+            deps = await self._client.read_deployments(deployment_filter=flt)
+        else:
+            from prefect.client.orchestration import get_client
+
+            async with get_client() as client:
+                deps = await client.read_deployments(deployment_filter=flt)
+        for dep in deps:
+            if mapping.CANCELLED_TAG in (dep.tags or []):
+                continue
+            try:
+                opts = mapping.stored_options(dep.parameters or {})
+            except Exception:  # noqa: BLE001 - a broken definition must not stop the daemon
+                logger.warning("task %s: unreadable definition; its trigger is ignored", dep.name)
+                continue
+            if opts is not None and opts.trigger is not None and opts.trigger.on.startswith("file."):
+                rules[str(dep.id)] = rule_for(str(dep.id), opts.trigger)
+        return rules
+
+    async def refresh_rules(self) -> None:
+        if self.files is None:
+            return
+        try:
+            wanted = await self.wanted_rules()
+        except Exception as exc:  # noqa: BLE001 - the server may be restarting: keep the current rules
+            logger.warning("could not read the triggered tasks (%s); keeping %d rule(s)", exc, len(self._rule_specs))
+            return
+        for rule_id in [r for r in self._rule_specs if wanted.get(r) != self._rule_specs[r]]:
+            await asyncio.to_thread(self.files.remove_rule, rule_id)
+            del self._rule_specs[rule_id]
+        for rule_id, rule in wanted.items():
+            if rule_id not in self._rule_specs:
+                try:
+                    await asyncio.to_thread(self.files.add_rule, rule)
+                except (ValueError, OSError) as exc:
+                    logger.warning("task %s: cannot watch %s: %s", rule_id, rule.root, exc)
+                    continue
+                self._rule_specs[rule_id] = rule
+                logger.info("watching %s for task %s", rule.root, rule_id)
+        await asyncio.to_thread(self.save)
+
+    # ---- emitting -------------------------------------------------------------------
+
+    def _deliver(self, change: Change) -> None:
+        event = event_for(change, self.host)
+        logger.info("%s %s", event["event"], json.dumps(event["payload"])[:300])
+        self.emit(event)
+        self.emitted += 1
+
+    async def _deliver_and_save(self, change: Change) -> None:
+        self._deliver(change)
+        await asyncio.to_thread(self.save)
+
+    # ---- running ----------------------------------------------------------------------
+
+    async def run_once(self) -> list[Change]:
+        """One step: refresh the rules, snapshot every state sensor, emit what changed."""
+        if not any(t.current is not None for t in self.trackers.values()):
+            self._restore()
+        await self.refresh_rules()
+        changes: list[Change] = []
+        for tracker in self.trackers.values():
+            changes.extend(await asyncio.to_thread(tracker.step))
+        for change in changes:
+            self._deliver(change)
+        await asyncio.to_thread(self.save)
+        return changes
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until ``stop``: sensors emit as they change; rules follow the tasks."""
+        from prefect.client.orchestration import get_client
+
+        async with get_client() as client:
+            self._client = client
+            try:
+                await self._run(stop)
+            finally:
+                self._client = None
+
+    async def _run(self, stop: asyncio.Event) -> None:
+        self._restore()
+        # Changes while the daemon was down: one step against the saved baselines.
+        for tracker in self.trackers.values():
+            if tracker.current is not None:
+                for change in await asyncio.to_thread(tracker.step):
+                    self._deliver(change)
+        await asyncio.to_thread(self.save)
+        await self.refresh_rules()
+        jobs = [asyncio.create_task(t.watch(self._deliver_and_save, stop), name=f"sensor-{n}")
+                for n, t in self.trackers.items()]
+        if self.files is not None:
+            jobs.append(asyncio.create_task(self.files.watch(self._deliver_and_save, stop), name="sensor-file"))
+        jobs.append(asyncio.create_task(self._rules_loop(stop), name="rules"))
+        try:
+            await stop.wait()
+        finally:
+            await asyncio.gather(*jobs, return_exceptions=True)
+            self.save()
+
+    async def _rules_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), self.settings.daemon.rules_refresh_s)
+            except TimeoutError:
+                await self.refresh_rules()
+
+
+def _plain(value: Any) -> Any:
+    if value is None:
+        return None
+    if hasattr(value, "to_dict"):
+        return _jsonable(value.to_dict())
+    if is_dataclass(value):
+        return _jsonable(asdict(value))  # type: ignore[arg-type]
+    return _jsonable(value)
+
+
+def _revive(tracker: Tracker[Any], saved: dict[str, Any]) -> Any:
+    """A saved snapshot as the sensor's snapshot type (the type of a fresh snapshot).
+
+    Enum fields come back as their string values, which compare equal to the
+    enums (StrEnum); a snapshot type whose fields changed raises and the daemon
+    starts from a fresh baseline instead.
+    """
+    cls = type(tracker.sensor.snapshot(None))
+    if hasattr(cls, "from_dict"):
+        return cls.from_dict(saved)
+    names = set(getattr(cls, "__dataclass_fields__", {}))
+    if set(saved) != names:
+        raise ValueError("snapshot format changed")
+    return cls(**saved)
