@@ -130,7 +130,7 @@ class TaskManager:
         self.check_trigger_path(opts)
         now = datetime.now(UTC)
         # Pin the start so that the stored definition says when the task was meant to run.
-        if opts.schedule.start_time is None:
+        if opts.schedule.start_time is None and opts.schedule.type != TaskType.TRIGGERED:
             opts = opts.model_copy(update={"schedule": opts.schedule.model_copy(update={"start_time": now})})
         opts = opts.model_copy(update={"handler": handler})
 

@@ -120,10 +120,22 @@ def create(
     retry_on_message: Annotated[str | None, Parameter(help="Retry only failures whose message matches.")] = None,
     timeout: Annotated[str | None, Parameter(help="Per-attempt time limit, e.g. 30s.")] = None,
     data: Annotated[str | None, Parameter(help="Task data as JSON.")] = None,
+    on: Annotated[str | None, Parameter(help="Triggered: the event, e.g. file.arrived, network.connected, "
+                                              "power.plugged (see README).")] = None,
+    path: Annotated[str | None, Parameter(help="Triggered by file.*: the directory to watch.")] = None,
+    pattern: Annotated[str | None, Parameter(help="Triggered by file.*: glob of file names, e.g. '*.csv'.")] = None,
+    recursive: Annotated[bool, Parameter(help="Triggered by file.*: watch subdirectories too.")] = False,
+    debounce: Annotated[str | None, Parameter(help="Triggered by file.*: run once per burst after this "
+                                                    "much quiet (default 1s).")] = None,
+    network_type: Annotated[str | None, Parameter(help="Triggered by network.*: unmetered, metered, wifi, "
+                                                        "ethernet or cellular.")] = None,
+    device: Annotated[list[str] | None, Parameter(help="Wake these registered devices (repeatable) instead of "
+                                                       "running here.")] = None,
+    device_label: Annotated[list[str] | None, Parameter(help="Wake the devices with these labels.")] = None,
     from_json: Annotated[Path | None, Parameter(name="--json", help="A CreateTaskOptions JSON file ('-' = stdin); other options are ignored.")] = None,
     output: Output = "table",
 ) -> None:
-    """Create a task. Without --every/--cron it runs once (at --at, or now)."""
+    """Create a task. Without --every/--cron/--on it runs once (at --at, or now)."""
     from bgtasks.cli import console, fail
 
     if from_json is not None:
@@ -138,7 +150,10 @@ def create(
         if every and cron:
             fail("--every and --cron: give one of them")
         periodic = bool(every or cron)
-        schedule: dict[str, Any] = {"type": (TaskType.PERIODIC if periodic else TaskType.ONE_TIME).value}
+        if on and periodic:
+            fail("--on: a triggered task has no --every/--cron")
+        ttype = TaskType.TRIGGERED if on else (TaskType.PERIODIC if periodic else TaskType.ONE_TIME)
+        schedule: dict[str, Any] = {"type": ttype.value}
         if at:
             if periodic:
                 fail("--at: only for one-time tasks; use --start for periodic ones")
@@ -154,6 +169,21 @@ def create(
         if timezone:
             schedule["timezone"] = timezone
         body = {"name": name, "schedule": schedule, "priority": priority.value}
+        if on:
+            trigger: dict[str, Any] = {"on": on}
+            for key, value in (("path", path and str(Path(path).expanduser().absolute())), ("pattern", pattern),
+                               ("networkType", network_type)):
+                if value:
+                    trigger[key] = value
+            if recursive:
+                trigger["recursive"] = True
+            if debounce is not None:
+                trigger["debounceMs"] = _ms(debounce, "--debounce")
+            body["trigger"] = trigger
+        elif path or pattern or network_type or recursive or debounce:
+            fail("--path/--pattern/--network-type: only with --on (a triggered task)")
+        if device or device_label:
+            body["target"] = {k: v for k, v in (("deviceIds", device), ("labels", device_label)) if v}
         if description:
             body["description"] = description
         if handler:
@@ -258,6 +288,10 @@ def show(ref: str, *, output: Output = "table") -> None:
         from deployments.mapping import describe_schedule
 
         info.add_row("schedule", describe_schedule(task.schedule))
+    if task.trigger:
+        info.add_row("trigger", json.dumps(task.trigger.to_json_dict()))
+    if task.target:
+        info.add_row("wakes devices", json.dumps(task.target.to_json_dict()))
     if task.retry_policy:
         info.add_row("retry policy", json.dumps(task.retry_policy.to_json_dict()))
     if task.constraints and task.constraints.to_json_dict():
