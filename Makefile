@@ -18,12 +18,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## Debian's Chromium for the browser test (Playwright drives it; no browser download).
-$(CHROMIUM):
-	$(SUDO) apt-get install -y --no-install-recommends chromium || \
-	  ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium)
+## System packages the tests use: Debian's Chromium (Playwright drives it; no browser
+## download) and Xvfb (the idle sensor's X11 user-idle test).
+SYSDEPS := $(CHROMIUM) /usr/bin/Xvfb
+$(SYSDEPS):
+	$(SUDO) apt-get install -y --no-install-recommends chromium xvfb || \
+	  ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium xvfb)
 
-browser: $(CHROMIUM)
+browser: $(SYSDEPS)
 
 ## The TypeScript client's build and test tools (npm registry).
 $(TSCLIENT)/node_modules/.package-lock.json: $(TSCLIENT)/package-lock.json
@@ -34,7 +36,7 @@ run: $(STAMP)
 	$(BIN)/bgtasks up
 
 ## The whole suite: unit, integration (real Prefect server), e2e (bgtasks up).
-test: $(STAMP) $(CHROMIUM) $(TSCLIENT)/node_modules/.package-lock.json
+test: $(STAMP) $(SYSDEPS) $(TSCLIENT)/node_modules/.package-lock.json
 	$(BIN)/python -m pytest -p no:cacheprovider -ra $(PYTEST_ARGS)
 
 unit: $(STAMP)

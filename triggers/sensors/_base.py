@@ -61,7 +61,8 @@ class Snapshot:
     """Mixin for a sensor's frozen snapshot dataclass."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)  # type: ignore[call-overload]
+        data: dict[str, Any] = asdict(self)  # type: ignore[call-overload]
+        return data
 
 
 S = TypeVar("S")

@@ -40,17 +40,25 @@ class NetlinkDoorbell:
     :param groups: multicast group bitmask.
     :param match: optional bytes; with it, only messages containing it ring
         (used to keep only ``SUBSYSTEM=power_supply`` uevents).
+    :param rcvbuf_bytes: the socket's receive buffer; when it overflows, the
+        next read fails with ``ENOBUFS``, which rings as well (``overflows`` counts them).
     :raises OSError: when the socket cannot be opened (no netlink here).
     """
 
-    def __init__(self, protocol: int = NETLINK_ROUTE, groups: int = ROUTE_GROUPS, match: bytes | None = None) -> None:
+    def __init__(
+        self,
+        protocol: int = NETLINK_ROUTE,
+        groups: int = ROUTE_GROUPS,
+        match: bytes | None = None,
+        rcvbuf_bytes: int = _RCVBUF_BYTES,
+    ) -> None:
         self.match = match
         self.overflows = 0
         self.sock = socket.socket(
             socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, protocol
         )
         try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF_BYTES)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf_bytes)
             self.sock.bind((0, groups))
         except BaseException:
             self.sock.close()

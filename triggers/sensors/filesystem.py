@@ -56,6 +56,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -550,12 +551,12 @@ class FileSensor:
                 controls.clear()
                 await asyncio.to_thread(self._maintain, None if rescan_all else set())
         live = set(self._rules)
-        self._debouncer.discard(lambda key: key[0] not in live)  # type: ignore[index]
+        self._debouncer.discard(lambda key: isinstance(key, tuple) and key[0] not in live)
 
     def _changes(self, batches: list[Batch]) -> list[Change]:
         out = []
         for batch in batches:
-            rule_id, kind = batch.key  # type: ignore[misc]
+            rule_id, kind = cast(tuple[str, FileEventKind], batch.key)
             rule = self._rules.get(rule_id)
             if rule is not None:
                 out.append(batch_to_change(rule, kind, batch))

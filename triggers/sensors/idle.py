@@ -195,7 +195,7 @@ def x11_user_idle_s(display: str) -> float | None:
         try:
             if not xss.XScreenSaverQueryInfo(dpy, x11.XDefaultRootWindow(dpy), info):
                 return None
-            return info.contents.idle / 1000.0
+            return float(info.contents.idle) / 1000.0
         finally:
             x11.XFree(info)
     finally:

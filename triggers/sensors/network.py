@@ -144,9 +144,9 @@ def _proc_default_routes(proc_net: Path) -> list[tuple[int, str]]:
 
 def default_route(proc_net: Path = PROC_NET) -> tuple[str, str | None] | None:
     """``(interface, gateway)`` of the default route, IPv4 first; ``None`` without one."""
-    defaults = netifaces.gateways().get("default", {})
+    defaults = netifaces.gateways().get("default")
     for family in (socket.AF_INET, socket.AF_INET6):
-        entry = defaults.get(family)
+        entry = defaults.get(family) if isinstance(defaults, dict) else None
         if entry:
             gateway, ifname = entry[0], entry[1]
             return ifname, gateway
