@@ -14,6 +14,10 @@ restart). Every change becomes one Prefect event ``bgtasks.<sensor>.<change>``:
   role ``rule``) and its root;
 - payload: the sensor's detail (for files: the paths of the burst).
 
+The daemon talks to the Prefect API with plain httpx (:mod:`triggers.prefect_api`):
+no Prefect import, so it stays small; events go through an outbox that survives
+a server restart.
+
 The last snapshot of each sensor is kept in ``<home>/daemon-state.json``: on
 restart, what changed while the daemon was down is emitted once (a battery that
 went low overnight) instead of being taken as the new baseline. ``run_once()``
@@ -31,9 +35,9 @@ from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
 
 from bgtasks.settings import Settings
+from triggers.prefect_api import PrefectApi
 from triggers.sensors import (
     Change,
     FileRule,
@@ -82,14 +86,6 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def prefect_emitter(event: dict[str, Any]) -> None:
-    """Send through Prefect's events client (a background thread; best effort when the
-    server is down, so the daemon keeps its own state to re-emit on restart)."""
-    from prefect.events import emit_event
-
-    emit_event(id=uuid4(), **event)
-
-
 def rule_for(task_id: str, trigger: Any) -> FileRule:
     """The file rule of a triggered task's file trigger."""
     debounce_s = trigger.debounce_ms / 1000.0
@@ -107,10 +103,11 @@ def rule_for(task_id: str, trigger: Any) -> FileRule:
 class TriggerDaemon:
     """Sensors -> events. ``emit`` receives ``emit_event`` keyword arguments (tests record them)."""
 
-    def __init__(self, settings: Settings, emit: Emitter = prefect_emitter,
+    def __init__(self, settings: Settings, emit: Emitter | None = None,
                  state_path: Path | None = None) -> None:
         self.settings = settings
-        self.emit = emit
+        self.api = PrefectApi(settings.api_url)
+        self.emit: Emitter = emit or (lambda event: self.api.emit(**event))
         self.host = host_name()
         self.state_path = state_path or settings.home / "daemon-state.json"
         d = settings.daemon
@@ -125,7 +122,6 @@ class TriggerDaemon:
         }
         self.files = FileSensor() if "file" in d.sensors else None
         self._rule_specs: dict[str, FileRule] = {}
-        self._client: Any = None  # one Prefect client while run() runs
         self.emitted = 0
 
     # ---- state kept across restarts ------------------------------------------------
@@ -170,29 +166,19 @@ class TriggerDaemon:
 
     async def wanted_rules(self) -> dict[str, FileRule]:
         """The file rules of the triggered tasks that exist now (cancelled ones excluded)."""
-        from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
-
         from deployments import mapping
 
         rules: dict[str, FileRule] = {}
-        flt = DeploymentFilter(tags=DeploymentFilterTags(all_=[mapping.TAG, "type:triggered"]))
-        if self._client is not None:
-            deps = await self._client.read_deployments(deployment_filter=flt)
-        else:
-            from prefect.client.orchestration import get_client
-
-            async with get_client() as client:
-                deps = await client.read_deployments(deployment_filter=flt)
-        for dep in deps:
-            if mapping.CANCELLED_TAG in (dep.tags or []):
+        for dep in await self.api.triggered_deployments([mapping.TAG, "type:triggered"]):
+            if mapping.CANCELLED_TAG in (dep.get("tags") or []):
                 continue
             try:
-                opts = mapping.stored_options(dep.parameters or {})
+                opts = mapping.stored_options(dep.get("parameters") or {})
             except Exception:  # noqa: BLE001 - a broken definition must not stop the daemon
-                logger.warning("task %s: unreadable definition; its trigger is ignored", dep.name)
+                logger.warning("task %s: unreadable definition; its trigger is ignored", dep.get("name"))
                 continue
             if opts is not None and opts.trigger is not None and opts.trigger.on.startswith("file."):
-                rules[str(dep.id)] = rule_for(str(dep.id), opts.trigger)
+                rules[dep["id"]] = rule_for(dep["id"], opts.trigger)
         return rules
 
     async def refresh_rules(self) -> None:
@@ -242,18 +228,23 @@ class TriggerDaemon:
         for change in changes:
             self._deliver(change)
         await asyncio.to_thread(self.save)
+        await self.api.flush()
         return changes
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Until ``stop``: sensors emit as they change; rules follow the tasks."""
-        from prefect.client.orchestration import get_client
-
-        async with get_client() as client:
-            self._client = client
+        """Until ``stop``: sensors emit as they change; rules follow the tasks; the outbox
+        is flushed before returning (as far as the server answers)."""
+        sender_stop = asyncio.Event()
+        sender = asyncio.create_task(self.api.sender(sender_stop), name="events")
+        try:
+            await self._run(stop)
+        finally:
+            sender_stop.set()
             try:
-                await self._run(stop)
-            finally:
-                self._client = None
+                await asyncio.wait_for(sender, 15)
+            except TimeoutError:
+                logger.warning("gave up sending %d event(s) at shutdown", len(self.api.outbox))
+            await self.api.aclose()
 
     async def _run(self, stop: asyncio.Event) -> None:
         self._restore()

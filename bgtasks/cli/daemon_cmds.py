@@ -49,12 +49,7 @@ def run() -> int:
         finally:
             pidfile.unlink(missing_ok=True)
 
-    try:
-        asyncio.run(main())
-    finally:
-        from prefect.events.worker import EventsWorker
-
-        EventsWorker.drain_all(timeout=10)  # what was emitted reaches the server before we exit
+    asyncio.run(main())
     return 0
 
 
@@ -68,8 +63,11 @@ def status(*, output: Output = "table") -> None:
     daemon = TriggerDaemon(s, emit=lambda event: None)
 
     async def read() -> dict:
-        await daemon.refresh_rules()
-        return daemon.snapshot()  # the file sensor is not started here: rules only
+        try:
+            await daemon.refresh_rules()
+            return daemon.snapshot()  # the file sensor is not started here: rules only
+        finally:
+            await daemon.api.aclose()
 
     snap = asyncio.run(read())
     pidfile = s.home / "daemon.pid"

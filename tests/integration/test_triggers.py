@@ -29,14 +29,29 @@ class Daemon:
     def __init__(self, settings: Settings, root: Path, power: Path) -> None:
         self.state = settings.home / "daemon-state.json"
         self.state.unlink(missing_ok=True)
-        env = {**os.environ,
+        self.env = {**os.environ,
                "BGTASKS_DAEMON_ALLOWED_ROOTS": json.dumps([str(root)]),
                "BGTASKS_DAEMON_SENSORS": json.dumps(["file", "power"]),
                "BGTASKS_DAEMON_POWER_ROOT": str(power),
                "BGTASKS_DAEMON_POWER_POLL_S": "0.2",
                "BGTASKS_DAEMON_RULES_REFRESH_S": "0.5"}
         self.log = open(settings.home / "logs" / "test-daemon.log", "ab")
-        self.proc = subprocess.Popen([str(BIN), "daemon"], env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([str(BIN), "daemon"], env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    async def ready(self) -> None:
+        async def check() -> bool:
+            assert self.proc.poll() is None, "the daemon exited"
+            return self.status().get("pid") == self.proc.pid
+
+        await wait_for(check, DEADLINE_S, "the daemon to start")
+
+    def kill(self) -> None:
+        """kill -9: no chance to save or flush anything."""
+        self.proc.kill()
+        self.proc.wait()
 
     def status(self) -> dict[str, Any]:
         try:
@@ -188,6 +203,29 @@ async def test_battery_low_and_ok_events_start_their_tasks(
     assert ok[0]["event"]["payload"]["percent"] == 21
     assert len(records(low_log)) == 1
     assert emitted >= before + 1
+
+
+async def test_a_killed_daemon_emits_what_changed_while_it_was_down_once_on_restart(
+    manager: Any, daemon: Daemon, roots: tuple[Path, Path], tmp_path: Path
+) -> None:
+    power = roots[1]
+    low_log, ok_log = tmp_path / "low.jsonl", tmp_path / "ok.jsonl"
+    await manager.create({"name": "low-after-restart", "handler": "demo", "schedule": {"type": "triggered"},
+                          "trigger": {"on": "power.battery-low"}, "data": {"recordTo": str(low_log)}})
+    await manager.create({"name": "ok-after-restart", "handler": "demo", "schedule": {"type": "triggered"},
+                          "trigger": {"on": "power.battery-ok"}, "data": {"recordTo": str(ok_log)}})
+    await daemon.ready()
+    before = daemon.status().get("emitted", 0)
+    write_power_tree(power, percent=60, plugged=True)
+    await daemon.emitted_more_than(before)  # the daemon has seen "plugged at 60%" and saved it
+    daemon.kill()
+    write_power_tree(power, percent=9, plugged=False)  # the battery ran down while the daemon was dead
+    daemon.start()
+    low = await _records(low_log, 1, "the battery-low run after the restart")
+    assert low[0]["event"]["payload"]["percent"] == 9
+    write_power_tree(power, percent=9, plugged=True)  # plugging in clears low
+    await _records(ok_log, 1, "the battery-ok run")
+    assert len(records(low_log)) == 1  # emitted once, not again by the restarted daemon
 
 
 @pytest.mark.parametrize(
