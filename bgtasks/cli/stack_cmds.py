@@ -17,7 +17,8 @@ def up(
     api_port: Annotated[int | None, Parameter(help="Port of bgtasks' REST API (default 4300).")] = None,
     database: Annotated[str | None, Parameter(help="Prefect database URL (default: SQLite under the bgtasks home).")] = None,
 ) -> int:
-    """Start the Prefect server + UI, a worker of the background-tasks pool and the REST API; Ctrl-C stops them."""
+    """Start the Prefect server + UI, a worker of the background-tasks pool, the trigger daemon and the
+    REST API; Ctrl-C stops them."""
     from bgtasks import cli
     from bgtasks.settings import load_settings
 
@@ -55,6 +56,7 @@ def up(
         f"  REST API:    {stack.api_url} (OpenAPI at /docs; "
         + ("no authentication" if s.api.auth == "none" else "tokens from `bgtasks token create NAME`") + ")\n"
         f"  Work pool:   {s.worker.pool} (queues high, normal, low), {s.worker.type} worker, limit {s.worker.limit}\n"
+        f"  Triggers:    trigger daemon running (`bgtasks daemon status`)\n"
         f"  Home:        {s.home}\n"
         "Create a task:  bgtasks task create demo --every 1m\n"
         "Press Ctrl-C to stop."
