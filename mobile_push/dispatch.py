@@ -144,7 +144,7 @@ async def run_attempt(
             data=data, report_token=token, report_base_url=base, device_id=device.id,
         )
         try:
-            check_size(payload, device.transport)  # before any network call
+            check_size(payload, device.transport, platform=device.platform)  # before any network call
         except PayloadTooLarge as exc:
             raise PushConfigError(f"{exc} (nothing was sent)") from None
         messages.append(PushMessage(target=device.target(), payload=payload, collapse_key=target.collapse_key,

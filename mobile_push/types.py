@@ -42,7 +42,7 @@ class PushMessage:
     """One silent push. ``payload`` is the flat string map of :mod:`mobile_push.payload`."""
 
     target: PushTarget
-    payload: dict[str, str]
+    payload: dict[str, str] = field(repr=False)  # carries the per-run report token
     collapse_key: str | None = None
     ttl_s: int = 3600
     high_priority: bool = False   # FCM android.priority high; APNs background pushes stay at 5

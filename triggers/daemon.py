@@ -298,3 +298,46 @@ def _revive(tracker: Tracker[Any], saved: dict[str, Any]) -> Any:
     if set(saved) != names:
         raise ValueError("snapshot format changed")
     return cls(**saved)
+
+
+def main() -> int:
+    """``python -m triggers.daemon``: what ``bgtasks daemon`` execs into, so the long-lived
+    process carries neither the CLI nor Prefect (smaller RSS). One daemon per host."""
+    import signal
+
+    from bgtasks.settings import load_settings
+
+    settings = load_settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    pidfile = settings.home / "daemon.pid"
+    try:
+        other = int(pidfile.read_text())
+        os.kill(other, 0)
+    except (OSError, ValueError):
+        pass  # none, or a stale pidfile
+    else:
+        if other != os.getpid():
+            print(f"a trigger daemon already runs on this host (PID {other}); one per host", flush=True)
+            return 1
+    daemon = TriggerDaemon(settings)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        pidfile.parent.mkdir(parents=True, exist_ok=True)
+        pidfile.write_text(str(os.getpid()))
+        try:
+            await daemon.run(stop)
+        finally:
+            pidfile.unlink(missing_ok=True)
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 
 import cyclopts
 from rich.table import Table
@@ -18,39 +17,14 @@ daemon_app = cyclopts.App(name="daemon", help="The trigger daemon: machine chang
 @daemon_app.default
 def run() -> int:
     """Run the trigger daemon in the foreground until Ctrl-C or SIGTERM (one per host)."""
-    import logging
+    import sys
 
     from bgtasks import cli
-    from triggers.daemon import TriggerDaemon
 
-    s = cli.settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "httpcore", "prefect"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    pidfile = s.home / "daemon.pid"
-    if pidfile.exists():
-        try:
-            other = int(pidfile.read_text())
-            os.kill(other, 0)
-            cli.fail(f"a trigger daemon already runs on this host (PID {other}); one per host")
-        except (ValueError, ProcessLookupError, PermissionError):
-            pass  # stale
-    daemon = TriggerDaemon(s)
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        pidfile.parent.mkdir(parents=True, exist_ok=True)
-        pidfile.write_text(str(os.getpid()))
-        try:
-            await daemon.run(stop)
-        finally:
-            pidfile.unlink(missing_ok=True)
-
-    asyncio.run(main())
-    return 0
+    cli.settings()  # the Prefect environment (API URL) for the daemon
+    # Exec a lean process: the daemon runs all day and needs neither the CLI nor Prefect.
+    os.execv(sys.executable, [sys.executable, "-m", "triggers.daemon"])
+    return 0  # not reached
 
 
 @daemon_app.command

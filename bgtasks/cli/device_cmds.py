@@ -161,7 +161,7 @@ async def _test_push(store: Any, device_id: str) -> dict[str, Any]:
         payload = build_payload(task_id="", run_id=run_id, task_name="bgtasks device test", handler="test",
                                 constraints={}, data=None, report_token=await ledger.issue_token(run_id, device.id, None),
                                 report_base_url=report_base_url(s), device_id=device.id)
-        check_size(payload, device.transport)
+        check_size(payload, device.transport, platform=device.platform)
         [(result, attempts)] = await send_with_retries(
             sender, [PushMessage(target=device.target(), payload=payload, ttl_s=300)],
             max_attempts=s.push.max_attempts, initial_backoff_s=s.push.initial_backoff_s,

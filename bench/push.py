@@ -1,0 +1,289 @@
+"""Push fan-out throughput: our senders against the naive baselines, on the local fakes.
+
+Each fake (``tests.fakes.FakeFCM``, ``tests.fakes.FakeAPNs``) runs in its own
+process, so the client's and the server's CPU are both real and measured
+apart. Printed per row: messages/s (wall clock), client CPU and server CPU per
+message, and how many were delivered.
+
+* FCM, ours: ``FcmSender`` (firebase-admin ``send_each_async``, chunks of 100,
+  SDK retries off). The fake speaks HTTP/1.1 only, so the SDK's httpx client
+  runs a pool of up to 100 HTTP/1.1 connections here (httpcore's pool
+  bookkeeping is a large part of its CPU); against fcm.googleapis.com it
+  multiplexes over one HTTP/2 connection.
+* FCM, baseline: firebase-admin's plain ``messaging.send_each`` loop in chunks
+  of 500 (a thread per message, the SDK's default retry config).
+* APNs, ours: ``ApnsSender`` on one HTTP/2 connection with up to
+  ``max_concurrency`` streams in flight, on each engine: ``h2`` (the default,
+  a small client on the h2 state machine) and ``httpx``.
+* APNs, baseline: one request at a time over one httpx HTTP/2 client.
+
+    .venv/bin/python bench/push.py                 # 10,000 devices per transport
+    .venv/bin/python bench/push.py --devices 1000  # a quick run
+
+Not a test: nothing is asserted, the numbers are for reading.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TOPIC = "com.example.bench"
+
+
+# ----------------------------------------------------------------- fake servers
+
+
+def _serve(kind: str, conn: Connection, workdir: str) -> None:
+    """Run one fake in this process until told to stop (commands over ``conn``)."""
+    from tests.fakes import FakeAPNs, FakeFCM
+
+    fake: Any
+    if kind == "apns":
+        fake = FakeAPNs(topics={TOPIC}).start()
+        info = {"base_url": fake.base_url, "ca": str(fake.ca_cert_path), "key_file": str(fake.write_auth_key(workdir)),
+                "key_id": fake.key_id, "team_id": fake.team_id}
+    else:
+        fake = FakeFCM(project_id="bgtasks-bench").start()
+        info = {"send_url": fake.send_url, "base_url": fake.base_url,
+                "credentials": str(fake.write_service_account_file(Path(workdir) / "service-account.json"))}
+    conn.send(info)
+    try:
+        while True:
+            cmd = conn.recv()
+            if cmd == "reset":
+                fake.reset()
+                conn.send(None)
+            elif cmd == "count":
+                conn.send(len(fake.requests))
+            else:
+                break
+    finally:
+        fake.stop()
+
+
+class Server:
+    """A fake in a child process, with its CPU time."""
+
+    def __init__(self, kind: str, workdir: Path) -> None:
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(kind, child, str(workdir)), daemon=True)
+        self.proc.start()
+        self.info: dict[str, str] = self.conn.recv()
+        assert self.proc.pid is not None
+        self.ps = psutil.Process(self.proc.pid)
+
+    def cpu_s(self) -> float:
+        t = self.ps.cpu_times()
+        return float(t.user + t.system)
+
+    def call(self, cmd: str) -> Any:
+        self.conn.send(cmd)
+        return self.conn.recv()
+
+    def stop(self) -> None:
+        self.conn.send("stop")
+        self.proc.join(30)
+
+
+# ------------------------------------------------------------------ measuring
+
+
+@dataclass
+class Row:
+    transport: str
+    client: str
+    messages: int
+    delivered: int
+    wall_s: float
+    client_cpu_s: float
+    server_cpu_s: float
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.wall_s if self.wall_s else 0.0
+
+
+def _self_cpu() -> float:
+    t = psutil.Process().cpu_times()
+    return float(t.user + t.system)
+
+
+async def measure(transport: str, client: str, server: Server, n: int,
+                  run: Callable[[], Awaitable[int]]) -> Row:
+    server.call("reset")
+    c0, s0, w0 = _self_cpu(), server.cpu_s(), time.perf_counter()
+    delivered = await run()
+    wall = time.perf_counter() - w0
+    return Row(transport, client, n, delivered, wall, _self_cpu() - c0, server.cpu_s() - s0)
+
+
+def _payload(i: int, device: str) -> dict[str, str]:
+    from mobile_push.payload import build_payload
+
+    return build_payload(task_id="bench-task", run_id=f"run-{i}", task_name="bench", handler="",
+                         constraints={"requiresNetwork": True}, data={"i": i}, report_token=uuid.uuid4().hex,
+                         report_base_url="https://api.example.com", device_id=device)
+
+
+# ------------------------------------------------------------------------ FCM
+
+
+async def bench_fcm(server: Server, n: int) -> list[Row]:
+    import firebase_admin
+    import requests.adapters
+    from firebase_admin import _http_client, credentials, messaging
+
+    from mobile_push.senders.fcm import FcmSender, build_fcm_message
+    from mobile_push.types import Platform, PushMessage, PushTarget, Transport
+
+    info = server.info
+    messages = [PushMessage(PushTarget(f"a{i}", Platform.ANDROID, Transport.FCM, f"fid-{i:06d}-" + "x" * 140),
+                            _payload(i, f"a{i}")) for i in range(n)]
+    rows = []
+
+    sender = FcmSender(info["credentials"], fcm_url=info["send_url"])
+    await sender.send(messages[:200])  # warm up: access token, connections
+
+    async def ours() -> int:
+        results = await sender.send(messages)
+        return sum(r.kind.value == "delivered" for r in results)
+
+    rows.append(await measure("FCM", "ours: FcmSender (send_each_async, chunks of 100)", server, n, ours))
+    await sender.aclose()
+
+    app = firebase_admin.initialize_app(credentials.Certificate(info["credentials"]), name="bench-baseline")
+    service = messaging._get_messaging_service(app)
+    service._fcm_url = info["send_url"]
+    service._client.session.mount(info["base_url"] + "/", requests.adapters.HTTPAdapter(
+        pool_connections=100, pool_maxsize=100, max_retries=_http_client.DEFAULT_RETRY_CONFIG))
+    fm = [build_fcm_message(m, now_s=time.time()) for m in messages]
+    messaging.send_each(fm[:200], app=app)
+
+    async def baseline() -> int:
+        def loop() -> int:
+            ok = 0
+            for start in range(0, len(fm), 500):
+                ok += messaging.send_each(fm[start:start + 500], app=app).success_count
+            return ok
+
+        return await asyncio.to_thread(loop)
+
+    rows.append(await measure("FCM", "baseline: send_each loop (chunks of 500)", server, n, baseline))
+    return rows
+
+
+# ----------------------------------------------------------------------- APNs
+
+
+async def bench_apns(server: Server, n: int, concurrencies: list[int]) -> list[Row]:
+    import httpx
+
+    from mobile_push.senders.apns import ApnsSender, ProviderToken, _load_key, build_apns_request
+    from mobile_push.types import Platform, PushMessage, PushTarget, Transport
+
+    info = server.info
+    messages = [PushMessage(PushTarget(f"i{i}", Platform.IOS, Transport.APNS, uuid.uuid4().hex * 2, TOPIC),
+                            _payload(i, f"i{i}")) for i in range(n)]
+    rows = []
+    runs = [("h2", c) for c in concurrencies] + [("httpx", c) for c in concurrencies]
+    for engine, conc in runs:
+        sender = ApnsSender(info["key_file"], info["key_id"], info["team_id"], base_url=info["base_url"],
+                            ca_file=info["ca"], max_concurrency=conc, engine=engine)  # type: ignore[arg-type]
+        await sender.send(messages[:10])
+
+        async def ours(sender: ApnsSender = sender) -> int:
+            results = await sender.send(messages)
+            return sum(r.kind.value == "delivered" for r in results)
+
+        label = f"ours: ApnsSender engine={engine}, {conc} streams"
+        rows.append(await measure("APNs", label, server, n, ours))
+        await sender.aclose()
+
+    import ssl
+
+    import certifi
+
+    ctx = ssl.create_default_context(cafile=certifi.where())
+    ctx.load_verify_locations(cafile=info["ca"])
+    tokens = ProviderToken(_load_key(Path(info["key_file"])), info["key_id"], info["team_id"])
+    async with httpx.AsyncClient(http2=True, verify=ctx) as client:
+        async def naive() -> int:
+            ok = 0
+            for m in messages:
+                req = build_apns_request(m, now_s=time.time())
+                r = await client.post(info["base_url"] + req.path, content=req.body,
+                                      headers={**req.headers, "authorization": f"bearer {tokens.current()}"})
+                ok += r.status_code == 200
+            return ok
+
+        await client.post(info["base_url"] + "/3/device/00", content=b"{}")
+        rows.append(await measure("APNs", "baseline: naive httpx loop (1 request at a time)", server, n, naive))
+    return rows
+
+
+# ------------------------------------------------------------------------ main
+
+
+def print_table(rows: list[Row]) -> None:
+    cores = os.cpu_count()
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
+    print(f"\nPush fan-out on the local fakes (each fake in its own process); "
+          f"{cores} cores ({affinity} usable), Python {sys.version.split()[0]}\n")
+    head = f"{'transport':<9} {'client':<52} {'msgs':>6} {'ok':>6} {'wall s':>7} {'msg/s':>8} " \
+           f"{'client ms/msg':>13} {'server ms/msg':>13}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r.transport:<9} {r.client:<52} {r.messages:>6} {r.delivered:>6} {r.wall_s:>7.2f} {r.rate:>8.0f} "
+              f"{1000 * r.client_cpu_s / r.messages:>13.3f} {1000 * r.server_cpu_s / r.messages:>13.3f}")
+    print()
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="bgtasks-bench-push-") as tmp:
+        rows: list[Row] = []
+        if not args.skip_fcm:
+            server = Server("fcm", Path(tmp))
+            try:
+                rows += await bench_fcm(server, args.devices)
+            finally:
+                server.stop()
+        if not args.skip_apns:
+            server = Server("apns", Path(tmp))
+            try:
+                rows += await bench_apns(server, args.devices, args.concurrency)
+            finally:
+                server.stop()
+        print_table(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--devices", type=int, default=10_000, help="devices per transport (default 10000)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[100, 256],
+                        help="ApnsSender max_concurrency values to try")
+    parser.add_argument("--skip-fcm", action="store_true")
+    parser.add_argument("--skip-apns", action="store_true")
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
