@@ -42,11 +42,15 @@ test: $(STAMP) $(SYSDEPS) $(TSCLIENT)/node_modules/.package-lock.json
 unit: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider tests/unit
 
-## Benchmarks that print numbers (README "Performance"); about 15 minutes.
+## Benchmarks that print numbers (README "Performance"); about 25 minutes.
 bench: $(STAMP)
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/worker.py
 	$(BIN)/python bench/worker.py --postgres postgresql://postgres@127.0.0.1:5432
+	$(BIN)/python bench/triggers.py
+	$(BIN)/python bench/triggers.py --postgres postgresql://postgres@127.0.0.1:5432 --dirs 0 --idle-s 1
+	$(BIN)/python bench/sensors.py
+	$(BIN)/python bench/push.py
 
 ## Regenerate the committed OpenAPI document of the REST API.
 openapi: $(STAMP)

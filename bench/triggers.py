@@ -39,7 +39,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.worker import cpu_s, free_port, pct, rss_mib  # noqa: E402
+from bench.worker import _pg, cpu_s, free_port, pct, rss_mib  # noqa: E402
 
 
 class Lane:
@@ -137,18 +137,67 @@ def wait_rules(state: Path, ids: list[str]) -> None:
     raise SystemExit("the daemon did not pick up the rules")
 
 
+def at_rest(args: Any, tmp: Path, settings: Any, daemon_env: dict[str, str]) -> tuple[float, float]:
+    """The daemon's CPU (% of a core) and RSS at rest with a recursive rule over --dirs directories."""
+    tree = tmp / "tree"
+    for i in range(args.dirs):
+        (tree / f"d{i // 100:03}" / f"e{i % 100:02}").mkdir(parents=True, exist_ok=True)
+
+    async def big_rule() -> None:
+        from prefect.client.orchestration import get_client
+
+        from bgtasks.manager import TaskManager
+
+        async with get_client() as client:
+            await TaskManager(client, settings.worker.pool, allowed_roots=[tmp]).create({
+                "name": "bench-tree", "handler": "demo", "schedule": {"type": "triggered"},
+                "trigger": {"on": "file.created", "path": str(tree), "recursive": True}})
+
+    asyncio.run(big_rule())
+    env = {**daemon_env, "BGTASKS_DAEMON_SENSORS": json.dumps(["network", "power", "idle", "storage", "file"]),
+           "BGTASKS_DAEMON_RULES_REFRESH_S": "5"}
+    (tmp / "daemon-state.json").unlink(missing_ok=True)
+    daemon = start_daemon(env, tmp / "daemon-idle.log")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if json.loads((tmp / "daemon-state.json").read_text())["_daemon"]["rules"]:
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.5)
+    time.sleep(5)  # the initial walk of the tree is start-up, not rest
+    proc = psutil.Process(daemon.pid)
+    c0 = cpu_s(proc)
+    time.sleep(args.idle_s)
+    idle_cpu = (cpu_s(proc) - c0) / args.idle_s * 100
+    idle_rss = rss_mib(proc)
+    daemon.send_signal(signal.SIGTERM)
+    daemon.wait(30)
+    return idle_cpu, idle_rss
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=20, help="latency samples per warm lane")
     ap.add_argument("--stock-samples", type=int, default=6)
     ap.add_argument("--dirs", type=int, default=10_000, help="directories the idle daemon watches")
     ap.add_argument("--idle-s", type=float, default=30)
+    ap.add_argument("--postgres", metavar="URL", default=None,
+                    help="run the server on a fresh PostgreSQL database at this server URL "
+                         "(e.g. postgresql://postgres@127.0.0.1:5432); default SQLite")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bgtasks-bench-triggers-"))
     os.environ.update({"BGTASKS_HOME": str(tmp), "BGTASKS_SERVER_PORT": str(free_port())})
     for k in [k for k in os.environ if k.startswith("PREFECT_")]:
         del os.environ[k]
+    dbname = None
+    if args.postgres:
+        dbname = f"bgtasks_bench_triggers_{os.getpid()}"
+        asyncio.run(_pg(args.postgres, f'CREATE DATABASE "{dbname}"'))
+        base = args.postgres.replace("postgresql://", "postgresql+asyncpg://").rstrip("/")
+        os.environ["BGTASKS_SERVER_DATABASE_URL"] = f"{base}/{dbname}"
     from bgtasks.settings import load_settings
 
     settings = load_settings()
@@ -187,48 +236,22 @@ def main() -> None:
                 lane.worker.stop()
 
     # The daemon at rest, watching a big tree (and its other sensors running).
-    tree = tmp / "tree"
-    for i in range(args.dirs):
-        (tree / f"d{i // 100:03}" / f"e{i % 100:02}").mkdir(parents=True, exist_ok=True)
+    idle_cpu = idle_rss = None
     try:
-        async def big_rule() -> None:
-            from prefect.client.orchestration import get_client
-
-            from bgtasks.manager import TaskManager
-
-            async with get_client() as client:
-                await TaskManager(client, settings.worker.pool, allowed_roots=[tmp]).create({
-                    "name": "bench-tree", "handler": "demo", "schedule": {"type": "triggered"},
-                    "trigger": {"on": "file.created", "path": str(tree), "recursive": True}})
-
-        asyncio.run(big_rule())
-        env = {**daemon_env, "BGTASKS_DAEMON_SENSORS": json.dumps(["network", "power", "idle", "storage", "file"]),
-               "BGTASKS_DAEMON_RULES_REFRESH_S": "5"}
-        (tmp / "daemon-state.json").unlink(missing_ok=True)
-        daemon = start_daemon(env, tmp / "daemon-idle.log")
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                if json.loads((tmp / "daemon-state.json").read_text())["_daemon"]["rules"]:
-                    break
-            except (OSError, ValueError, KeyError):
-                pass
-            time.sleep(0.5)
-        time.sleep(5)  # the initial walk of the tree is start-up, not rest
-        proc = psutil.Process(daemon.pid)
-        c0 = cpu_s(proc)
-        time.sleep(args.idle_s)
-        idle_cpu = (cpu_s(proc) - c0) / args.idle_s * 100
-        idle_rss = rss_mib(proc)
-        daemon.send_signal(signal.SIGTERM)
-        daemon.wait(30)
+        if args.dirs:
+            idle_cpu, idle_rss = at_rest(args, tmp, settings, daemon_env)
     finally:
         server.stop()
+        if dbname:
+            asyncio.run(_pg(args.postgres, f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
 
-    print(f"\nFile created -> handler's first line, {os.cpu_count()} cores, one server (SQLite)")
+    db = "PostgreSQL" if args.postgres else "SQLite"
+    print(f"\nFile created -> handler's first line, {os.cpu_count()} cores, one server ({db})")
     print(f"{'lane':22} {'p50 (s)':>9} {'p95 (s)':>9} {'samples':>8}")
     for name, xs in rows.items():
         print(f"{name:22} {statistics.median(xs):9.3f} {pct(xs, 0.95):9.3f} {len(xs):8}")
+    if idle_cpu is None:
+        return
     print(f"\nTrigger daemon at rest, all sensors, a recursive rule over {args.dirs:,} directories, "
           "rules re-read every 5 s (the default)")
     print(f"  CPU {idle_cpu:.2f}% of one core over {args.idle_s:g} s, RSS {idle_rss:.0f} MiB")

@@ -298,3 +298,29 @@ async def test_payload_too_large_and_configuration_errors_fail_without_sending_o
     assert done["status"] == "failed" and "topic" in done["result"]["error"].lower()
     assert done["result"]["attempts"] == 1
     assert admin.get(f"/devices/{other_app['id']}").json()["state"] == "active"  # not the device's fault
+
+
+async def test_transient_errors_are_retried_and_recorded_once_as_delivered(
+    fakes: Any, push_worker: WorkerHandle, admin: httpx.Client, api_process: ApiProcess, settings: Settings
+) -> None:
+    fcm, apns, _ = fakes
+    a_tok, i_tok = fcm_token(), apns_token()
+    fcm.script(a_tok, ["UNAVAILABLE"])                                  # 503, then the queue is empty: 200
+    apns.script(i_tok, [(429, "TooManyRequests", {"retry-after": "1"})])  # 429 asking to wait 1 s, then 200
+    android = register(admin, "android", a_tok)
+    ios = register(admin, "ios", i_tok, topic=BUNDLE)
+    task = create(admin, {"deviceIds": [android["id"], ios["id"]]})
+    a_req = await pushed(admin, task["id"], fcm, fcm_payload, a_tok)
+    i_req = await pushed(admin, task["id"], apns, apns_payload, i_tok)
+    for device, payload in ((android, fcm_payload(a_req)), (ios, apns_payload(i_req))):
+        with device_client(api_process, settings, device["id"]) as phone:
+            assert phone.post(payload["reportUrl"].removeprefix(api_process.base),
+                              json={"reportToken": payload["reportToken"], "success": True}).status_code == 201
+    done = await settled(admin, task["id"])
+    assert done["status"] == "completed", done
+    rows = {row["deviceId"]: row["delivery"] for row in done["result"]["data"]["devices"]}
+    assert rows[android["id"]]["outcome"] == "delivered" and rows[android["id"]]["attempts"] == 2
+    assert rows[ios["id"]]["outcome"] == "delivered" and rows[ios["id"]]["attempts"] == 2
+    fcm_sent, apns_sent = pushes_to(fcm, a_tok), pushes_to(apns, i_tok)
+    assert [r.status for r in fcm_sent] == [503, 200] and [r.status for r in apns_sent] == [429, 200]
+    assert apns_sent[1].time - apns_sent[0].time >= 1.0  # Retry-After honoured

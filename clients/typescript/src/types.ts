@@ -37,6 +37,10 @@ export interface BackgroundTask {
   constraints?: TaskConstraints
   retryPolicy?: RetryPolicy
   timeoutMs?: number
+  /** (bgtasks) The devices the task wakes with a silent push. */
+  target?: TaskTarget
+  /** (bgtasks) What starts a triggered task. */
+  trigger?: TaskTrigger
   data?: any
 }
 
@@ -56,8 +60,8 @@ export interface TaskResult {
 }
 
 export interface TaskSchedule {
-  /** 'one-time' or 'periodic' ('triggered' is not accepted by this version of the API). */
-  type: 'one-time' | 'periodic'
+  /** 'one-time', 'periodic', or (bgtasks) 'triggered' with a trigger. */
+  type: TaskType
   startTime?: Date
   /** Milliseconds between runs of a periodic task (at least 1000). */
   interval?: number
@@ -89,6 +93,41 @@ export interface CreateTaskOptions {
   timeoutMs?: number
   /** (bgtasks) Registered handler to run (default: chosen from the name). */
   handler?: string
+  /** (bgtasks) Wake these devices with a silent push instead of running on the server. */
+  target?: TaskTarget
+  /** (bgtasks) What starts a triggered task (schedule.type 'triggered'). */
+  trigger?: TaskTrigger
+}
+
+/** (bgtasks) The devices a task wakes; every given criterion must hold. */
+export interface TaskTarget {
+  deviceIds?: string[]
+  labels?: string[]
+  platform?: 'android' | 'ios'
+  /** FCM android priority high (FCM deprioritises it when no notification is shown). */
+  highPriority?: boolean
+  collapseKey?: string
+}
+
+/** (bgtasks) The trigger daemon's events a triggered task can start on. */
+export type TriggerEvent =
+  | 'file.created' | 'file.modified' | 'file.deleted' | 'file.moved' | 'file.arrived'
+  | 'network.connected' | 'network.disconnected' | 'network.type-changed' | 'network.metered-changed'
+  | 'power.plugged' | 'power.unplugged' | 'power.battery-low' | 'power.battery-ok'
+  | 'device.idle' | 'device.active'
+  | 'storage.low' | 'storage.ok'
+
+/** (bgtasks) e.g. {on: 'file.arrived', path: '/data/inbox', pattern: '*.csv'} or {on: 'power.plugged'}. */
+export interface TaskTrigger {
+  on: TriggerEvent
+  /** file.*: the directory to watch (absolute). */
+  path?: string
+  /** file.*: glob of file names. */
+  pattern?: string
+  recursive?: boolean
+  /** file.*: run once per burst after this much quiet (default 1000). */
+  debounceMs?: number
+  networkType?: 'any' | 'unmetered' | 'metered' | 'wifi' | 'ethernet' | 'cellular'
 }
 
 export interface RetryPolicy {

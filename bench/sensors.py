@@ -1,7 +1,7 @@
 """Measure the sensors (prints numbers, asserts nothing). Needs root for the network part.
 
-    .venv/bin/python -m triggers.sensors._measure                 # both parts
-    .venv/bin/python -m triggers.sensors._measure --only files --dirs 10000 --idle-s 30
+    .venv/bin/python bench/sensors.py                 # both parts
+    .venv/bin/python bench/sensors.py --only files --dirs 10000 --idle-s 30
 
 network: the sensor runs in a fresh network namespace (``ip netns exec``,
 poll one hour, so only the netlink doorbell can wake it); this process enters
@@ -37,6 +37,10 @@ from contextlib import contextmanager
 from typing import IO, Any
 
 import psutil
+
+ROOT = __import__('pathlib').Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ['PYTHONPATH'] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get('PYTHONPATH', '')]))
 
 _CLONE_NEWNET = 0x40000000
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
