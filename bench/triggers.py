@@ -27,7 +27,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from datetime import datetime
@@ -39,7 +38,8 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.worker import _pg, cpu_s, free_port, pct, rss_mib  # noqa: E402
+from bench.common import BenchHome, add_postgres_option  # noqa: E402
+from bench.worker import cpu_s, pct, rss_mib  # noqa: E402
 
 
 class Lane:
@@ -183,25 +183,11 @@ def main() -> None:
     ap.add_argument("--stock-samples", type=int, default=6)
     ap.add_argument("--dirs", type=int, default=10_000, help="directories the idle daemon watches")
     ap.add_argument("--idle-s", type=float, default=30)
-    ap.add_argument("--postgres", metavar="URL", default=None,
-                    help="run the server on a fresh PostgreSQL database at this server URL "
-                         "(e.g. postgresql://postgres@127.0.0.1:5432); default SQLite")
+    add_postgres_option(ap)
     args = ap.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="bgtasks-bench-triggers-"))
-    os.environ.update({"BGTASKS_HOME": str(tmp), "BGTASKS_SERVER_PORT": str(free_port())})
-    for k in [k for k in os.environ if k.startswith("PREFECT_")]:
-        del os.environ[k]
-    dbname = None
-    if args.postgres:
-        dbname = f"bgtasks_bench_triggers_{os.getpid()}"
-        asyncio.run(_pg(args.postgres, f'CREATE DATABASE "{dbname}"'))
-        base = args.postgres.replace("postgresql://", "postgresql+asyncpg://").rstrip("/")
-        os.environ["BGTASKS_SERVER_DATABASE_URL"] = f"{base}/{dbname}"
-    from bgtasks.settings import load_settings
-
-    settings = load_settings()
-    os.environ.update(settings.prefect_env())
+    home = BenchHome("triggers", args.postgres)
+    tmp, settings = home.path, home.settings
     from tests.fixtures import ServerHandle, WorkerHandle
 
     server = ServerHandle(settings)
@@ -242,10 +228,9 @@ def main() -> None:
             idle_cpu, idle_rss = at_rest(args, tmp, settings, daemon_env)
     finally:
         server.stop()
-        if dbname:
-            asyncio.run(_pg(args.postgres, f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
+        home.drop()
 
-    db = "PostgreSQL" if args.postgres else "SQLite"
+    db = home.database
     print(f"\nFile created -> handler's first line, {os.cpu_count()} cores, one server ({db})")
     print(f"{'lane':22} {'p50 (s)':>9} {'p95 (s)':>9} {'samples':>8}")
     for name, xs in rows.items():

@@ -27,7 +27,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
@@ -174,42 +173,20 @@ def idle(worker: psutil.Process, seconds: float) -> tuple[float, float]:
     return (cpu_s(worker) - c0) / seconds * 100, rss_mib(worker)
 
 
-async def _pg(url: str, sql: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(url.rstrip("/") + "/postgres")
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 def main() -> None:
+    from bench.common import BenchHome, add_postgres_option
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20, help="sequential run-now latency samples (warm)")
     ap.add_argument("--stock-runs", type=int, default=6, help="latency samples for the stock worker")
     ap.add_argument("--burst", type=int, default=60, help="runs in the warm worker's throughput burst")
     ap.add_argument("--stock-burst", type=int, default=20, help="runs in the stock worker's burst")
     ap.add_argument("--idle-s", type=float, default=30)
-    ap.add_argument("--postgres", metavar="URL", default=None,
-                    help="run the server on a fresh PostgreSQL database at this server URL "
-                         "(e.g. postgresql://postgres@127.0.0.1:5432); default SQLite")
+    add_postgres_option(ap)
     args = ap.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="bgtasks-bench-"))
-    os.environ.update({"BGTASKS_HOME": str(tmp), "BGTASKS_SERVER_PORT": str(free_port())})
-    for k in [k for k in os.environ if k.startswith("PREFECT_")]:
-        del os.environ[k]
-    dbname = None
-    if args.postgres:
-        dbname = f"bgtasks_bench_{os.getpid()}"
-        asyncio.run(_pg(args.postgres, f'CREATE DATABASE "{dbname}"'))
-        base = args.postgres.replace("postgresql://", "postgresql+asyncpg://").rstrip("/")
-        os.environ["BGTASKS_SERVER_DATABASE_URL"] = f"{base}/{dbname}"
-    from bgtasks.settings import load_settings
-
-    settings = load_settings()
-    os.environ.update(settings.prefect_env())
+    home = BenchHome("worker", args.postgres)
+    tmp, settings = home.path, home.settings
     os.environ.pop("PREFECT_WORKER_QUERY_SECONDS")  # Prefect's defaults for both workers
     os.environ.pop("PREFECT_WORKER_PREFETCH_SECONDS")
 
@@ -254,10 +231,9 @@ def main() -> None:
             if lane.worker is not None:
                 lane.worker.stop()
         server.stop()
-        if dbname:
-            asyncio.run(_pg(args.postgres, f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)'))
+        home.drop()
 
-    db = "PostgreSQL" if args.postgres else "SQLite"
+    db = home.database
     print(f"\nWarm worker vs stock process worker, one server ({db}), {os.cpu_count()} cores, --limit 4 each")
     keys = list(rows["warm"])
     print(f"{'':32} {'bgtasks-warm':>14} {'process (stock)':>16} {'better by':>9}")

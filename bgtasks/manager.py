@@ -24,6 +24,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterDeploymentId,
     FlowRunFilterId,
     FlowRunFilterState,
+    FlowRunFilterStateName,
     FlowRunFilterStateType,
     TaskRunFilter,
 )
@@ -57,6 +58,19 @@ PAGE = 200
 
 
 SORTS = ("priority", "next-run", "created", "name")
+
+
+def _waiting_filter() -> FlowRunFilter:
+    from triggers.waiting import AWAITING
+
+    return FlowRunFilter(state=FlowRunFilterState(name=FlowRunFilterStateName(any_=[AWAITING])))
+
+
+def _scheduled_not_waiting() -> FlowRunFilter:
+    from triggers.waiting import AWAITING
+
+    return FlowRunFilter(state=FlowRunFilterState(
+        type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]), name=FlowRunFilterStateName(not_any_=[AWAITING])))
 
 
 def _state_filter(*types: str) -> FlowRunFilter:
@@ -222,10 +236,11 @@ class TaskManager:
         return mapping.result_of(run, data, n)
 
     async def _view(self, dep: Any, detailed: bool) -> BackgroundTask:
-        last, nxt, finished = await asyncio.gather(
+        last, nxt, finished, waiting = await asyncio.gather(
             self._runs(dep.id, _state_filter(*mapping.STARTED), FlowRunSort.START_TIME_DESC, 1),
-            self._runs(dep.id, _state_filter("SCHEDULED"), FlowRunSort.EXPECTED_START_TIME_ASC, 1),
+            self._runs(dep.id, _scheduled_not_waiting(), FlowRunSort.EXPECTED_START_TIME_ASC, 1),
             self._runs(dep.id, _state_filter(*mapping.FINISHED), FlowRunSort.END_TIME_DESC, 1),
+            self._runs(dep.id, _waiting_filter(), FlowRunSort.EXPECTED_START_TIME_ASC, PAGE),
         )
         latest = last[0] if last else None
         done = finished[0] if finished else None
@@ -233,7 +248,7 @@ class TaskManager:
         if latest is not None and done is not None and latest.id == done.id:
             latest = done
         result = await self._result(done, attempts=detailed)
-        return mapping.task_from(dep, latest, nxt[0] if nxt else None, result)
+        return mapping.task_from(dep, latest, nxt[0] if nxt else None, result, waiting)
 
     async def resolve(self, ref: str) -> str:
         """A task id from an id or a task name."""

@@ -49,6 +49,7 @@ __all__ = [
     "TaskStatus",
     "TaskTarget",
     "TaskTrigger",
+    "WaitingRun",
     "TRIGGER_EVENTS",
     "TaskType",
     "ONE_TIME_GRACE",
@@ -216,8 +217,20 @@ class TaskSchedule(_SpecModel):
         return self
 
 
+NetworkType = Literal["not-required", "connected", "unmetered", "not-roaming", "metered", "wifi", "cellular"]
+
+
 class TaskConstraints(_SpecModel):
-    """Conditions the host must meet before a run starts (WorkManager's meaning)."""
+    """Conditions the host must meet before a run starts, with Android WorkManager's meaning.
+
+    ``requiresNetwork`` = a default route on a running link (``networkType``
+    ``connected``); ``requiresWifi`` = the default route goes over wifi (the spec's
+    desktop meaning; WorkManager's nearest is ``unmetered``). ``networkType`` takes
+    WorkManager's values (``not-roaming`` counts as ``connected``: a desktop cannot
+    tell roaming) plus ``wifi`` and ``cellular``. Battery not low, charging,
+    device idle and storage not low follow Android's thresholds (see the trigger
+    daemon). A run whose constraints fail waits, without using a retry.
+    """
 
     requires_network: bool | None = None
     requires_wifi: bool | None = None
@@ -225,6 +238,31 @@ class TaskConstraints(_SpecModel):
     requires_battery_not_low: bool | None = None
     requires_device_idle: bool | None = None
     requires_storage_not_low: bool | None = None
+    network_type: NetworkType | None = Field(None, description="WorkManager's NetworkType (beyond the spec).")
+
+    @model_validator(mode="after")
+    def _not_contradictory(self) -> TaskConstraints:
+        nt = self.network_type
+        if self.requires_wifi and nt in ("metered", "cellular"):
+            raise ValueError(f"networkType: {nt!r} contradicts requiresWifi (wifi is never {nt})")
+        if self.requires_network is False and (self.requires_wifi or nt not in (None, "not-required")):
+            raise ValueError("requiresNetwork: false, but requiresWifi/networkType ask for a network")
+        return self
+
+    def network_need(self) -> str | None:
+        """The network the run needs: None, or one of connected, unmetered, metered, wifi, cellular."""
+        if self.requires_wifi:
+            return "wifi"
+        if self.network_type in ("unmetered", "metered", "wifi", "cellular"):
+            return self.network_type
+        if self.requires_network or self.network_type in ("connected", "not-roaming"):
+            return "connected"
+        return None
+
+    def any(self) -> bool:
+        """Whether anything is required."""
+        return bool(self.network_need() or self.requires_charging or self.requires_battery_not_low
+                    or self.requires_device_idle or self.requires_storage_not_low)
 
 
 class RetryCondition(_SpecModel):
@@ -411,6 +449,19 @@ class TaskResult(_SpecModel):
         return _utc(v)
 
 
+class WaitingRun(_SpecModel):
+    """A run that waits for its constraints (beyond the spec): why, and since when."""
+
+    run_id: str
+    since: AwareDatetime
+    reason: str = Field(description="The failing constraints and what was observed.")
+
+    @field_validator("since")
+    @classmethod
+    def _to_utc(cls, v: datetime) -> datetime | None:
+        return _utc(v)
+
+
 class BackgroundTask(_SpecModel):
     """A task as clients see it; the live fields are derived from Prefect."""
 
@@ -434,6 +485,7 @@ class BackgroundTask(_SpecModel):
     timeout_ms: int | None = None
     target: TaskTarget | None = None
     trigger: TaskTrigger | None = None
+    waiting: list[WaitingRun] | None = Field(None, description="Runs waiting for their constraints.")
     data: Any = None
 
     @field_validator("created_at", "scheduled_for", "last_run", "next_run")

@@ -41,6 +41,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.to_thread
 from prefect.client.schemas.objects import FlowRun
 from prefect.flows import load_flow_from_flow_run
 from prefect.runner._flow_run_executor import FlowRunExecutionResult, FlowRunExecutorContext
@@ -56,6 +57,9 @@ from prefect.workers.process import (
 WORKER_TYPE = "bgtasks-warm"
 #: How long a deployment's entrypoint is reused without reading the deployment again.
 ENTRYPOINT_CACHE_S = 30.0
+#: How often the worker re-checks runs waiting for constraints (the trigger daemon
+#: releases them at once on a change; this covers a host without a daemon).
+CONSTRAINT_RECHECK_S = float(os.environ.get("BGTASKS_WORKER_CONSTRAINT_RECHECK_S", "30"))
 #: Shortest gap between two polls triggered by events or finished runs.
 MIN_POLL_INTERVAL_S = 0.5
 #: Pending wake-ups kept (a float each); beyond, runs wait for the periodic poll.
@@ -242,6 +246,7 @@ class WarmWorker(ProcessWorker):
         self._due: list[float] = []  # heap of epoch times to poll at
         self._due_changed: anyio.Event | None = None
         self._backlog = False
+        self._host: Any = None  # triggers.host.HostSensors, made on first use
 
     async def setup(self) -> None:
         # Entered before BaseWorker's own contexts, so they close after the
@@ -255,11 +260,86 @@ class WarmWorker(ProcessWorker):
         self._wake_group = await self._exit_stack.enter_async_context(anyio.create_task_group())
         self._wake_group.start_soon(self._listen_for_runs)
         self._wake_group.start_soon(self._wake_loop)
+        self._wake_group.start_soon(self._recheck_constraints_loop)
 
     async def teardown(self, *exc_info: Any) -> None:
         if self._wake_group is not None:
             self._wake_group.cancel_scope.cancel()
         await super().teardown(*exc_info)
+
+    # ---- constraints -------------------------------------------------------------
+
+    def _host_snapshot(self) -> dict[str, Any]:
+        if self._host is None:
+            from bgtasks.settings import load_settings
+            from triggers.host import HostSensors
+
+            self._host = HostSensors(load_settings())
+        return self._host.snapshot()
+
+    async def _propose_pending_state(self, flow_run: FlowRun) -> bool:
+        """Start a run only when its constraints hold on this host; otherwise it waits,
+        Scheduled as ``AwaitingConstraints`` with the reasons in its message (no retry used)."""
+        from triggers.constraints import describe, unmet
+        from triggers.waiting import AWAITING, constraints_of, waiting_until
+
+        cons = constraints_of(flow_run.parameters)
+        if cons is not None:
+            missing = unmet(cons, await anyio.to_thread.run_sync(self._host_snapshot))
+            if missing:
+                from prefect.states import Scheduled
+
+                due = flow_run.expected_start_time or datetime.now(UTC)
+                message = describe(missing) + f" on {os.uname().nodename}"
+                await self.client.set_flow_run_state(
+                    flow_run.id, Scheduled(name=AWAITING, scheduled_time=waiting_until(due), message=message),
+                    force=True)
+                self.get_flow_run_logger(flow_run).info("Not started: %s", message)
+                return False
+        return await super()._propose_pending_state(flow_run)
+
+    async def _recheck_constraints_loop(self) -> None:
+        """The slow re-check for a host without a trigger daemon: release the pool's waiting
+        runs whose constraints hold here (the daemon does it at once on a change)."""
+        while True:
+            await anyio.sleep(CONSTRAINT_RECHECK_S)
+            try:
+                await self._release_waiting()
+            except Exception as exc:  # noqa: BLE001 - the next round retries
+                self._logger.debug("Constraint re-check failed: %s", exc)
+
+    async def _release_waiting(self) -> int:
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterState,
+            FlowRunFilterStateName,
+            WorkPoolFilter,
+            WorkPoolFilterName,
+        )
+        from prefect.states import Scheduled
+
+        from triggers.constraints import unmet
+        from triggers.waiting import AWAITING, constraints_of, original_due, release_order
+
+        runs = await self.client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(name=FlowRunFilterStateName(any_=[AWAITING]))),
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool_name])),
+            limit=200,
+        )
+        if not runs:
+            return 0
+        snapshot = await anyio.to_thread.run_sync(self._host_snapshot)
+        released = 0
+        for run in sorted(runs, key=lambda r: release_order(r.work_queue_name, r.state.state_details.scheduled_time)):
+            cons = constraints_of(run.parameters)
+            if cons is not None and unmet(cons, snapshot):
+                continue
+            due = original_due(run.state.state_details.scheduled_time)
+            await self.client.set_flow_run_state(
+                run.id, Scheduled(scheduled_time=due, message="Constraints hold: released by the worker"),
+                force=True)
+            released += 1
+        return released
 
     # ---- being told ------------------------------------------------------------
 

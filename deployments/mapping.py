@@ -185,6 +185,7 @@ def task_from(
     last_run: Any | None,
     next_run: Any | None,
     result: TaskResult | None,
+    waiting: list[Any] | None = None,
 ) -> BackgroundTask:
     """The spec's BackgroundTask for a deployment and its latest and next runs."""
     tags = list(deployment.tags or [])
@@ -223,6 +224,8 @@ def task_from(
         timeout_ms=opts.timeout_ms if opts else None,
         target=opts.target if opts else None,
         trigger=opts.trigger if opts else None,
+        waiting=[{"run_id": str(r.id), "since": r.state.timestamp, "reason": r.state.message or "constraints"}
+                 for r in waiting] if waiting else None,
         data=opts.data if opts else (deployment.parameters or {}).get("data"),
     )
     # A stored definition is not new input: skip the clock checks on re-validation.

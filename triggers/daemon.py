@@ -32,22 +32,13 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any
 
 from bgtasks.settings import Settings
 from triggers.prefect_api import PrefectApi
-from triggers.sensors import (
-    Change,
-    FileRule,
-    FileSensor,
-    IdleSensor,
-    NetworkSensor,
-    PowerSensor,
-    StorageSensor,
-    Tracker,
-)
+from triggers.host import HostSensors, plain
+from triggers.sensors import Change, FileRule, FileSensor, Tracker
 
 logger = logging.getLogger("bgtasks.daemon")
 
@@ -110,18 +101,11 @@ class TriggerDaemon:
         self.emit: Emitter = emit or (lambda event: self.api.emit(**event))
         self.host = host_name()
         self.state_path = state_path or settings.home / "daemon-state.json"
-        d = settings.daemon
-        sensors: dict[str, Any] = {
-            "network": lambda: NetworkSensor(poll_s=d.network_poll_s),
-            "power": lambda: PowerSensor(root=d.power_root, poll_s=d.power_poll_s),
-            "idle": lambda: IdleSensor(poll_s=d.idle_poll_s),
-            "storage": lambda: StorageSensor(str(d.storage_path or settings.home), poll_s=d.storage_poll_s),
-        }
-        self.trackers: dict[str, Tracker[Any]] = {
-            name: Tracker(make()) for name, make in sensors.items() if name in d.sensors
-        }
-        self.files = FileSensor() if "file" in d.sensors else None
+        self.host_sensors = HostSensors(settings)
+        self.trackers: dict[str, Tracker[Any]] = self.host_sensors.trackers
+        self.files = FileSensor() if "file" in settings.daemon.sensors else None
         self._rule_specs: dict[str, FileRule] = {}
+        self._release_wanted = asyncio.Event()
         self.emitted = 0
 
     # ---- state kept across restarts ------------------------------------------------
@@ -144,7 +128,7 @@ class TriggerDaemon:
     def save(self) -> None:
         """Write the sensors' last snapshots (restored at the next start), and for people and
         tests: the file rules being watched and how many events were emitted."""
-        state: dict[str, Any] = {name: _plain(t.current) for name, t in self.trackers.items() if t.current is not None}
+        state: dict[str, Any] = {name: plain(t.current) for name, t in self.trackers.items() if t.current is not None}
         state["_daemon"] = {"pid": os.getpid(), "emitted": self.emitted, "rules": sorted(self._rule_specs)}
         tmp = self.state_path.with_suffix(".tmp")
         tmp.parent.mkdir(parents=True, exist_ok=True)
@@ -156,7 +140,7 @@ class TriggerDaemon:
         out = {}
         for name, tracker in self.trackers.items():
             current = tracker.current if tracker.current is not None else tracker.prime()
-            out[name] = _plain(current)
+            out[name] = plain(current)
         if self.files is not None:
             out["file"] = {"rules": [{"task": r.rule_id, "root": r.root, "patterns": list(r.patterns),
                                       "kinds": sorted(r.kinds)} for r in self.files.rules]}
@@ -214,6 +198,49 @@ class TriggerDaemon:
     async def _deliver_and_save(self, change: Change) -> None:
         self._deliver(change)
         await asyncio.to_thread(self.save)
+        if change.sensor != "file":
+            self._release_wanted.set()
+
+    # ---- releasing runs that wait for constraints ----------------------------------------
+
+    async def release_waiting(self) -> list[str]:
+        """Release the pool's runs waiting for constraints that now hold here; their ids."""
+        from datetime import datetime
+
+        from triggers.constraints import unmet
+        from triggers.waiting import constraints_of, release_order, release_state_json, waiting_filter
+
+        snapshot = {name: plain(t.current) for name, t in self.trackers.items() if t.current is not None}
+        released = []
+        runs = await self.api.flow_runs(waiting_filter(self.settings.worker.pool))
+        for run in sorted(runs, key=lambda r: release_order(r.get("work_queue_name"),
+                                                            r["state"]["state_details"]["scheduled_time"])):
+            cons = constraints_of(run.get("parameters"))
+            if cons is not None and unmet(cons, snapshot):
+                continue
+            scheduled = datetime.fromisoformat(run["state"]["state_details"]["scheduled_time"])
+            await self.api.set_state(run["id"], release_state_json(
+                scheduled, f"Constraints hold on {self.host}: released"))
+            released.append(run["id"])
+            logger.info("released run %s (%s): its constraints hold", run["id"], run.get("name"))
+        return released
+
+    async def _release_loop(self, stop: asyncio.Event) -> None:
+        """Release waiting runs after each state change (and at start)."""
+        self._release_wanted.set()
+        while not stop.is_set():
+            waiter = asyncio.ensure_future(self._release_wanted.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            stopper.cancel()
+            if stop.is_set():
+                return
+            self._release_wanted.clear()
+            try:
+                await self.release_waiting()
+            except Exception as exc:  # noqa: BLE001 - the server may be away: the next change retries
+                logger.warning("could not release waiting runs: %s", exc)
 
     # ---- running ----------------------------------------------------------------------
 
@@ -229,6 +256,7 @@ class TriggerDaemon:
             self._deliver(change)
         await asyncio.to_thread(self.save)
         await self.api.flush()
+        await self.release_waiting()
         return changes
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -260,6 +288,7 @@ class TriggerDaemon:
         if self.files is not None:
             jobs.append(asyncio.create_task(self.files.watch(self._deliver_and_save, stop), name="sensor-file"))
         jobs.append(asyncio.create_task(self._rules_loop(stop), name="rules"))
+        jobs.append(asyncio.create_task(self._release_loop(stop), name="release"))
         try:
             await stop.wait()
         finally:
@@ -272,16 +301,6 @@ class TriggerDaemon:
                 await asyncio.wait_for(stop.wait(), self.settings.daemon.rules_refresh_s)
             except TimeoutError:
                 await self.refresh_rules()
-
-
-def _plain(value: Any) -> Any:
-    if value is None:
-        return None
-    if hasattr(value, "to_dict"):
-        return _jsonable(value.to_dict())
-    if is_dataclass(value):
-        return _jsonable(asdict(value))  # type: ignore[arg-type]
-    return _jsonable(value)
 
 
 def _revive(tracker: Tracker[Any], saved: dict[str, Any]) -> Any:

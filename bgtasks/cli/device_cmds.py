@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -10,30 +9,17 @@ import cyclopts
 from cyclopts import Parameter
 from rich.table import Table
 
+from bgtasks.cli._store import with_store
 from bgtasks.cli.task_cmds import Output, _print_json, _when
 
 device_app = cyclopts.App(name="device", help="Register, list, remove and test-push devices (mobile_push).")
 T = TypeVar("T")
 
 
-def _with_store(op: Callable[[Any], Awaitable[T]]) -> T:
-    from bgtasks.cli import settings
-    from bgtasks.store import open_store
-
-    async def go() -> T:
-        store = await open_store(settings().store_url)
-        try:
-            return await op(store)
-        finally:
-            await store.close()
-
-    return asyncio.run(go())
-
-
 def _registry(op: Callable[[Any], Awaitable[T]]) -> T:
     from mobile_push.registry import DeviceRegistry
 
-    return _with_store(lambda store: op(DeviceRegistry(store)))
+    return with_store(lambda store: op(DeviceRegistry(store)))
 
 
 def _invalid(exc: Exception) -> None:
@@ -122,7 +108,7 @@ def test(device_id: str, *, output: Output = "table") -> None:
     from mobile_push.registry import DeviceNotFound
 
     try:
-        result = _with_store(lambda store: _test_push(store, device_id))
+        result = with_store(lambda store: _test_push(store, device_id))
     except DeviceNotFound as exc:
         cli.fail(str(exc))
     if output == "json":

@@ -292,6 +292,8 @@ def show(ref: str, *, output: Output = "table") -> None:
         info.add_row("trigger", json.dumps(task.trigger.to_json_dict()))
     if task.target:
         info.add_row("wakes devices", json.dumps(task.target.to_json_dict()))
+    for w in task.waiting or []:
+        info.add_row("[yellow]waiting[/]", f"run {w.run_id} since {_when(w.since)}: {w.reason}")
     if task.retry_policy:
         info.add_row("retry policy", json.dumps(task.retry_policy.to_json_dict()))
     if task.constraints and task.constraints.to_json_dict():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, TypeVar
 
@@ -10,6 +9,7 @@ import cyclopts
 from cyclopts import Parameter
 from rich.table import Table
 
+from bgtasks.cli._store import with_store
 from bgtasks.cli.task_cmds import Output, _print_json, _when
 
 token_app = cyclopts.App(name="token", help="Bearer tokens for the REST API (stored hashed; shown once).")
@@ -18,17 +18,8 @@ T = TypeVar("T")
 
 def _with_tokens(op: Callable[[Any], Awaitable[T]]) -> T:
     from bgtasks.auth import TokenStore
-    from bgtasks.cli import settings
-    from bgtasks.store import open_store
 
-    async def go() -> T:
-        store = await open_store(settings().store_url)
-        try:
-            return await op(TokenStore(store))
-        finally:
-            await store.close()
-
-    return asyncio.run(go())
+    return with_store(lambda store: op(TokenStore(store)))
 
 
 @token_app.command

@@ -42,6 +42,19 @@ def _field(page: object, label: str, inner: str) -> object:
     ).first
 
 
+def _wait_completed(stack: Up, name: str) -> dict:
+    """The task once its run has finished (a safety-net deadline, not a timing assertion)."""
+    import time
+
+    deadline = time.monotonic() + STEP_MS / 1000
+    while time.monotonic() < deadline:
+        task = stack.cli_json("task", "show", name)
+        if task.get("result"):
+            return task
+        time.sleep(0.5)
+    raise AssertionError(f"task {name} did not finish: {task}")
+
+
 def test_create_background_task_from_the_prefect_ui_form(stack: Up) -> None:
     from playwright.sync_api import expect, sync_playwright
 
@@ -80,11 +93,14 @@ def test_create_background_task_from_the_prefect_ui_form(stack: Up) -> None:
             # The control run creates the task; its deployment shows up in the list.
             page.goto(f"{stack.ui}/v2/deployments")
             created = page.get_by_role("link", name=name, exact=True).first
-            expect(created).to_be_visible()
+            expect(created).to_be_visible(timeout=STEP_MS)
             page.screenshot(path=ARTIFACTS / "4-task-listed.png")
-            created.click()
-            expect(page.get_by_text("priority:high").first).to_be_visible()
-            expect(page.get_by_text("Completed").first).to_be_visible()
+            # Its run completes (read from the API: the UI's run list is not live), and the
+            # task's page in the UI shows it.
+            task = _wait_completed(stack, name)
+            page.goto(f"{stack.ui}/v2/deployments/deployment/{task['id']}")
+            expect(page.get_by_text("priority:high").first).to_be_visible(timeout=STEP_MS)
+            expect(page.get_by_text("Completed").first).to_be_visible(timeout=STEP_MS)
             page.screenshot(path=ARTIFACTS / "5-task-run-completed.png")
         except Exception:
             page.screenshot(path=ARTIFACTS / "failure.png", full_page=True)

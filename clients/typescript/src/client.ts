@@ -15,6 +15,7 @@ import type {
   TaskFilter,
   TaskResult,
   TaskRun,
+  WaitingRun,
   TaskSchedule,
   Wire,
 } from './types.js'
@@ -291,6 +292,7 @@ function toTask(raw: BackgroundTaskJson): BackgroundTask {
   const task = withDates<BackgroundTask>(raw, ['createdAt', 'scheduledFor', 'lastRun', 'nextRun'])
   if (raw.result) task.result = toResult(raw.result)
   if (raw.schedule) task.schedule = toSchedule(raw.schedule)
+  if (raw.waiting) task.waiting = raw.waiting.map((w) => withDates<WaitingRun>(w, ['since']))
   if (task.paused === undefined) task.paused = false
   return task
 }

@@ -41,7 +41,16 @@ export interface BackgroundTask {
   target?: TaskTarget
   /** (bgtasks) What starts a triggered task. */
   trigger?: TaskTrigger
+  /** (bgtasks) Runs waiting for their constraints: why, and since when. */
+  waiting?: WaitingRun[]
   data?: any
+}
+
+/** (bgtasks) A run that has not started because its constraints fail on the worker's host. */
+export interface WaitingRun {
+  runId: string
+  since: Date
+  reason: string
 }
 
 export interface TaskResult {
@@ -79,6 +88,8 @@ export interface TaskConstraints {
   requiresBatteryNotLow?: boolean
   requiresDeviceIdle?: boolean
   requiresStorageNotLow?: boolean
+  /** (bgtasks) WorkManager's NetworkType, plus the desktop's 'wifi' and 'cellular'. */
+  networkType?: 'not-required' | 'connected' | 'unmetered' | 'not-roaming' | 'metered' | 'wifi' | 'cellular'
 }
 
 export interface CreateTaskOptions {

@@ -1,0 +1,167 @@
+"""Constraints with WorkManager's meaning, on real sensors: a fake sysfs power tree and a
+real tmpfs. The warm worker does not start a run whose constraints fail (it waits as
+AwaitingConstraints, naming them); the trigger daemon releases it when they hold."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bgtasks.settings import Settings
+from tests.fixtures import WorkerHandle, records, start_worker, wait_for
+from tests.power import write_power_tree
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent / "bgtasks"
+DEADLINE_S = 180
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    power = tmp_path_factory.mktemp("power_supply")
+    write_power_tree(power, percent=40, plugged=False)
+    disk = tmp_path_factory.mktemp("disk")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], check=True, timeout=30)
+    try:
+        yield power, disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def host_env(host: tuple[Path, Path]) -> dict[str, str]:
+    power, disk = host
+    return {"BGTASKS_DAEMON_POWER_ROOT": str(power), "BGTASKS_DAEMON_STORAGE_PATH": str(disk),
+            "BGTASKS_DAEMON_SENSORS": json.dumps(["power", "storage"]),
+            "BGTASKS_DAEMON_POWER_POLL_S": "0.2", "BGTASKS_DAEMON_STORAGE_POLL_S": "0.2",
+            # Only the daemon may release runs in these tests: the worker's slow re-check is off.
+            "BGTASKS_WORKER_CONSTRAINT_RECHECK_S": "3600"}
+
+
+@pytest.fixture(scope="module")
+def gated_worker(prefect_server: Any, settings: Settings, host_env: dict[str, str]) -> Iterator[WorkerHandle]:
+    w = start_worker(settings, limit=1, env=host_env)  # one at a time: release order is visible
+    yield w
+    w.stop()
+
+
+@pytest.fixture(scope="module")
+def daemon(prefect_server: Any, settings: Settings, host_env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    (settings.home / "logs").mkdir(parents=True, exist_ok=True)
+    log = open(settings.home / "logs" / "constraints-daemon.log", "ab")
+    proc = subprocess.Popen([str(BIN), "daemon"], env={**os.environ, **host_env}, stdout=log, stderr=subprocess.STDOUT)
+    yield proc
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log.close()
+
+
+async def _waiting(manager: Any, task_id: str, words: str) -> Any:
+    async def check() -> Any:
+        task = await manager.get(task_id)
+        return task if task.waiting and words in task.waiting[0].reason else None
+
+    return await wait_for(check, DEADLINE_S, f"task {task_id} to wait for {words}")
+
+
+async def _done(manager: Any, task_id: str) -> Any:
+    from uuid import UUID
+
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async def check() -> Any:
+        task = await manager.get(task_id)
+        return task if task.result is not None else None
+
+    task = await wait_for(check, DEADLINE_S, f"task {task_id} to finish")
+
+    async def settled() -> bool:  # attempts are read from task-run events, which arrive last
+        runs = await manager.client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(task.result.run_id)])))
+        return bool(runs) and all(r.state is not None and r.state.is_final() for r in runs)
+
+    await wait_for(settled, DEADLINE_S, "the task run to be final")
+    return await manager.get(task_id)
+
+
+async def test_a_charging_task_waits_unplugged_and_runs_once_plugged_without_using_a_retry(
+    manager: Any, gated_worker: WorkerHandle, daemon: Any, host: tuple[Path, Path], tmp_path: Path
+) -> None:
+    power = host[0]
+    log = tmp_path / "runs.jsonl"
+    task = await manager.create({
+        "name": "needs-charger", "handler": "demo", "schedule": {"type": "one-time"},
+        "constraints": {"requiresCharging": True},
+        "retryPolicy": {"maxRetries": 2, "initialBackoffMs": 100},
+        "data": {"recordTo": str(log)},
+    })
+    waiting = await _waiting(manager, task.id, "requiresCharging")
+    assert "unplugged" in waiting.waiting[0].reason and waiting.status.value == "pending"
+    assert waiting.next_run is None and records(log) == []  # nothing ran, nothing is due
+    write_power_tree(power, percent=40, plugged=True)
+    done = await _done(manager, task.id)
+    assert done.status.value == "completed" and done.result.attempts == 1 and not done.waiting
+    assert len(records(log)) == 1
+    write_power_tree(power, percent=40, plugged=False)
+
+
+async def test_a_storage_task_waits_while_the_disk_is_full_and_runs_after_space_is_freed(
+    manager: Any, gated_worker: WorkerHandle, daemon: Any, host: tuple[Path, Path], tmp_path: Path
+) -> None:
+    disk = host[1]
+    filler = disk / "filler"
+    filler.write_bytes(b"\0" * (8 * 2**20 - 256 * 2**10))  # leave ~256 KiB of 8 MiB: below 5%
+    log = tmp_path / "runs.jsonl"
+    task = await manager.create({
+        "name": "needs-space", "handler": "demo", "schedule": {"type": "one-time"},
+        "constraints": {"requiresStorageNotLow": True}, "data": {"recordTo": str(log)},
+    })
+    waiting = await _waiting(manager, task.id, "requiresStorageNotLow")
+    assert "MiB free" in waiting.waiting[0].reason and records(log) == []
+    filler.unlink()
+    done = await _done(manager, task.id)
+    assert done.status.value == "completed" and done.result.attempts == 1
+
+
+async def test_released_runs_keep_their_priority_order(
+    manager: Any, gated_worker: WorkerHandle, daemon: Any, host: tuple[Path, Path], tmp_path: Path
+) -> None:
+    power = host[0]
+    log = tmp_path / "runs.jsonl"
+    ids = {}
+    for priority in ("low", "normal", "high"):  # created low first: FIFO alone would run it first
+        task = await manager.create({
+            "name": f"order-{priority}", "handler": "demo", "priority": priority, "schedule": {"type": "one-time"},
+            "constraints": {"requiresCharging": True}, "data": {"recordTo": str(log), "message": priority},
+        })
+        ids[priority] = task.id
+        await _waiting(manager, task.id, "requiresCharging")
+    write_power_tree(power, percent=40, plugged=True)
+    for task_id in ids.values():
+        await _done(manager, task_id)
+    order = [next(p for p, i in ids.items() if (await manager.get(i)).result.run_id == r["run"])
+             for r in records(log)]
+    assert order == ["high", "normal", "low"], order
+    write_power_tree(power, percent=40, plugged=False)
+
+
+async def test_contradictory_constraints_are_rejected(manager: Any) -> None:
+    from bgtasks.errors import InvalidTask
+
+    with pytest.raises(InvalidTask) as err:
+        await manager.create({"name": "contradiction", "handler": "demo", "schedule": {"type": "one-time"},
+                              "constraints": {"requiresWifi": True, "networkType": "metered"}})
+    assert err.value.errors[0]["field"] == "constraints.networkType"

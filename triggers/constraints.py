@@ -1,0 +1,96 @@
+"""Constraint evaluation: one pure function of (constraints, machine snapshot).
+
+The snapshot is the trigger daemon's (``bgtasks daemon status``): a dict with
+the sensors' ``network``, ``power``, ``idle`` and ``storage`` states as plain
+JSON. :func:`unmet` returns the constraints that fail, each with the observed
+value, so a waiting run can say why in its state message. A sensor missing
+from the snapshot fails every constraint that needs it ("unknown").
+
+The rules are WorkManager's: network ``connected`` = a default route on a
+running link; ``unmetered`` / ``metered`` per the network's metered flag;
+``wifi`` / ``cellular`` per the default interface's class; battery not low per
+the hysteretic battery-low flag (low at 15% unplugged, ok above 20%); charging
+= plugged in (Android counts a plugged, full battery as charging); device idle
+per the idle sensor; storage not low per min(5%, 500 MiB) free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bgtasks.models import TaskConstraints
+
+
+@dataclass(frozen=True)
+class Unmet:
+    """One constraint that does not hold: its name (the spec's field) and what was observed."""
+
+    constraint: str
+    observed: str
+
+    def __str__(self) -> str:
+        return f"{self.constraint} ({self.observed})"
+
+
+def _network(need: str, net: dict[str, Any] | None) -> Unmet | None:
+    name = "requiresWifi" if need == "wifi" else ("requiresNetwork" if need == "connected" else f"networkType={need}")
+    if net is None:
+        return Unmet(name, "network state unknown")
+    if not net.get("connected"):
+        why = "no default route" if not net.get("interface") else f"{net['interface']} has no link"
+        return Unmet(name, why)
+    kind, metered = net.get("kind"), bool(net.get("metered"))
+    if need == "unmetered" and metered:
+        return Unmet(name, f"{net.get('interface')} is metered")
+    if need == "metered" and not metered:
+        return Unmet(name, f"{net.get('interface')} is unmetered")
+    if need in ("wifi", "cellular") and kind != need:
+        return Unmet(name, f"default route over {net.get('interface')} ({kind})")
+    return None
+
+
+def unmet(constraints: TaskConstraints | None, snapshot: dict[str, Any]) -> list[Unmet]:
+    """The constraints that fail on a host in ``snapshot`` (empty: the run may start)."""
+    if constraints is None:
+        return []
+    out: list[Unmet] = []
+    need = constraints.network_need()
+    if need and (miss := _network(need, snapshot.get("network"))):
+        out.append(miss)
+    power = snapshot.get("power")
+    if constraints.requires_charging:
+        if power is None:
+            out.append(Unmet("requiresCharging", "power state unknown"))
+        elif not power.get("plugged"):
+            out.append(Unmet("requiresCharging", f"unplugged, battery {_pct(power)}"))
+    if constraints.requires_battery_not_low:
+        if power is None:
+            out.append(Unmet("requiresBatteryNotLow", "power state unknown"))
+        elif power.get("battery_low"):
+            out.append(Unmet("requiresBatteryNotLow", f"battery low, {_pct(power)}"))
+    if constraints.requires_device_idle:
+        idle = snapshot.get("idle")
+        if idle is None:
+            out.append(Unmet("requiresDeviceIdle", "idle state unknown (no trigger daemon?)"))
+        elif not idle.get("idle"):
+            cpu = idle.get("cpu_percent")
+            out.append(Unmet("requiresDeviceIdle", "device active" + (f", CPU {cpu:.0f}%" if cpu is not None else "")))
+    if constraints.requires_storage_not_low:
+        storage = snapshot.get("storage")
+        if storage is None:
+            out.append(Unmet("requiresStorageNotLow", "storage state unknown"))
+        elif storage.get("low"):
+            free = storage.get("free_bytes", 0) / 2**20
+            out.append(Unmet("requiresStorageNotLow", f"{free:.0f} MiB free on {storage.get('path')}"))
+    return out
+
+
+def _pct(power: dict[str, Any]) -> str:
+    pct = power.get("percent")
+    return f"{pct:.0f}%" if isinstance(pct, int | float) else "no battery"
+
+
+def describe(missing: list[Unmet]) -> str:
+    """The state message of a waiting run: ``Waiting for requiresNetwork (no default route); ...``."""
+    return "Waiting for " + "; ".join(str(m) for m in missing)

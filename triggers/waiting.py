@@ -1,0 +1,81 @@
+"""Runs that wait for their constraints: the ``AwaitingConstraints`` state and its release.
+
+A run whose constraints fail on the worker's host is not started: the worker
+sets it to a *Scheduled* state named ``AwaitingConstraints`` whose message says
+which constraints fail and what was observed, and whose scheduled time is the
+run's due time plus :data:`FAR` (a century: no worker picks it up). Nothing ran,
+so no retry is used. It is released by setting it Scheduled again at its
+original due time (the scheduled time minus :data:`FAR`), which keeps released
+runs in their queues' order (priority first, then due time). The trigger
+daemon releases waiting runs the moment a change makes their constraints hold;
+the worker re-checks them slowly as well, for a host without a daemon.
+
+Pure helpers over plain JSON, shared by the worker (Prefect client) and the
+daemon (plain HTTP).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bgtasks.models import TaskConstraints
+
+AWAITING = "AwaitingConstraints"
+#: Added to a waiting run's due time: far enough that no worker picks it up.
+FAR = timedelta(days=36525)
+
+
+def constraints_of(parameters: dict[str, Any] | None) -> TaskConstraints | None:
+    """The constraints in a flow run's ``task`` parameter (None when none are required)."""
+    spec = (parameters or {}).get("task")
+    raw = spec.get("constraints") if isinstance(spec, dict) else None
+    if not raw:
+        return None
+    try:
+        cons = TaskConstraints.model_validate(raw)
+    except ValueError:
+        return None
+    return cons if cons.any() else None
+
+
+def waiting_until(due: datetime) -> datetime:
+    return due + FAR
+
+
+def original_due(waiting_scheduled_time: datetime) -> datetime:
+    """The due time a waiting run had before it started to wait."""
+    due = waiting_scheduled_time - FAR
+    return due if due < datetime.now(UTC) + FAR / 2 else datetime.now(UTC)
+
+
+def is_waiting(state_name: str | None) -> bool:
+    return state_name == AWAITING
+
+
+def awaiting_state_json(due: datetime, message: str) -> dict[str, Any]:
+    """The ``set_state`` body of a run that starts to wait (Prefect's JSON)."""
+    return {"state": {"type": "SCHEDULED", "name": AWAITING, "message": message,
+                      "state_details": {"scheduled_time": waiting_until(due).isoformat()}},
+            "force": True}
+
+
+def release_state_json(waiting_scheduled_time: datetime, message: str) -> dict[str, Any]:
+    """The ``set_state`` body that releases a waiting run at its original due time."""
+    return {"state": {"type": "SCHEDULED", "name": "Scheduled", "message": message,
+                      "state_details": {"scheduled_time": original_due(waiting_scheduled_time).isoformat()}},
+            "force": True}
+
+
+def release_order(queue: str | None, scheduled_time: Any) -> tuple[int, str]:
+    """Sort key: high-priority queues first, then the earliest due. Releasing in this order
+    keeps priority even when a worker polls between two releases."""
+    rank = {"high": 1, "normal": 2, "low": 3}.get(queue or "", 4)
+    return rank, str(scheduled_time)
+
+
+def waiting_filter(pool: str, limit: int = 200, offset: int = 0) -> dict[str, Any]:
+    """``POST /flow_runs/filter`` body: the runs of ``pool`` waiting for constraints."""
+    return {"flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}, "name": {"any_": [AWAITING]}}},
+            "work_pools": {"name": {"any_": [pool]}}, "sort": "EXPECTED_START_TIME_ASC",
+            "limit": limit, "offset": offset}
