@@ -150,10 +150,10 @@ async def test_released_runs_keep_their_priority_order(
         ids[priority] = task.id
         await _waiting(manager, task.id, "requiresCharging")
     write_power_tree(power, percent=40, plugged=True)
-    for task_id in ids.values():
-        await _done(manager, task_id)
-    order = [next(p for p, i in ids.items() if (await manager.get(i)).result.run_id == r["run"])
-             for r in records(log)]
+    priority_of_run = {}
+    for priority, task_id in ids.items():
+        priority_of_run[(await _done(manager, task_id)).result.run_id] = priority
+    order = [priority_of_run[r["run"]] for r in records(log)]
     assert order == ["high", "normal", "low"], order
     write_power_tree(power, percent=40, plugged=False)
 

@@ -1,0 +1,177 @@
+"""A task that requires the network, on a worker whose host has no default route.
+
+The worker and the trigger daemon run inside a network namespace the test makes:
+a veth pair links it to this host (so they reach the Prefect server through a
+small TCP relay on the link), but there is no default route. The run waits as
+AwaitingConstraints naming the network; adding the default route wakes the
+daemon's netlink doorbell, which releases it; it runs once, no retry used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bgtasks.settings import Settings
+from tests.fixtures import WorkerHandle, records
+from tests.integration.test_constraints import _done, _waiting
+from tests.netns import require_root_and_ip
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent / "bgtasks"
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=30)
+
+
+class Relay:
+    """A TCP relay on ``listen`` -> 127.0.0.1 ``port`` (HTTP and websockets alike), in its own thread."""
+
+    def __init__(self, listen: str, port: int) -> None:
+        self.listen, self.port = listen, port
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        self.ready.wait(30)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while data := await reader.read(65536):
+                    writer.write(data)
+                    await writer.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                writer.close()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                up_r, up_w = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                writer.close()
+                return
+            await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer))
+
+        async def main() -> None:
+            self.server = await asyncio.start_server(handle, self.listen, self.port)
+            self.ready.set()
+            await self.server.serve_forever()
+
+        try:
+            self.loop.run_until_complete(main())
+        except asyncio.CancelledError:
+            pass
+
+    def stop(self) -> None:
+        def cancel() -> None:
+            for task in asyncio.all_tasks(self.loop):
+                task.cancel()
+
+        self.loop.call_soon_threadsafe(cancel)
+        self.thread.join(30)
+
+
+@dataclass
+class Host:
+    ns: str
+    gateway: str
+
+    def exec(self, argv: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.ns, *argv]
+
+
+@pytest.fixture(scope="module")
+def offline_host(prefect_server: Any, settings: Settings) -> Iterator[Host]:
+    require_root_and_ip()
+    tag = secrets.token_hex(3)
+    ns, outer, inner = f"bgw-{tag}", f"vo{tag}", f"vi{tag}"
+    net = f"10.{200 + int(tag[:2], 16) % 50}.{int(tag[2:4], 16)}"
+    _ip("netns", "add", ns)
+    relay = None
+    try:
+        _ip("link", "add", outer, "type", "veth", "peer", "name", inner, "netns", ns)
+        _ip("addr", "add", f"{net}.1/30", "dev", outer)
+        _ip("link", "set", outer, "up")
+        _ip("-n", ns, "addr", "add", f"{net}.2/30", "dev", inner)
+        _ip("-n", ns, "link", "set", inner, "up")
+        _ip("-n", ns, "link", "set", "lo", "up")
+        relay = Relay(f"{net}.1", settings.server.port)
+        yield Host(ns, f"{net}.1")
+    finally:
+        if relay is not None:
+            relay.stop()
+        subprocess.run(["ip", "link", "del", outer], capture_output=True, timeout=30)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def offline_env(offline_host: Host, settings: Settings) -> dict[str, str]:
+    api = f"http://{offline_host.gateway}:{settings.server.port}/api"
+    return {"PREFECT_API_URL": api, "BGTASKS_SERVER_API_URL": api,
+            "BGTASKS_DAEMON_SENSORS": json.dumps(["network"]),
+            "BGTASKS_WORKER_CONSTRAINT_RECHECK_S": "3600"}
+
+
+@pytest.fixture(scope="module")
+def offline_worker(offline_host: Host, offline_env: dict[str, str], settings: Settings) -> Iterator[WorkerHandle]:
+    w = WorkerHandle(settings, limit=2, env=offline_env)
+    w.part.argv = offline_host.exec(w.part.argv)
+    w.start()
+    yield w
+    w.stop()
+
+
+@pytest.fixture(scope="module")
+def offline_daemon(offline_host: Host, offline_env: dict[str, str], settings: Settings) -> Iterator[Any]:
+    (settings.home / "logs").mkdir(parents=True, exist_ok=True)
+    log = open(settings.home / "logs" / "offline-daemon.log", "ab")
+    env = {**os.environ, **offline_env, "BGTASKS_HOME": str(settings.home / "offline-host")}
+    proc = subprocess.Popen(offline_host.exec([str(BIN), "daemon"]), env=env, stdout=log, stderr=subprocess.STDOUT)
+    yield proc
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log.close()
+
+
+async def test_a_network_task_waits_without_a_default_route_and_runs_when_one_appears(
+    manager: Any, offline_host: Host, offline_worker: WorkerHandle, offline_daemon: Any, tmp_path: Path
+) -> None:
+    log = tmp_path / "runs.jsonl"
+    task = await manager.create({
+        "name": "needs-network", "handler": "demo", "schedule": {"type": "one-time"},
+        "constraints": {"requiresNetwork": True},
+        "retryPolicy": {"maxRetries": 2, "initialBackoffMs": 100},
+        "data": {"recordTo": str(log)},
+    })
+    waiting = await _waiting(manager, task.id, "requiresNetwork")
+    assert "no default route" in waiting.waiting[0].reason and records(log) == []
+    _ip("-n", offline_host.ns, "route", "add", "default", "via", offline_host.gateway)
+    try:
+        done = await _done(manager, task.id)
+    finally:
+        subprocess.run(["ip", "-n", offline_host.ns, "route", "del", "default"], capture_output=True, timeout=30)
+    assert done.status.value == "completed" and done.result.attempts == 1
+    assert len(records(log)) == 1
+
