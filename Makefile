@@ -19,11 +19,13 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 ## System packages the tests use: Debian's Chromium (Playwright drives it; no browser
-## download) and Xvfb (the idle sensor's X11 user-idle test).
-SYSDEPS := $(CHROMIUM) /usr/bin/Xvfb
+## download), Xvfb (the idle sensor's X11 user-idle test) and systemd's systemd-analyze
+## (the generated service units are verified; systemd need not run).
+SYSPKGS := chromium xvfb systemd
+SYSDEPS := $(CHROMIUM) /usr/bin/Xvfb /usr/bin/systemd-analyze
 $(SYSDEPS):
-	$(SUDO) apt-get install -y --no-install-recommends chromium xvfb || \
-	  ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium xvfb)
+	$(SUDO) apt-get install -y --no-install-recommends $(SYSPKGS) || \
+	  ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $(SYSPKGS))
 
 browser: $(SYSDEPS)
 

@@ -239,6 +239,14 @@ class TaskConstraints(_SpecModel):
     requires_device_idle: bool | None = None
     requires_storage_not_low: bool | None = None
     network_type: NetworkType | None = Field(None, description="WorkManager's NetworkType (beyond the spec).")
+    stop_when_constraints_lost: bool | None = Field(
+        None, description="Stop a running run whose constraints stop holding; it waits again, no retry used "
+        "(default true).")
+    constraint_deadline: int | None = Field(
+        None, ge=0, le=MAX_DURATION_MS,
+        description="Milliseconds after a run was due: if its constraints still fail then, apply onDeadline.")
+    on_deadline: Literal["run", "fail"] | None = Field(
+        None, description="At the deadline: run anyway (the result says so; the default) or fail the run.")
 
     @model_validator(mode="after")
     def _not_contradictory(self) -> TaskConstraints:
@@ -258,6 +266,14 @@ class TaskConstraints(_SpecModel):
         if self.requires_network or self.network_type in ("connected", "not-roaming"):
             return "connected"
         return None
+
+    @property
+    def stops_when_lost(self) -> bool:
+        return self.stop_when_constraints_lost is not False
+
+    @property
+    def fails_at_deadline(self) -> bool:
+        return self.on_deadline == "fail"
 
     def any(self) -> bool:
         """Whether anything is required."""
@@ -442,6 +458,8 @@ class TaskResult(_SpecModel):
     run_id: str | None = None
     state: str | None = None
     attempts: int | None = None
+    constraints_met: bool | None = Field(
+        None, description="False when the run started at its constraint deadline with constraints unmet.")
 
     @field_validator("executed_at")
     @classmethod

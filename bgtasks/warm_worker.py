@@ -36,7 +36,7 @@ import os
 import sys
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -60,6 +60,8 @@ ENTRYPOINT_CACHE_S = 30.0
 #: How often the worker re-checks runs waiting for constraints (the trigger daemon
 #: releases them at once on a change; this covers a host without a daemon).
 CONSTRAINT_RECHECK_S = float(os.environ.get("BGTASKS_WORKER_CONSTRAINT_RECHECK_S", "30"))
+#: How often running runs with constraints are checked (stopped when a constraint is lost).
+RUNNING_CHECK_S = 1.0
 #: Shortest gap between two polls triggered by events or finished runs.
 MIN_POLL_INTERVAL_S = 0.5
 #: Pending wake-ups kept (a float each); beyond, runs wait for the periodic poll.
@@ -247,6 +249,9 @@ class WarmWorker(ProcessWorker):
         self._due_changed: anyio.Event | None = None
         self._backlog = False
         self._host: Any = None  # triggers.host.HostSensors, made on first use
+        self._running: dict[Any, FlowRun] = {}  # runs whose process is alive, for constraint checks
+        self._stopping: dict[Any, str] = {}  # runs stopped because a constraint was lost -> why
+        self._overridden: set[Any] = set()  # runs started at their constraint deadline
 
     async def setup(self) -> None:
         # Entered before BaseWorker's own contexts, so they close after the
@@ -261,6 +266,7 @@ class WarmWorker(ProcessWorker):
         self._wake_group.start_soon(self._listen_for_runs)
         self._wake_group.start_soon(self._wake_loop)
         self._wake_group.start_soon(self._recheck_constraints_loop)
+        self._wake_group.start_soon(self._watch_running_constraints)
 
     async def teardown(self, *exc_info: Any) -> None:
         if self._wake_group is not None:
@@ -279,24 +285,105 @@ class WarmWorker(ProcessWorker):
 
     async def _propose_pending_state(self, flow_run: FlowRun) -> bool:
         """Start a run only when its constraints hold on this host; otherwise it waits,
-        Scheduled as ``AwaitingConstraints`` with the reasons in its message (no retry used)."""
+        Scheduled as ``AwaitingConstraints`` with the reasons in its message (no retry used).
+        At its constraint deadline it runs anyway (tagged) or fails, per ``onDeadline``."""
+        from prefect.states import Failed, Scheduled
+
         from triggers.constraints import describe, unmet
-        from triggers.waiting import AWAITING, constraints_of, waiting_until
+        from triggers.waiting import (
+            AWAITING,
+            OVERRIDDEN_TAG,
+            constraints_of,
+            deadline_of,
+            due_of,
+            due_tag,
+            waiting_until,
+        )
 
         cons = constraints_of(flow_run.parameters)
         if cons is not None:
             missing = unmet(cons, await anyio.to_thread.run_sync(self._host_snapshot))
             if missing:
-                from prefect.states import Scheduled
-
-                due = flow_run.expected_start_time or datetime.now(UTC)
+                now = datetime.now(UTC)
+                due = due_of(flow_run.tags, flow_run.expected_start_time or now)
                 message = describe(missing) + f" on {os.uname().nodename}"
+                deadline = deadline_of(cons, due)
+                prefetch = timedelta(seconds=get_current_settings().worker.prefetch_seconds)
+                run_logger = self.get_flow_run_logger(flow_run)
+                if deadline is not None and now + prefetch >= deadline:
+                    if cons.fails_at_deadline:
+                        await self.client.set_flow_run_state(flow_run.id, Failed(
+                            message=f"Constraints still unmet at the deadline: {message}"), force=True)
+                        run_logger.info("Failed at the constraint deadline: %s", message)
+                        return False
+                    await self.client.update_flow_run(flow_run.id, tags=[*flow_run.tags, OVERRIDDEN_TAG])
+                    self._overridden.add(flow_run.id)  # runs without its constraints: never stopped for them
+                    run_logger.info("Constraint deadline reached: running anyway (%s)", message)
+                    return await super()._propose_pending_state(flow_run)
+                if not any(t.startswith("bgtasks:due:") for t in flow_run.tags):
+                    await self.client.update_flow_run(flow_run.id, tags=[*flow_run.tags, due_tag(due)])
                 await self.client.set_flow_run_state(
-                    flow_run.id, Scheduled(name=AWAITING, scheduled_time=waiting_until(due), message=message),
+                    flow_run.id,
+                    Scheduled(name=AWAITING, scheduled_time=waiting_until(due, cons), message=message),
                     force=True)
-                self.get_flow_run_logger(flow_run).info("Not started: %s", message)
+                run_logger.info("Not started: %s", message)
                 return False
         return await super()._propose_pending_state(flow_run)
+
+    async def _watch_running_constraints(self) -> None:
+        """Stop a running run whose constraints stop holding (WorkManager stops its worker):
+        it is cancelled, then waits again as AwaitingConstraints with the stop reason; that
+        is neither a failure nor a retry. Opt out per task: ``stopWhenConstraintsLost: false``."""
+        from prefect.states import Cancelling
+
+        from triggers.constraints import describe, unmet
+        from triggers.waiting import constraints_of
+
+        while True:
+            await anyio.sleep(RUNNING_CHECK_S)
+            watched = {rid: (fr, cons) for rid, fr in self._running.items()
+                       if rid not in self._stopping and rid not in self._overridden
+                       and (cons := constraints_of(fr.parameters)) is not None and cons.stops_when_lost}
+            if not watched:
+                continue
+            try:
+                snapshot = await anyio.to_thread.run_sync(self._host_snapshot)
+                for rid, (fr, cons) in watched.items():
+                    missing = unmet(cons, snapshot)
+                    if missing:
+                        reason = f"Stopped: constraints lost on {os.uname().nodename}: {describe(missing)}"
+                        self._stopping[rid] = reason
+                        # Not forced: a run that has just finished (its process lingers a moment
+                        # for its heartbeat) stays finished; the server refuses the transition.
+                        result = await self.client.set_flow_run_state(rid, Cancelling(message=reason))
+                        if result.status.value != "ACCEPT":
+                            self._stopping.pop(rid, None)
+                            continue
+                        self.get_flow_run_logger(fr).info(reason)
+            except Exception as exc:  # noqa: BLE001 - the next round retries
+                self._logger.debug("Running-constraints check failed: %s", exc)
+
+    async def _requeue_stopped(self, flow_run: FlowRun) -> None:
+        """After a stopped run's process is gone: back to AwaitingConstraints, due now."""
+        from prefect.states import Scheduled
+
+        from triggers.waiting import AWAITING, constraints_of, due_tag, waiting_until
+
+        reason = self._stopping.pop(flow_run.id)
+        # Prefect's cancellation manager marks the run Cancelled a moment after its process
+        # ended: wait for that, or it would overwrite the waiting state.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            current = await self.client.read_flow_run(flow_run.id)
+            if current.state is None or current.state.type.value not in ("RUNNING", "CANCELLING", "PENDING"):
+                break
+            await anyio.sleep(0.2)
+        now = datetime.now(UTC)
+        tags = [t for t in flow_run.tags if not t.startswith("bgtasks:due:")] + [due_tag(now)]
+        await self.client.update_flow_run(flow_run.id, tags=tags)
+        await self.client.set_flow_run_state(flow_run.id, Scheduled(
+            name=AWAITING, scheduled_time=waiting_until(now, constraints_of(flow_run.parameters)),
+            message=reason), force=True)
 
     async def _recheck_constraints_loop(self) -> None:
         """The slow re-check for a host without a trigger daemon: release the pool's waiting
@@ -334,7 +421,7 @@ class WarmWorker(ProcessWorker):
             cons = constraints_of(run.parameters)
             if cons is not None and unmet(cons, snapshot):
                 continue
-            due = original_due(run.state.state_details.scheduled_time)
+            due = original_due(run.state.state_details.scheduled_time, run.tags)
             await self.client.set_flow_run_state(
                 run.id, Scheduled(scheduled_time=due, message="Constraints hold: released by the worker"),
                 force=True)
@@ -459,8 +546,13 @@ class WarmWorker(ProcessWorker):
                 handle = await tg.start(execute)
                 if handle is None or handle.pid is None:
                     raise RuntimeError("Flow run process has no PID")
+                self._running[flow_run.id] = flow_run
                 task_status.started(handle.pid)
         finally:
+            self._running.pop(flow_run.id, None)
+            self._overridden.discard(flow_run.id)
+            if flow_run.id in self._stopping:
+                await self._requeue_stopped(flow_run)
             # A slot is free again: if runs were left queued, take one now
             # rather than at the next periodic poll.
             if self._backlog:

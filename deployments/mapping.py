@@ -111,7 +111,7 @@ def description_for(opts: CreateTaskOptions, handler: str) -> str:
         lines.append(f"- trigger: {describe_trigger(opts)}")
     else:
         lines.append(f"- schedule: {describe_schedule(opts.schedule)}")
-    cons = [k for k, v in opts.constraints.to_json_dict().items() if v]
+    cons = [k if v is True else f"{k}={v}" for k, v in opts.constraints.to_json_dict().items() if v is not False]
     lines.append(f"- constraints: {', '.join(cons) if cons else 'none'}")
     p = opts.retry_policy
     if p is None or p.max_retries == 0:
@@ -162,6 +162,7 @@ def result_of(run: Any, data: Any = None, attempts: int | None = None) -> TaskRe
         run_id=str(run.id),
         state=state.name,
         attempts=attempts,
+        constraints_met=False if "bgtasks:constraints-unmet-at-deadline" in (run.tags or []) else None,
     )
 
 

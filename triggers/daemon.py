@@ -220,7 +220,7 @@ class TriggerDaemon:
                 continue
             scheduled = datetime.fromisoformat(run["state"]["state_details"]["scheduled_time"])
             await self.api.set_state(run["id"], release_state_json(
-                scheduled, f"Constraints hold on {self.host}: released"))
+                scheduled, run.get("tags"), f"Constraints hold on {self.host}: released"))
             released.append(run["id"])
             logger.info("released run %s (%s): its constraints hold", run["id"], run.get("name"))
         return released

@@ -22,6 +22,10 @@ from typing import Any
 from bgtasks.models import TaskConstraints
 
 AWAITING = "AwaitingConstraints"
+#: A run that waited is tagged with the time it was due (its deadline counts from there).
+DUE_TAG = "bgtasks:due:"
+#: A run that started at its constraint deadline with its constraints unmet.
+OVERRIDDEN_TAG = "bgtasks:constraints-unmet-at-deadline"
 #: Added to a waiting run's due time: far enough that no worker picks it up.
 FAR = timedelta(days=36525)
 
@@ -39,31 +43,49 @@ def constraints_of(parameters: dict[str, Any] | None) -> TaskConstraints | None:
     return cons if cons.any() else None
 
 
-def waiting_until(due: datetime) -> datetime:
-    return due + FAR
+def due_of(tags: list[str] | None, fallback: datetime) -> datetime:
+    """When a run was due: its due tag (set when it first waited), else ``fallback``."""
+    for tag in tags or []:
+        if tag.startswith(DUE_TAG):
+            try:
+                return datetime.fromisoformat(tag[len(DUE_TAG):])
+            except ValueError:
+                break
+    return fallback
 
 
-def original_due(waiting_scheduled_time: datetime) -> datetime:
+def due_tag(due: datetime) -> str:
+    return DUE_TAG + due.astimezone(UTC).isoformat()
+
+
+def deadline_of(cons: TaskConstraints, due: datetime) -> datetime | None:
+    return due + timedelta(milliseconds=cons.constraint_deadline) if cons.constraint_deadline is not None else None
+
+
+def waiting_until(due: datetime, cons: TaskConstraints | None = None) -> datetime:
+    """The scheduled time of a waiting run: its deadline (a worker picks it up then and
+    applies ``onDeadline``), or a century away."""
+    deadline = deadline_of(cons, due) if cons is not None else None
+    return deadline if deadline is not None else due + FAR
+
+
+def original_due(waiting_scheduled_time: datetime, tags: list[str] | None = None) -> datetime:
     """The due time a waiting run had before it started to wait."""
     due = waiting_scheduled_time - FAR
-    return due if due < datetime.now(UTC) + FAR / 2 else datetime.now(UTC)
+    now = datetime.now(UTC)
+    fallback = due if abs(due - now) < FAR / 2 else now
+    return due_of(tags, fallback)
 
 
 def is_waiting(state_name: str | None) -> bool:
     return state_name == AWAITING
 
 
-def awaiting_state_json(due: datetime, message: str) -> dict[str, Any]:
-    """The ``set_state`` body of a run that starts to wait (Prefect's JSON)."""
-    return {"state": {"type": "SCHEDULED", "name": AWAITING, "message": message,
-                      "state_details": {"scheduled_time": waiting_until(due).isoformat()}},
-            "force": True}
-
-
-def release_state_json(waiting_scheduled_time: datetime, message: str) -> dict[str, Any]:
+def release_state_json(waiting_scheduled_time: datetime, tags: list[str] | None, message: str) -> dict[str, Any]:
     """The ``set_state`` body that releases a waiting run at its original due time."""
+    due = original_due(waiting_scheduled_time, tags)
     return {"state": {"type": "SCHEDULED", "name": "Scheduled", "message": message,
-                      "state_details": {"scheduled_time": original_due(waiting_scheduled_time).isoformat()}},
+                      "state_details": {"scheduled_time": due.isoformat()}},
             "force": True}
 
 

@@ -54,10 +54,11 @@ def fail(message: str) -> None:
     raise CliError(message)
 
 
-from bgtasks.cli import daemon_cmds, device_cmds, stack_cmds, task_cmds, token_cmds  # noqa: E402  (registers the commands)
+from bgtasks.cli import daemon_cmds, device_cmds, service_cmds, stack_cmds, task_cmds, token_cmds  # noqa: E402  (registers the commands)
 
 app.command(task_cmds.task_app)
 app.command(daemon_cmds.daemon_app)
+app.command(service_cmds.service_app)
 app.command(device_cmds.device_app)
 app.command(token_cmds.token_app)
 app.command(stack_cmds.up)

@@ -58,7 +58,20 @@ def gated_worker(prefect_server: Any, settings: Settings, host_env: dict[str, st
 def daemon(prefect_server: Any, settings: Settings, host_env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
     (settings.home / "logs").mkdir(parents=True, exist_ok=True)
     log = open(settings.home / "logs" / "constraints-daemon.log", "ab")
+    state = settings.home / "daemon-state.json"
+    state.unlink(missing_ok=True)
     proc = subprocess.Popen([str(BIN), "daemon"], env={**os.environ, **host_env}, stdout=log, stderr=subprocess.STDOUT)
+
+    def ready() -> bool:  # it has taken its first snapshots: later changes are edges it sees
+        assert proc.poll() is None, "the daemon exited"
+        try:
+            return json.loads(state.read_text()).get("_daemon", {}).get("pid") == proc.pid
+        except (OSError, ValueError):
+            return False
+
+    from bgtasks.stack import wait_until
+
+    wait_until(ready, DEADLINE_S, "the trigger daemon", lambda: proc.poll() is None)
     yield proc
     proc.send_signal(signal.SIGTERM)
     try:
@@ -91,7 +104,9 @@ async def _done(manager: Any, task_id: str) -> Any:
     async def settled() -> bool:  # attempts are read from task-run events, which arrive last
         runs = await manager.client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[UUID(task.result.run_id)])))
-        return bool(runs) and all(r.state is not None and r.state.is_final() for r in runs)
+        # A run failed at its constraint deadline never started: it has no task run.
+        started = task.result.state != "Failed" or task.result.attempts is not None
+        return (bool(runs) or not started) and all(r.state is not None and r.state.is_final() for r in runs)
 
     await wait_for(settled, DEADLINE_S, "the task run to be final")
     return await manager.get(task_id)
@@ -165,3 +180,70 @@ async def test_contradictory_constraints_are_rejected(manager: Any) -> None:
         await manager.create({"name": "contradiction", "handler": "demo", "schedule": {"type": "one-time"},
                               "constraints": {"requiresWifi": True, "networkType": "metered"}})
     assert err.value.errors[0]["field"] == "constraints.networkType"
+
+
+async def test_a_run_whose_constraint_is_lost_is_stopped_and_waits_again_without_a_retry(
+    manager: Any, gated_worker: WorkerHandle, daemon: Any, host: tuple[Path, Path], tmp_path: Path
+) -> None:
+    power = host[0]
+    write_power_tree(power, percent=40, plugged=True)
+    log = tmp_path / "runs.jsonl"
+    task = await manager.create({
+        "name": "charging-long", "handler": "demo", "schedule": {"type": "one-time"},
+        "constraints": {"requiresCharging": True}, "retryPolicy": {"maxRetries": 1, "initialBackoffMs": 100},
+        "data": {"recordTo": str(log), "sleepSeconds": 20},
+    })
+
+    async def started(n: int) -> Any:
+        return await wait_for(lambda: _async(len(records(log)) >= n), DEADLINE_S, f"start number {n}")
+
+    await started(1)
+    write_power_tree(power, percent=40, plugged=False)  # the charger is pulled mid-run
+    waiting = await _waiting(manager, task.id, "Stopped")
+    assert "requiresCharging" in waiting.waiting[0].reason and "constraints lost" in waiting.waiting[0].reason
+    write_power_tree(power, percent=40, plugged=True)
+    done = await _done(manager, task.id)
+    assert done.status.value == "completed" and done.result.attempts == 1  # no retry used
+    assert len(records(log)) == 2 and records(log)[0]["run"] == records(log)[1]["run"]  # the same run, again
+
+
+async def test_opting_out_keeps_a_run_going_when_its_constraint_is_lost(
+    manager: Any, gated_worker: WorkerHandle, daemon: Any, host: tuple[Path, Path], tmp_path: Path
+) -> None:
+    power = host[0]
+    write_power_tree(power, percent=40, plugged=True)
+    log = tmp_path / "runs.jsonl"
+    task = await manager.create({
+        "name": "charging-keep-going", "handler": "demo", "schedule": {"type": "one-time"},
+        "constraints": {"requiresCharging": True, "stopWhenConstraintsLost": False},
+        "data": {"recordTo": str(log), "sleepSeconds": 5},
+    })
+    await wait_for(lambda: _async(records(log)), DEADLINE_S, "the run to start")
+    write_power_tree(power, percent=40, plugged=False)
+    done = await _done(manager, task.id)  # would wait forever (unplugged) had it been stopped
+    assert done.status.value == "completed" and len(records(log)) == 1
+
+
+@pytest.mark.parametrize("on_deadline", ["run", "fail"])
+async def test_at_the_constraint_deadline_the_run_starts_anyway_or_fails(
+    manager: Any, gated_worker: WorkerHandle, daemon: Any, host: tuple[Path, Path], tmp_path: Path,
+    on_deadline: str
+) -> None:
+    write_power_tree(host[0], percent=40, plugged=False)
+    log = tmp_path / "runs.jsonl"
+    task = await manager.create({
+        "name": f"deadline-{on_deadline}", "handler": "demo", "schedule": {"type": "one-time"},
+        "constraints": {"requiresCharging": True, "constraintDeadline": 3000, "onDeadline": on_deadline},
+        "data": {"recordTo": str(log)},
+    })
+    await _waiting(manager, task.id, "requiresCharging")
+    done = await _done(manager, task.id)
+    if on_deadline == "run":
+        assert done.status.value == "completed" and done.result.constraints_met is False
+        assert len(records(log)) == 1
+    else:
+        assert done.status.value == "failed" and "deadline" in done.result.error and records(log) == []
+
+
+async def _async(value: Any) -> Any:
+    return value

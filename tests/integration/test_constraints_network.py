@@ -144,7 +144,18 @@ def offline_daemon(offline_host: Host, offline_env: dict[str, str], settings: Se
     (settings.home / "logs").mkdir(parents=True, exist_ok=True)
     log = open(settings.home / "logs" / "offline-daemon.log", "ab")
     env = {**os.environ, **offline_env, "BGTASKS_HOME": str(settings.home / "offline-host")}
+    state = settings.home / "offline-host" / "daemon-state.json"
     proc = subprocess.Popen(offline_host.exec([str(BIN), "daemon"]), env=env, stdout=log, stderr=subprocess.STDOUT)
+
+    def ready() -> bool:  # it has taken its first snapshots: later changes are edges it sees
+        try:
+            return json.loads(state.read_text()).get("_daemon", {}).get("pid") == proc.pid
+        except (OSError, ValueError):
+            return False
+
+    from bgtasks.stack import wait_until
+
+    wait_until(ready, 180, "the trigger daemon in the namespace", lambda: proc.poll() is None)
     yield proc
     proc.send_signal(signal.SIGTERM)
     try:

@@ -66,6 +66,8 @@ export interface TaskResult {
   state?: string
   /** (bgtasks) Attempts the run took (1 = no retry). */
   attempts?: number
+  /** (bgtasks) False when the run started at its constraint deadline with its constraints unmet. */
+  constraintsMet?: boolean
 }
 
 export interface TaskSchedule {
@@ -90,6 +92,12 @@ export interface TaskConstraints {
   requiresStorageNotLow?: boolean
   /** (bgtasks) WorkManager's NetworkType, plus the desktop's 'wifi' and 'cellular'. */
   networkType?: 'not-required' | 'connected' | 'unmetered' | 'not-roaming' | 'metered' | 'wifi' | 'cellular'
+  /** (bgtasks) Stop a running run whose constraints stop holding; it waits again (default true). */
+  stopWhenConstraintsLost?: boolean
+  /** (bgtasks) Milliseconds after a run was due: if its constraints still fail, apply onDeadline. */
+  constraintDeadline?: number
+  /** (bgtasks) At the deadline: run anyway (default) or fail. */
+  onDeadline?: 'run' | 'fail'
 }
 
 export interface CreateTaskOptions {
