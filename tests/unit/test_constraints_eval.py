@@ -1,0 +1,90 @@
+"""The pure constraint evaluation: (constraints, snapshot) -> what fails, and why."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from bgtasks.models import TaskConstraints, field_errors
+from triggers.constraints import describe, unmet
+from triggers.waiting import FAR, deadline_of, due_of, due_tag, original_due, release_order, waiting_until
+
+WIFI = {"connected": True, "interface": "wlan0", "kind": "wifi", "metered": False}
+LTE = {"connected": True, "interface": "wwan0", "kind": "cellular", "metered": True}
+NONE = {"connected": False, "interface": None}
+PLUGGED = {"plugged": True, "percent": 80, "battery_low": False}
+LOW = {"plugged": False, "percent": 12, "battery_low": True}
+
+
+def names(cons: dict[str, Any], snap: dict[str, Any]) -> list[str]:
+    return [u.constraint for u in unmet(TaskConstraints.model_validate(cons), snap)]
+
+
+@pytest.mark.parametrize(
+    ("cons", "snap", "failing"),
+    [
+        ({}, {}, []),
+        ({"requiresNetwork": True}, {"network": WIFI}, []),
+        ({"requiresNetwork": True}, {"network": NONE}, ["requiresNetwork"]),
+        ({"requiresNetwork": True}, {}, ["requiresNetwork"]),  # unknown fails
+        ({"requiresWifi": True}, {"network": LTE}, ["requiresWifi"]),
+        ({"requiresWifi": True}, {"network": WIFI}, []),
+        ({"networkType": "unmetered"}, {"network": LTE}, ["networkType=unmetered"]),
+        ({"networkType": "unmetered"}, {"network": WIFI}, []),
+        ({"networkType": "metered"}, {"network": LTE}, []),
+        ({"networkType": "metered"}, {"network": WIFI}, ["networkType=metered"]),
+        ({"networkType": "not-roaming"}, {"network": LTE}, []),
+        ({"networkType": "not-required"}, {"network": NONE}, []),
+        ({"requiresCharging": True}, {"power": LOW}, ["requiresCharging"]),
+        ({"requiresCharging": True, "requiresBatteryNotLow": True}, {"power": PLUGGED}, []),
+        ({"requiresBatteryNotLow": True}, {"power": LOW}, ["requiresBatteryNotLow"]),
+        ({"requiresDeviceIdle": True}, {"idle": {"idle": False, "cpu_percent": 55.0}}, ["requiresDeviceIdle"]),
+        ({"requiresDeviceIdle": True}, {"idle": {"idle": True}}, []),
+        ({"requiresStorageNotLow": True}, {"storage": {"low": True, "free_bytes": 2**20, "path": "/"}},
+         ["requiresStorageNotLow"]),
+        ({"requiresNetwork": True, "requiresCharging": True}, {"network": NONE, "power": LOW},
+         ["requiresNetwork", "requiresCharging"]),
+    ],
+)
+def test_unmet(cons: dict[str, Any], snap: dict[str, Any], failing: list[str]) -> None:
+    assert names(cons, snap) == failing
+
+
+def test_the_message_names_the_constraint_and_what_was_observed() -> None:
+    text = describe(unmet(TaskConstraints(requires_network=True, requires_charging=True),
+                          {"network": NONE, "power": {"plugged": False, "percent": 40}}))
+    assert text == "Waiting for requiresNetwork (no default route); requiresCharging (unplugged, battery 40%)"
+
+
+@pytest.mark.parametrize(
+    ("cons", "field"),
+    [
+        ({"requiresWifi": True, "networkType": "metered"}, "networkType"),
+        ({"requiresWifi": True, "networkType": "cellular"}, "networkType"),
+        ({"requiresNetwork": False, "requiresWifi": True}, "requiresNetwork"),
+        ({"networkType": "satellite"}, "networkType"),
+        ({"constraintDeadline": -1}, "constraintDeadline"),
+        ({"onDeadline": "retry"}, "onDeadline"),
+    ],
+)
+def test_contradictions_and_bad_values_name_the_field(cons: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        TaskConstraints.model_validate(cons)
+    assert field in [e["field"] for e in field_errors(err.value)]
+
+
+def test_waiting_times_round_trip() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    due = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    cons = TaskConstraints(requires_charging=True)
+    assert waiting_until(due, cons) == due + FAR and original_due(due + FAR) == due
+    with_deadline = TaskConstraints(requires_charging=True, constraint_deadline=60_000)
+    assert waiting_until(due, with_deadline) == deadline_of(with_deadline, due) == due + timedelta(minutes=1)
+    tags = ["other", due_tag(due)]
+    assert due_of(tags, datetime.now(UTC)) == due
+    assert original_due(due + timedelta(minutes=1), tags) == due  # released at its original due time
+    assert sorted([("low", "1"), ("high", "3"), ("normal", "2")], key=lambda r: release_order(*r)) == [
+        ("high", "3"), ("normal", "2"), ("low", "1")]
