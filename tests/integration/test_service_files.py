@@ -185,6 +185,13 @@ def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     monkeypatch.delenv("DBUS_SESSION_BUS_ADDRESS", raising=False)
     monkeypatch.delenv("SUDO_USER", raising=False)
+    # Ports where nothing listens, whatever else this test session runs (its Prefect server).
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("BGTASKS_SERVER_PORT", str(free_port()))
+    monkeypatch.setenv("BGTASKS_API_PORT", str(free_port()))
+    for key in [k for k in os.environ if k.startswith("PREFECT_")]:
+        monkeypatch.delenv(key)
     return tmp_path
 
 
