@@ -114,7 +114,7 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def _daemon_ready(state: Path, pid: int | None) -> bool:
+def daemon_ready(state: Path, pid: int | None) -> bool:
     """The daemon has written its state (its first snapshots) since it started."""
     import json
 
@@ -184,7 +184,7 @@ class Stack:
             progress("starting the trigger daemon")
             self.daemon.start(self.env, s.home)
             state = s.home / "daemon-state.json"
-            wait_until(lambda: _daemon_ready(state, self.daemon.pid), 60,
+            wait_until(lambda: daemon_ready(state, self.daemon.pid), 60,
                        f"the trigger daemon (log: {self.daemon.log_path})", self.daemon.alive)
             progress("starting the REST API")
             self.api.start(self.env, s.home)

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import pytest
 
 from bgtasks.settings import Settings, load_settings
-from bgtasks.stack import Part, Stack, server_healthy, wait_until
+from bgtasks.stack import Part, Stack, daemon_ready, server_healthy, wait_until
 
 T = TypeVar("T")
 
@@ -237,3 +237,55 @@ def api_process(prefect_server: ServerHandle) -> Iterator[ApiProcess]:
         yield proc
     finally:
         proc.stop()
+
+
+class DaemonProcess:
+    """``bgtasks daemon`` as a child process with its own environment and home, its output in
+    ``log``; ``wrap`` prefixes its argv (``ip netns exec <ns>``). Stopped by PID."""
+
+    def __init__(self, env: dict[str, str], home: Path, log: Path,
+                 wrap: Callable[[list[str]], list[str]] = lambda argv: argv) -> None:
+        import sys
+
+        self.env = {**os.environ, **env, "BGTASKS_HOME": str(home)}
+        self.state = home / "daemon-state.json"
+        self.state.unlink(missing_ok=True)
+        self.argv = wrap([str(Path(sys.executable).parent / "bgtasks"), "daemon"])
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self.log = open(log, "ab")
+        self.start()
+
+    def start(self) -> None:
+        import subprocess
+
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def status(self) -> dict[str, Any]:
+        """What the daemon last saved about itself: pid, events emitted, file rules watched."""
+        import json
+
+        try:
+            return json.loads(self.state.read_text()).get("_daemon", {})
+        except (OSError, ValueError):
+            return {}
+
+    def wait_ready(self, timeout_s: float = 180) -> None:
+        """Until it has taken its first snapshots: later changes are edges it sees."""
+        wait_until(lambda: daemon_ready(self.state, self.proc.pid), timeout_s, "the trigger daemon",
+                   lambda: self.proc.poll() is None)
+
+    def kill(self) -> None:
+        """kill -9: no chance to save or flush anything."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        import subprocess
+
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()

@@ -5,10 +5,7 @@ AwaitingConstraints, naming them); the trigger daemon releases it when they hold
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,12 +13,11 @@ from typing import Any
 import pytest
 
 from bgtasks.settings import Settings
-from tests.fixtures import WorkerHandle, records, start_worker, wait_for
+from tests.fixtures import DaemonProcess, WorkerHandle, records, start_worker, wait_for
 from tests.power import write_power_tree
 
 pytestmark = pytest.mark.integration
 
-BIN = Path(sys.executable).parent / "bgtasks"
 DEADLINE_S = 180
 
 
@@ -55,31 +51,13 @@ def gated_worker(prefect_server: Any, settings: Settings, host_env: dict[str, st
 
 
 @pytest.fixture(scope="module")
-def daemon(prefect_server: Any, settings: Settings, host_env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    (settings.home / "logs").mkdir(parents=True, exist_ok=True)
-    log = open(settings.home / "logs" / "constraints-daemon.log", "ab")
-    state = settings.home / "daemon-state.json"
-    state.unlink(missing_ok=True)
-    proc = subprocess.Popen([str(BIN), "daemon"], env={**os.environ, **host_env}, stdout=log, stderr=subprocess.STDOUT)
-
-    def ready() -> bool:  # it has taken its first snapshots: later changes are edges it sees
-        assert proc.poll() is None, "the daemon exited"
-        try:
-            return json.loads(state.read_text()).get("_daemon", {}).get("pid") == proc.pid
-        except (OSError, ValueError):
-            return False
-
-    from bgtasks.stack import wait_until
-
-    wait_until(ready, DEADLINE_S, "the trigger daemon", lambda: proc.poll() is None)
-    yield proc
-    proc.send_signal(signal.SIGTERM)
+def daemon(prefect_server: Any, settings: Settings, host_env: dict[str, str]) -> Iterator[DaemonProcess]:
+    d = DaemonProcess(host_env, settings.home, settings.home / "logs" / "constraints-daemon.log")
     try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.close()
+        d.wait_ready()
+        yield d
+    finally:
+        d.stop()
 
 
 async def _waiting(manager: Any, task_id: str, words: str) -> Any:

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import secrets
-import signal
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,13 +22,12 @@ from typing import Any
 import pytest
 
 from bgtasks.settings import Settings
-from tests.fixtures import WorkerHandle, records
+from tests.fixtures import DaemonProcess, WorkerHandle, records
 from tests.integration.test_constraints import _done, _waiting
 from tests.netns import require_root_and_ip
 
 pytestmark = pytest.mark.integration
 
-BIN = Path(sys.executable).parent / "bgtasks"
 
 
 def _ip(*args: str) -> None:
@@ -140,30 +136,14 @@ def offline_worker(offline_host: Host, offline_env: dict[str, str], settings: Se
 
 
 @pytest.fixture(scope="module")
-def offline_daemon(offline_host: Host, offline_env: dict[str, str], settings: Settings) -> Iterator[Any]:
-    (settings.home / "logs").mkdir(parents=True, exist_ok=True)
-    log = open(settings.home / "logs" / "offline-daemon.log", "ab")
-    env = {**os.environ, **offline_env, "BGTASKS_HOME": str(settings.home / "offline-host")}
-    state = settings.home / "offline-host" / "daemon-state.json"
-    proc = subprocess.Popen(offline_host.exec([str(BIN), "daemon"]), env=env, stdout=log, stderr=subprocess.STDOUT)
-
-    def ready() -> bool:  # it has taken its first snapshots: later changes are edges it sees
-        try:
-            return json.loads(state.read_text()).get("_daemon", {}).get("pid") == proc.pid
-        except (OSError, ValueError):
-            return False
-
-    from bgtasks.stack import wait_until
-
-    wait_until(ready, 180, "the trigger daemon in the namespace", lambda: proc.poll() is None)
-    yield proc
-    proc.send_signal(signal.SIGTERM)
+def offline_daemon(offline_host: Host, offline_env: dict[str, str], settings: Settings) -> Iterator[DaemonProcess]:
+    d = DaemonProcess(offline_env, settings.home / "offline-host", settings.home / "logs" / "offline-daemon.log",
+                      wrap=offline_host.exec)
     try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.close()
+        d.wait_ready()
+        yield d
+    finally:
+        d.stop()
 
 
 async def test_a_network_task_waits_without_a_default_route_and_runs_when_one_appears(

@@ -4,10 +4,6 @@ power tree), real Prefect events and automations, a real worker running the hand
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,30 +12,24 @@ import pytest
 
 from bgtasks.errors import InvalidTask
 from bgtasks.settings import Settings
-from tests.fixtures import records, wait_for
+from tests.fixtures import DaemonProcess, records, wait_for
 from tests.power import write_power_tree
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker")]
 
-BIN = Path(sys.executable).parent / "bgtasks"
 DEADLINE_S = 180
 
 
-class Daemon:
-    def __init__(self, settings: Settings, root: Path, power: Path) -> None:
-        self.state = settings.home / "daemon-state.json"
-        self.state.unlink(missing_ok=True)
-        self.env = {**os.environ,
-               "BGTASKS_DAEMON_ALLOWED_ROOTS": json.dumps([str(root)]),
-               "BGTASKS_DAEMON_SENSORS": json.dumps(["file", "power"]),
-               "BGTASKS_DAEMON_POWER_ROOT": str(power),
-               "BGTASKS_DAEMON_POWER_POLL_S": "0.2",
-               "BGTASKS_DAEMON_RULES_REFRESH_S": "0.5"}
-        self.log = open(settings.home / "logs" / "test-daemon.log", "ab")
-        self.start()
+class Daemon(DaemonProcess):
+    """The daemon with the file and power sensors on the test's roots, quick polls."""
 
-    def start(self) -> None:
-        self.proc = subprocess.Popen([str(BIN), "daemon"], env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+    def __init__(self, settings: Settings, root: Path, power: Path) -> None:
+        super().__init__({"BGTASKS_DAEMON_ALLOWED_ROOTS": json.dumps([str(root)]),
+                          "BGTASKS_DAEMON_SENSORS": json.dumps(["file", "power"]),
+                          "BGTASKS_DAEMON_POWER_ROOT": str(power),
+                          "BGTASKS_DAEMON_POWER_POLL_S": "0.2",
+                          "BGTASKS_DAEMON_RULES_REFRESH_S": "0.5"},
+                         settings.home, settings.home / "logs" / "test-daemon.log")
 
     async def ready(self) -> None:
         async def check() -> bool:
@@ -47,17 +37,6 @@ class Daemon:
             return self.status().get("pid") == self.proc.pid
 
         await wait_for(check, DEADLINE_S, "the daemon to start")
-
-    def kill(self) -> None:
-        """kill -9: no chance to save or flush anything."""
-        self.proc.kill()
-        self.proc.wait()
-
-    def status(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.state.read_text()).get("_daemon", {})
-        except (OSError, ValueError):
-            return {}
 
     async def watching(self, task_id: str) -> None:
         async def check() -> bool:
@@ -71,15 +50,6 @@ class Daemon:
             return self.status().get("emitted", 0) > n and self.status()["emitted"]
 
         return await wait_for(check, DEADLINE_S, f"the daemon to emit more than {n} events")
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
 
 
 @pytest.fixture(scope="module")
@@ -96,10 +66,6 @@ def daemon(prefect_server: Any, settings: Settings, roots: tuple[Path, Path]) ->
     d = Daemon(settings, *roots)
     yield d
     d.stop()
-
-
-def _runs(path: Path) -> list[dict[str, Any]]:
-    return records(path)
 
 
 async def _records(path: Path, n: int, what: str) -> list[dict[str, Any]]:
