@@ -396,37 +396,18 @@ class WarmWorker(ProcessWorker):
                 self._logger.debug("Constraint re-check failed: %s", exc)
 
     async def _release_waiting(self) -> int:
-        from prefect.client.schemas.filters import (
-            FlowRunFilter,
-            FlowRunFilterState,
-            FlowRunFilterStateName,
-            WorkPoolFilter,
-            WorkPoolFilterName,
-        )
-        from prefect.states import Scheduled
+        """Release the pool's waiting runs whose constraints hold here (as the daemon does)."""
+        from triggers.waiting import releasable, waiting_filter
 
-        from triggers.constraints import unmet
-        from triggers.waiting import AWAITING, constraints_of, original_due, release_order
-
-        runs = await self.client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(state=FlowRunFilterState(name=FlowRunFilterStateName(any_=[AWAITING]))),
-            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool_name])),
-            limit=200,
-        )
+        resp = await self.client.request("POST", "/flow_runs/filter", json=waiting_filter(self._work_pool_name))
+        runs = resp.json()
         if not runs:
             return 0
         snapshot = await anyio.to_thread.run_sync(self._host_snapshot)
-        released = 0
-        for run in sorted(runs, key=lambda r: release_order(r.work_queue_name, r.state.state_details.scheduled_time)):
-            cons = constraints_of(run.parameters)
-            if cons is not None and unmet(cons, snapshot):
-                continue
-            due = original_due(run.state.state_details.scheduled_time, run.tags)
-            await self.client.set_flow_run_state(
-                run.id, Scheduled(scheduled_time=due, message="Constraints hold: released by the worker"),
-                force=True)
-            released += 1
-        return released
+        released = releasable(runs, snapshot, f"Constraints hold on {os.uname().nodename}: released by the worker")
+        for run_id, body in released:
+            await self.client.request("POST", "/flow_runs/{id}/set_state", path_params={"id": run_id}, json=body)
+        return len(released)
 
     # ---- being told ------------------------------------------------------------
 

@@ -205,24 +205,15 @@ class TriggerDaemon:
 
     async def release_waiting(self) -> list[str]:
         """Release the pool's runs waiting for constraints that now hold here; their ids."""
-        from datetime import datetime
-
-        from triggers.constraints import unmet
-        from triggers.waiting import constraints_of, release_order, release_state_json, waiting_filter
+        from triggers.waiting import releasable, waiting_filter
 
         snapshot = {name: plain(t.current) for name, t in self.trackers.items() if t.current is not None}
-        released = []
         runs = await self.api.flow_runs(waiting_filter(self.settings.worker.pool))
-        for run in sorted(runs, key=lambda r: release_order(r.get("work_queue_name"),
-                                                            r["state"]["state_details"]["scheduled_time"])):
-            cons = constraints_of(run.get("parameters"))
-            if cons is not None and unmet(cons, snapshot):
-                continue
-            scheduled = datetime.fromisoformat(run["state"]["state_details"]["scheduled_time"])
-            await self.api.set_state(run["id"], release_state_json(
-                scheduled, run.get("tags"), f"Constraints hold on {self.host}: released"))
-            released.append(run["id"])
-            logger.info("released run %s (%s): its constraints hold", run["id"], run.get("name"))
+        released = []
+        for run_id, body in releasable(runs, snapshot, f"Constraints hold on {self.host}: released"):
+            await self.api.set_state(run_id, body)
+            released.append(run_id)
+            logger.info("released run %s: its constraints hold", run_id)
         return released
 
     async def _release_loop(self, stop: asyncio.Event) -> None:

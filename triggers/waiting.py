@@ -101,3 +101,20 @@ def waiting_filter(pool: str, limit: int = 200, offset: int = 0) -> dict[str, An
     return {"flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}, "name": {"any_": [AWAITING]}}},
             "work_pools": {"name": {"any_": [pool]}}, "sort": "EXPECTED_START_TIME_ASC",
             "limit": limit, "offset": offset}
+
+
+def releasable(runs: list[dict[str, Any]], snapshot: dict[str, Any], message: str) -> list[tuple[str, dict[str, Any]]]:
+    """The waiting runs (Prefect's JSON, from :func:`waiting_filter`) whose constraints hold in
+    ``snapshot``, in release order: ``(run id, set_state body)`` each. The daemon (plain HTTP)
+    and the worker (Prefect's client) release through this one function."""
+    from triggers.constraints import unmet
+
+    out = []
+    for run in sorted(runs, key=lambda r: release_order(r.get("work_queue_name"),
+                                                        r["state"]["state_details"]["scheduled_time"])):
+        cons = constraints_of(run.get("parameters"))
+        if cons is not None and unmet(cons, snapshot):
+            continue
+        scheduled = datetime.fromisoformat(run["state"]["state_details"]["scheduled_time"])
+        out.append((run["id"], release_state_json(scheduled, run.get("tags"), message)))
+    return out

@@ -88,3 +88,24 @@ def test_waiting_times_round_trip() -> None:
     assert original_due(due + timedelta(minutes=1), tags) == due  # released at its original due time
     assert sorted([("low", "1"), ("high", "3"), ("normal", "2")], key=lambda r: release_order(*r)) == [
         ("high", "3"), ("normal", "2"), ("low", "1")]
+
+
+def test_releasable_picks_the_runs_whose_constraints_hold_in_priority_order() -> None:
+    from datetime import UTC, datetime
+
+    from triggers.waiting import releasable
+
+    due = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+
+    def run(run_id: str, queue: str, constraints: dict[str, Any]) -> dict[str, Any]:
+        return {"id": run_id, "work_queue_name": queue, "tags": [due_tag(due)],
+                "parameters": {"task": {"constraints": constraints}},
+                "state": {"state_details": {"scheduled_time": (due + FAR).isoformat()}}}
+
+    runs = [run("low", "low", {"requiresCharging": True}), run("net", "high", {"requiresNetwork": True}),
+            run("high", "high", {"requiresCharging": True}), run("normal", "normal", {"requiresCharging": True})]
+    released = releasable(runs, {"power": PLUGGED, "network": NONE}, "released")
+    assert [run_id for run_id, _ in released] == ["high", "normal", "low"]  # "net" still waits
+    body = released[0][1]
+    assert body["force"] is True and body["state"]["type"] == "SCHEDULED" and body["state"]["message"] == "released"
+    assert datetime.fromisoformat(body["state"]["state_details"]["scheduled_time"]) == due
