@@ -54,7 +54,7 @@ def fail(message: str) -> None:
     raise CliError(message)
 
 
-from bgtasks.cli import daemon_cmds, device_cmds, service_cmds, stack_cmds, task_cmds, token_cmds  # noqa: E402  (registers the commands)
+from bgtasks.cli import daemon_cmds, device_cmds, init_cmds, service_cmds, stack_cmds, task_cmds, token_cmds  # noqa: E402  (registers the commands)
 
 app.command(task_cmds.task_app)
 app.command(daemon_cmds.daemon_app)
@@ -64,6 +64,7 @@ app.command(token_cmds.token_app)
 app.command(stack_cmds.up)
 app.command(stack_cmds.env)
 app.command(stack_cmds.api)
+app.command(init_cmds.init)
 
 
 def main(argv: list[str] | None = None) -> int:
