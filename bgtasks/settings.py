@@ -121,10 +121,26 @@ class DaemonSettings(BaseSettings):
         default_factory=_default_roots,
         description="File triggers may watch only directories inside these (JSON list in the environment); "
         "default: the user's home and the temp directory.")
+    network_mode: Literal["auto", "netlink", "poll"] = Field(
+        "auto", description="How network changes are noticed: `netlink` (Linux rtnetlink doorbell), `poll` "
+        "(netifaces + psutil every network_portable_poll_s, any platform) or `auto` (netlink where it opens). "
+        "See docs/sensors.md.")
     network_poll_s: float = Field(30.0, gt=0, le=3600, description="Safety poll of the network (netlink wakes it).")
+    network_portable_poll_s: float = Field(
+        5.0, gt=0, le=3600, description="Poll interval of the network without netlink (network_mode poll).")
+    power_mode: Literal["auto", "sysfs", "psutil"] = Field(
+        "auto", description="Where power is read: `sysfs` (power_root, Linux), `psutil` "
+        "(psutil.sensors_battery, any platform) or `auto` (sysfs where power_root is a directory).")
     power_poll_s: float = Field(30.0, gt=0, le=3600)
     power_root: Path = Field(Path("/sys/class/power_supply"), description="Where batteries and chargers are read.")
+    idle_mode: Literal["auto", "psi", "cpu"] = Field(
+        "auto", description="What counts for device idle: `psi` (CPU percent and Linux CPU pressure), `cpu` "
+        "(CPU percent alone, any platform) or `auto` (psi where /proc/pressure/cpu reads).")
     idle_poll_s: float = Field(30.0, gt=0, le=3600)
+    file_observer: Literal["auto", "native", "polling"] = Field(
+        "auto", description="How file triggers see changes: `native` (inotify, FSEvents, ReadDirectoryChangesW, "
+        "kqueue), `polling` (a walk every file_poll_s, any filesystem) or `auto` (native where available).")
+    file_poll_s: float = Field(1.0, gt=0, le=3600, description="Interval of the polling file observer.")
     storage_path: Path | None = Field(None, description="The filesystem watched for low storage; default: the home.")
     storage_poll_s: float = Field(60.0, gt=0, le=3600)
     rules_refresh_s: float = Field(

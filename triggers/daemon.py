@@ -37,8 +37,8 @@ from typing import Any
 
 from bgtasks.settings import Settings
 from triggers.prefect_api import PrefectApi
-from triggers.host import HostSensors, plain
-from triggers.sensors import Change, FileRule, FileSensor, Tracker
+from triggers.host import HostSensors, SensorSettingError, file_sensor, plain
+from triggers.sensors import Change, FileRule, Tracker
 
 logger = logging.getLogger("bgtasks.daemon")
 
@@ -103,7 +103,10 @@ class TriggerDaemon:
         self.state_path = state_path or settings.home / "daemon-state.json"
         self.host_sensors = HostSensors(settings)
         self.trackers: dict[str, Tracker[Any]] = self.host_sensors.trackers
-        self.files = FileSensor() if "file" in settings.daemon.sensors else None
+        self.files = file_sensor(settings) if "file" in settings.daemon.sensors else None
+        self.mechanisms = self.host_sensors.mechanisms()
+        if self.files is not None:
+            self.mechanisms["file"] = self.files.mechanism
         self._rule_specs: dict[str, FileRule] = {}
         self._release_wanted = asyncio.Event()
         self.emitted = 0
@@ -129,7 +132,8 @@ class TriggerDaemon:
         """Write the sensors' last snapshots (restored at the next start), and for people and
         tests: the file rules being watched and how many events were emitted."""
         state: dict[str, Any] = {name: plain(t.current) for name, t in self.trackers.items() if t.current is not None}
-        state["_daemon"] = {"pid": os.getpid(), "emitted": self.emitted, "rules": sorted(self._rule_specs)}
+        state["_daemon"] = {"pid": os.getpid(), "emitted": self.emitted, "rules": sorted(self._rule_specs),
+                            "mechanisms": self.mechanisms}
         tmp = self.state_path.with_suffix(".tmp")
         tmp.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(state, default=str))
@@ -266,6 +270,7 @@ class TriggerDaemon:
             await self.api.aclose()
 
     async def _run(self, stop: asyncio.Event) -> None:
+        logger.info("sensor mechanisms: %s", ", ".join(f"{n}={m}" for n, m in self.mechanisms.items()))
         self._restore()
         # Changes while the daemon was down: one step against the saved baselines.
         for tracker in self.trackers.values():
@@ -331,7 +336,11 @@ def main() -> int:
         if other != os.getpid():
             print(f"a trigger daemon already runs on this host (PID {other}); one per host", flush=True)
             return 1
-    daemon = TriggerDaemon(settings)
+    try:
+        daemon = TriggerDaemon(settings)
+    except SensorSettingError as exc:
+        print(f"cannot start the trigger daemon: {exc}", flush=True)
+        return 1
 
     async def run() -> None:
         stop = asyncio.Event()

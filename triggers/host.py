@@ -4,19 +4,58 @@ The trigger daemon and the worker each hold one. The idle sensor needs
 consecutive samples (CPU since the last one, "idle for N samples"), so a
 holder that checks rarely sees a fresh device as "active" until its next
 samples; the daemon's 30 s poll keeps it current.
+
+Each sensor's mechanism (native or portable) comes from the daemon settings
+(``BGTASKS_DAEMON_NETWORK_MODE``, ``..._POWER_MODE``, ``..._IDLE_MODE``,
+``..._FILE_OBSERVER``) and is chosen once, when the sensors are built; a
+forced native mechanism this host lacks is a :class:`SensorSettingError`
+that names the setting (docs/sensors.md).
 """
 
 from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, is_dataclass
 from typing import Any
 
 from bgtasks.settings import Settings
-from triggers.sensors import IdleSensor, NetworkSensor, PowerSensor, StorageSensor, Tracker
+from triggers.sensors import FileSensor, IdleSensor, NetworkSensor, PowerSensor, StorageSensor, Tracker
+from triggers.sensors._mechanism import MechanismUnavailable
 
 STATE_SENSORS = ("network", "power", "idle", "storage")
+
+MODE_SETTINGS = {
+    "network": "BGTASKS_DAEMON_NETWORK_MODE",
+    "power": "BGTASKS_DAEMON_POWER_MODE",
+    "idle": "BGTASKS_DAEMON_IDLE_MODE",
+    "file": "BGTASKS_DAEMON_FILE_OBSERVER",
+}
+
+
+class SensorSettingError(RuntimeError):
+    """A sensor setting asks for a mechanism this host does not have: change the setting."""
+
+
+def _build(name: str, make: Callable[[], Any]) -> Any:
+    """``make()``, with a missing forced mechanism turned into an error that names its setting."""
+    try:
+        return make()
+    except MechanismUnavailable as exc:
+        setting = MODE_SETTINGS[name]
+        raise SensorSettingError(
+            f"{setting}={exc.mechanism}, but {exc.reason}; set {setting}=auto (or {exc.portable})") from exc
+
+
+def file_sensor(settings: Settings) -> FileSensor:
+    """The file sensor with the observer the settings ask for (rules are added later).
+
+    :raises SensorSettingError: ``file_observer`` is ``native`` and this host has no native observer.
+    """
+    d = settings.daemon
+    sensor: FileSensor = _build("file", lambda: FileSensor(observer=d.file_observer, poll_s=d.file_poll_s))
+    return sensor
 
 
 def plain(value: Any) -> Any:
@@ -31,20 +70,29 @@ def plain(value: Any) -> Any:
 
 
 class HostSensors:
-    """Trackers for the host's state sensors (those enabled in the daemon settings)."""
+    """Trackers for the host's state sensors (those enabled in the daemon settings).
+
+    :raises SensorSettingError: a mode setting forces a mechanism this host lacks.
+    """
 
     def __init__(self, settings: Settings) -> None:
         d = settings.daemon
-        makers = {
-            "network": lambda: NetworkSensor(poll_s=d.network_poll_s),
-            "power": lambda: PowerSensor(root=d.power_root, poll_s=d.power_poll_s),
-            "idle": lambda: IdleSensor(poll_s=d.idle_poll_s),
+        makers: dict[str, Callable[[], Any]] = {
+            "network": lambda: NetworkSensor(mode=d.network_mode, poll_s=d.network_poll_s,
+                                             portable_poll_s=d.network_portable_poll_s),
+            "power": lambda: PowerSensor(mode=d.power_mode, root=d.power_root, poll_s=d.power_poll_s),
+            "idle": lambda: IdleSensor(mode=d.idle_mode, poll_s=d.idle_poll_s),
             "storage": lambda: StorageSensor(str(d.storage_path or settings.home), poll_s=d.storage_poll_s),
         }
         self.trackers: dict[str, Tracker[Any]] = {
-            name: Tracker(make()) for name, make in makers.items() if name in d.sensors
+            name: Tracker(_build(name, make)) for name, make in makers.items() if name in d.sensors
         }
         self._lock = threading.Lock()
+
+    def mechanisms(self) -> dict[str, str]:
+        """The mechanism each state sensor runs with (``netlink``, ``poll``, ``sysfs``, ...);
+        storage has one path everywhere (``psutil``)."""
+        return {name: getattr(t.sensor, "mechanism", "psutil") for name, t in self.trackers.items()}
 
     def snapshot(self, refresh: bool = True) -> dict[str, Any]:
         """Each sensor's state as plain JSON; ``refresh`` takes new readings first."""

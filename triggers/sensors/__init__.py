@@ -14,6 +14,12 @@ storage        ``storage``      ``psutil.disk_usage(path)``                 poll
 filesystem     ``file``         watchdog (inotify), rules, debounce         inotify events
 =============  ===============  ==========================================  ===============================
 
+Every sensor but storage has a native mechanism and a portable one, chosen
+when it is built (``mode=auto|<native>|<portable>``; files: ``observer=``):
+network netlink | poll, power sysfs | psutil, idle psi | cpu, files native |
+polling (:mod:`triggers.sensors._mechanism`; docs/sensors.md says what each
+path sees on each platform).
+
 A state sensor has ``snapshot(previous)`` (a frozen dataclass with
 ``to_dict()``), a pure ``diff(old, new) -> list[Change]`` and
 ``open_wakeups()``; :class:`Tracker` keeps the last snapshot and runs the loop

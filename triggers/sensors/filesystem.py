@@ -39,6 +39,14 @@ changed ones, ``deleted``), flagged ``rescan``. The model also de-duplicates
 ``created``/``deleted`` (watchdog can report a file created in a new
 directory twice). Paths touched by events during a walk are left to the events.
 
+Observers (``observer``): ``native`` is the platform's file-event API through
+watchdog (inotify on Linux, FSEvents on macOS, ReadDirectoryChangesW on
+Windows, kqueue on BSD); ``polling`` is the portable path, watchdog's polling
+observer (a directory walk every ``poll_s``), adapted so that the same writes
+give the same events as inotify (:class:`PortablePollingObserver`); ``auto``
+takes native where watchdog has one for this platform and an inotify instance
+can be made. What each can and cannot see: docs/sensors.md.
+
 Threads: watchdog calls the handler on its dispatcher thread; the handler only
 matches, updates the model and queues hits. Re-arming and rescans run in a
 worker thread started from the event loop; the debounce runs on the loop.
@@ -48,6 +56,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ctypes
 import logging
 import os
 import platform
@@ -56,7 +65,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -72,9 +81,11 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
+from watchdog.observers.polling import PollingEmitter
 
 from triggers.sensors._base import Change, Emit, deliver
 from triggers.sensors._debounce import Batch, Debouncer
+from triggers.sensors._mechanism import Choice, choose
 from triggers.sensors._filerules import (
     FileEventKind,
     FileRule,
@@ -87,11 +98,14 @@ from triggers.sensors._filerules import (
     stat_file,
 )
 
-__all__ = ["ANCHOR_FILTER", "ROOT_FILTER", "FileEventKind", "FileRule", "FileSensor"]
+__all__ = ["ANCHOR_FILTER", "ROOT_FILTER", "FileEventKind", "FileRule", "FileSensor", "PortablePollingObserver"]
 
 logger = logging.getLogger(__name__)
 
 INOTIFY_LOGGER = "watchdog.observers.inotify_c"
+NATIVE, POLLING = "native", "polling"
+_NATIVE_NAMES = {"InotifyObserver": "inotify", "FSEventsObserver": "fsevents", "KqueueObserver": "kqueue",
+                 "WindowsApiObserver": "windows"}
 
 # No FileOpenedEvent / FileClosedNoWriteEvent (FACTS: the default mask overflows on big trees).
 ROOT_FILTER: list[type[FileSystemEvent]] = [
@@ -163,6 +177,100 @@ def default_observer() -> BaseObserver:
     return Observer()
 
 
+def native_observer_name() -> str | None:
+    """The native mechanism watchdog uses on this platform (``inotify``, ``fsevents``, ...); ``None``: none."""
+    if platform.system() == "Linux":
+        return "inotify"
+    return _NATIVE_NAMES.get(getattr(Observer, "__name__", ""))
+
+
+def native_observer_missing() -> str | None:
+    """Why the native observer cannot run here; ``None`` when it can.
+
+    On Linux an inotify instance is made and closed: the per-user instance
+    limit (``fs.inotify.max_user_instances``, 128 by default) is the usual
+    reason it cannot.
+    """
+    name = native_observer_name()
+    if name is None:
+        return f"watchdog has no native observer for {platform.system() or 'this platform'}"
+    if name != "inotify":
+        return None
+    try:
+        from watchdog.observers.inotify_c import inotify_init
+    except Exception as exc:  # noqa: BLE001 - an unsupported libc: no inotify
+        return f"no inotify in this libc ({exc})"
+    fd = inotify_init()
+    if fd < 0:
+        err = ctypes.get_errno()
+        return f"cannot make an inotify instance ({os.strerror(err) if err else 'inotify_init failed'})"
+    os.close(fd)
+    return None
+
+
+class _PortablePollingEmitter(PollingEmitter):
+    """watchdog's polling emitter, made to report what inotify reports for the same changes.
+
+    * The first snapshot is taken in ``schedule()`` (the caller's thread), not
+      later on the emitter's own thread: a change made right after a rule was
+      armed is an event, never part of the baseline.
+    * A new file that is not empty is also *modified*: inotify reports a file
+      written after its creation as IN_CREATE then IN_MODIFY.
+    * A file created or modified in one poll and unchanged at the next is
+      *closed* (``FileClosedEvent``, so it *arrives*): a poll cannot see
+      close(2), so "arrived" means "stopped changing for one interval". A file
+      moved or deleted meanwhile does not arrive that way (a move arrives as
+      the move).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._snapshot = self._take_snapshot()
+        self._written: set[str] = set()
+        self._settling: set[str] = set()
+
+    def on_thread_start(self) -> None:
+        pass  # the baseline was taken in __init__
+
+    def queue_event(self, event: FileSystemEvent) -> None:
+        super().queue_event(event)
+        src = os.fsdecode(event.src_path)
+        if isinstance(event, (FileCreatedEvent, FileModifiedEvent)) and not event.is_directory:
+            self._written.add(src)
+            if isinstance(event, FileCreatedEvent):
+                try:
+                    size = self._snapshot.stat_info(event.src_path).st_size
+                except KeyError:
+                    size = 0
+                if size > 0:
+                    super().queue_event(FileModifiedEvent(event.src_path))
+        elif isinstance(event, (FileMovedEvent, FileDeletedEvent)):
+            self._written.discard(src)
+            self._settling.discard(src)
+
+    def queue_events(self, timeout: float) -> None:
+        before = self._snapshot
+        self._written = set()
+        super().queue_events(timeout)
+        if self._snapshot is before or not self.should_keep_running():
+            self._settling |= self._written  # no new snapshot: keep waiting
+            return
+        paths = {os.fsdecode(p) for p in self._snapshot.paths}
+        for path in sorted(self._settling - self._written):
+            if path in paths:
+                self.queue_event(FileClosedEvent(path))
+        self._settling = self._written
+
+
+class PortablePollingObserver(BaseObserver):
+    """The portable observer: a walk of each watched tree every ``poll_s`` (see :class:`_PortablePollingEmitter`)."""
+
+    def __init__(self, poll_s: float = 1.0) -> None:
+        if poll_s <= 0:
+            raise ValueError("poll_s must be > 0")
+        super().__init__(_PortablePollingEmitter, timeout=poll_s)
+
+
 def _anchor(root: str) -> str:
     """The nearest existing directory above ``root``."""
     path = os.path.dirname(root)
@@ -178,7 +286,12 @@ class FileSensor:
     starts it if needed, delivers debounced changes until ``stop`` and closes
     what it started (pending batches are flushed on stop).
 
-    :param observer_factory: builds the watchdog observer (default: inotify's).
+    :param observer: ``auto`` (native where available), ``native`` (raises
+        :class:`~triggers.sensors._mechanism.MechanismUnavailable` where it is
+        not) or ``polling``; the outcome is :attr:`choice` (``mechanism`` names
+        the native API: ``inotify``, ``fsevents``, ...).
+    :param poll_s: the polling observer's interval.
+    :param observer_factory: builds the watchdog observer instead (tests); ``observer`` is then ignored.
     :param clock: monotonic seconds for the debounce.
     """
 
@@ -188,6 +301,8 @@ class FileSensor:
         self,
         rules: Iterable[FileRule] = (),
         *,
+        observer: str = "auto",
+        poll_s: float = 1.0,
         observer_factory: Callable[[], BaseObserver] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -196,7 +311,20 @@ class FileSensor:
         for rule in rules:
             self._check_new(rule)
             self._rules[rule.rule_id] = rule
-        self._observer_factory = observer_factory or default_observer
+        if observer_factory is not None:
+            self.choice = Choice(self.name, "custom", False, "custom", "an injected observer factory")
+            self._observer_factory = observer_factory
+        else:
+            choice = choose(self.name, observer, NATIVE, POLLING,
+                            None if observer == POLLING else native_observer_missing(), native_observer_name())
+            if choice.native:
+                self._observer_factory = default_observer
+            else:
+                if poll_s <= 0:
+                    raise ValueError("poll_s must be > 0")
+                self._observer_factory = lambda: PortablePollingObserver(poll_s)
+            self.choice = choice
+        self.mechanism = self.choice.mechanism
         self._clock = clock
         self._observer: BaseObserver | None = None
         self._hook: _OverflowHook | None = None

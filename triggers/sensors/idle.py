@@ -13,6 +13,15 @@ samples and active again after ``active_after_samples`` non-quiet ones, or at
 once on user input. That is a pure state machine (:func:`next_idle_state`)
 over (previous state, new sample); the counters travel in the state.
 
+Mechanisms (``mode``): ``psi`` (native, Linux >= 4.20 with PSI enabled) uses
+CPU percent *and* CPU pressure; ``cpu`` (portable: psutil's CPU times exist on
+every platform) uses CPU percent alone and reports ``psi_some_avg10`` as
+``None``. They differ only where the CPU is contended but not busy (a
+cgroup's CPU quota throttling its tasks, a burst of runnable threads inside
+an otherwise quiet window): PSI sees that, a CPU share cannot. ``auto`` takes
+``psi`` where ``/proc/pressure/cpu`` reads. User idle (X11) is independent of
+the mode.
+
 Events: ``bgtasks.device.idle`` and ``bgtasks.device.active`` (resource
 ``device``; payload ``cpu_percent``, ``psi_some_avg10``, ``user_idle_s``).
 """
@@ -29,8 +38,10 @@ from pathlib import Path
 import psutil
 
 from triggers.sensors._base import Change, Emit, PollWakeups, Snapshot, Tracker, Wakeups
+from triggers.sensors._mechanism import Choice, choose
 
 PROC = Path("/proc")
+PSI, CPU = "psi", "cpu"
 
 
 @dataclass(frozen=True)
@@ -205,6 +216,9 @@ def x11_user_idle_s(display: str) -> float | None:
 class IdleSensor:
     """Idle / active, sampled every ``poll_s``.
 
+    :param mode: ``auto`` (psi where ``proc`` has it), ``psi`` (raises
+        :class:`~triggers.sensors._mechanism.MechanismUnavailable` without PSI) or
+        ``cpu``; the outcome is :attr:`choice`.
     :param display: an X11 display name (e.g. ``":0"``) for user idle time;
         ``None``: user idle is unknown and only CPU signals count.
     :param proc: the procfs root for PSI.
@@ -215,11 +229,17 @@ class IdleSensor:
     def __init__(
         self,
         *,
+        mode: str = "auto",
         poll_s: float = 30.0,
         thresholds: IdleThresholds = IdleThresholds(),
         display: str | None = None,
         proc: Path = PROC,
     ) -> None:
+        missing = None
+        if mode != CPU and read_psi_some_avg10(proc) is None:
+            missing = f"no CPU pressure at {proc / 'pressure' / 'cpu'} (a kernel without PSI, or booted with psi=0)"
+        self.choice: Choice = choose(self.name, mode, PSI, CPU, missing)
+        self.mechanism = self.choice.mechanism
         self.poll_s = poll_s
         self.thresholds = thresholds
         self.display = display
@@ -228,7 +248,8 @@ class IdleSensor:
     def sample(self) -> IdleSample:
         busy, total = read_cpu_seconds()
         user_idle = x11_user_idle_s(self.display) if self.display else None
-        return IdleSample(busy, total, read_psi_some_avg10(self.proc), user_idle)
+        psi = read_psi_some_avg10(self.proc) if self.mechanism == PSI else None
+        return IdleSample(busy, total, psi, user_idle)
 
     def snapshot(self, previous: IdleState | None = None) -> IdleState:
         return next_idle_state(previous, self.sample(), self.thresholds)

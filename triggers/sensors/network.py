@@ -8,10 +8,22 @@ default routes *with a gateway*, so a gateway-less default route
 (``default dev wg0``, ``default dev wwan0`` on raw-IP modems) is read from
 ``/proc/net/route`` and ``/proc/net/ipv6_route`` as a fallback.
 
-Change detection: an rtnetlink socket (link, IPv4/IPv6 address and route
-groups) is a doorbell: any message (or ``ENOBUFS``) makes the sensor settle a
-few milliseconds, drain and re-snapshot; a slow poll (``poll_s``) is the safety
-net.
+Change detection (``mode``): ``netlink``, the native path on Linux, uses an
+rtnetlink socket (link, IPv4/IPv6 address and route groups) as a doorbell: any
+message (or ``ENOBUFS``) makes the sensor settle a few milliseconds, drain and
+re-snapshot; a slow poll (``poll_s``) is the safety net. ``poll``, the portable
+path (macOS, Windows, a Linux sandbox without ``AF_NETLINK``), re-snapshots
+every ``portable_poll_s``: the same reading, only later (half the interval on
+average) and blind to a state that comes and goes between two polls.
+``auto`` picks netlink where a socket can be opened (see
+:mod:`triggers.sensors._mechanism`).
+
+Portability of the reading itself: netifaces and psutil exist everywhere.
+netifaces names Windows adapters by GUID and psutil by friendly name, so the
+gateway's interface is matched to psutil's by a shared address when the names
+differ (:func:`psutil_name`). Where there is no sysfs (macOS, Windows) the
+interface class is guessed from the name (:func:`classify_by_name`), and the
+``/proc/net`` route fallback finds nothing.
 
 Network namespaces: every source here reads the namespace of the *process*
 (``/proc/net`` is ``/proc/self/net``, psutil lists interfaces from
@@ -34,16 +46,20 @@ import asyncio
 import shutil
 import socket
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import netifaces
 import psutil
 
-from triggers.sensors._base import Change, Emit, Snapshot, Tracker, Wakeups
+from triggers.sensors._base import Change, Emit, PollWakeups, Snapshot, Tracker, Wakeups
+from triggers.sensors._mechanism import Choice, choose
 from triggers.sensors._netlink import DoorbellWakeups, NetlinkDoorbell
+
+NETLINK, POLL = "netlink", "poll"
 
 SYSFS_NET = Path("/sys/class/net")
 PROC_NET = Path("/proc/net")
@@ -120,6 +136,59 @@ def classify_interface(ifname: str, sysfs_net: Path = SYSFS_NET) -> InterfaceKin
     if arptype == 1:
         return InterfaceKind.ETHERNET
     return InterfaceKind.OTHER
+
+
+def classify_by_name(ifname: str) -> InterfaceKind:
+    """A best guess from the name alone, for platforms without sysfs (macOS, Windows).
+
+    macOS: ``lo*`` loopback, ``utun*``/``ipsec*``/``ppp*``/``tun*``/``tap*``/``wg*`` vpn,
+    ``pdp_ip*`` cellular; ``en*`` is Wi-Fi on most Macs and Ethernet on others, which the
+    name cannot tell: other. Windows (psutil's friendly names): "Wi-Fi"/"WLAN"/"Wireless",
+    "Ethernet", "Cellular"/"Mobile", "Loopback".
+    """
+    name = ifname.lower()
+    if name.startswith("lo") and (name == "lo" or name[2:].isdigit()) or name.startswith("loopback"):
+        return InterfaceKind.LOOPBACK
+    if name.startswith(("utun", "ipsec", "ppp", "tun", "tap", "wg")):
+        return InterfaceKind.VPN
+    if name.startswith("pdp_ip") or name.startswith(("cellular", "mobile")):
+        return InterfaceKind.CELLULAR
+    if name.startswith(("wi-fi", "wifi", "wlan", "wireless")):
+        return InterfaceKind.WIFI
+    if name.startswith("ethernet"):
+        return InterfaceKind.ETHERNET
+    return InterfaceKind.OTHER
+
+
+def psutil_name(
+    ifname: str,
+    stats_names: Iterable[str],
+    addresses: Iterable[str],
+    psutil_addrs: Mapping[str, Iterable[Any]],
+) -> str | None:
+    """Pure: psutil's name for netifaces' interface ``ifname``.
+
+    The same name where psutil knows it (Linux, macOS); otherwise the psutil
+    interface that holds one of ``addresses`` (netifaces' addresses of
+    ``ifname``): on Windows netifaces says ``{GUID}`` where psutil says "Wi-Fi".
+    """
+    names = set(stats_names)
+    if ifname in names:
+        return ifname
+    wanted = {a.split("%", 1)[0] for a in addresses if a}
+    for name, addrs in psutil_addrs.items():
+        if name in names and any(str(getattr(a, "address", "")).split("%", 1)[0] in wanted for a in addrs):
+            return name
+    return None
+
+
+def _netifaces_addresses(ifname: str) -> list[str]:
+    try:
+        by_family = netifaces.ifaddresses(ifname)
+    except ValueError:  # netifaces-plus: an interface without addresses
+        return []
+    return [entry.get("addr", "") for family in (socket.AF_INET, socket.AF_INET6)
+            for entry in by_family.get(family, [])]
 
 
 def _proc_default_routes(proc_net: Path) -> list[tuple[int, str]]:
@@ -213,10 +282,25 @@ def diff_network(old: NetworkSnapshot | None, new: NetworkSnapshot) -> list[Chan
     return changes
 
 
-class NetworkSensor:
-    """Connected / interface class / metered, rung by rtnetlink.
+def netlink_missing() -> str | None:
+    """Why an rtnetlink doorbell cannot be opened here; ``None`` when it can."""
+    if not hasattr(socket, "AF_NETLINK"):
+        return "this platform has no netlink sockets (AF_NETLINK is Linux-only)"
+    try:
+        NetlinkDoorbell().close()
+    except OSError as exc:
+        return f"cannot open an rtnetlink socket ({exc})"
+    return None
 
-    :param poll_s: safety-net poll interval (the doorbell does the real work).
+
+class NetworkSensor:
+    """Connected / interface class / metered, rung by rtnetlink or polled.
+
+    :param mode: ``auto`` (netlink where available), ``netlink`` (raises
+        :class:`~triggers.sensors._mechanism.MechanismUnavailable` where missing)
+        or ``poll``; the outcome is :attr:`choice`.
+    :param poll_s: safety-net poll interval with netlink (the doorbell does the real work).
+    :param portable_poll_s: the poll interval of the ``poll`` mechanism.
     :param settle_s: quiet time awaited after a ring before re-snapshotting.
     :param sysfs_net: root for :func:`classify_interface` (tests pass a fake tree).
     :param proc_net: where the gateway-less default-route fallback reads routes.
@@ -229,13 +313,20 @@ class NetworkSensor:
     def __init__(
         self,
         *,
+        mode: str = "auto",
         poll_s: float = 30.0,
+        portable_poll_s: float = 5.0,
         settle_s: float = 0.02,
         sysfs_net: Path = SYSFS_NET,
         proc_net: Path = PROC_NET,
         metered_probe: Callable[[], bool | None] = nm_metered,
     ) -> None:
+        if poll_s <= 0 or portable_poll_s <= 0:
+            raise ValueError("poll_s and portable_poll_s must be > 0")
+        self.choice: Choice = choose(self.name, mode, NETLINK, POLL, None if mode == POLL else netlink_missing())
+        self.mechanism = self.choice.mechanism
         self.poll_s = poll_s
+        self.portable_poll_s = portable_poll_s
         self.settle_s = settle_s
         self.sysfs_net = sysfs_net
         self.proc_net = proc_net
@@ -246,9 +337,15 @@ class NetworkSensor:
         if route is None:
             return network_state(None, False, None, None)
         ifname = route[0]
-        stats = psutil.net_if_stats().get(ifname)
+        all_stats = psutil.net_if_stats()
+        name = ifname if ifname in all_stats else psutil_name(
+            ifname, all_stats, _netifaces_addresses(ifname), psutil.net_if_addrs())
+        stats = all_stats.get(name) if name is not None else None
         running = bool(stats and stats.isup)
-        kind = classify_interface(ifname, self.sysfs_net)
+        if self.sysfs_net.is_dir():
+            kind = classify_interface(ifname, self.sysfs_net)
+        else:
+            kind = classify_by_name(name or ifname)
         hint = self.metered_probe() if running else None
         return network_state(route, running, kind, hint)
 
@@ -256,6 +353,8 @@ class NetworkSensor:
         return diff_network(old, new)
 
     def open_wakeups(self) -> Wakeups:
+        if self.mechanism == POLL:
+            return PollWakeups(self.portable_poll_s)
         return DoorbellWakeups(NetlinkDoorbell(), poll_s=self.poll_s, settle_s=self.settle_s)
 
     async def watch(self, emit: Emit, stop: asyncio.Event) -> None:

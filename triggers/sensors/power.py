@@ -1,13 +1,21 @@
 """Power sensor: battery percent, plugged, charging, battery low (Android's rule).
 
-Readings come from ``/sys/class/power_supply`` (root injectable, so tests use
-a fake tree): supplies with ``scope=Device`` (a mouse, a headset) are ignored;
+Two mechanisms (``mode``; ``auto`` takes sysfs where ``root`` is a directory):
+
+``sysfs`` (native, Linux): readings come from ``/sys/class/power_supply`` (root
+injectable, so tests use a fake tree): supplies with ``scope=Device`` (a mouse, a headset) are ignored;
 a system ``Battery`` gives ``capacity`` (or ``energy_now/energy_full``,
 ``charge_now/charge_full``) and ``status``; a ``Mains``/``USB``/``Wireless``
 supply with ``online=1`` means plugged (so does a battery that reports
 ``Charging``, and ``Full``/``Not charging`` when no adapter is listed at all).
-Where that directory does not exist, ``psutil.sensors_battery()`` is the
-fallback. No system battery: plugged, not low, percent ``None``.
+
+``psutil`` (portable: macOS, Windows, BSD): ``psutil.sensors_battery()``.
+It reports one battery (on Linux the first ``BAT*``/``*battery*`` entry, which
+may be a mouse's), percent and plugged; charging is inferred as "plugged and
+below 100%" since psutil has no charging status. docs/sensors.md lists what
+each path misses.
+
+No system battery: plugged, not low, percent ``None``.
 
 Battery low is state carried across readings (:func:`next_power_state`, pure):
 it becomes low when unplugged at ``<= low_percent`` (15); once low it stays low
@@ -15,7 +23,7 @@ until the level is strictly above ``low_percent + hysteresis_percent`` (so 20%
 keeps it low and 21% clears it, as the issue's acceptance test fixes) or the
 device is plugged in.
 
-Wake-ups: a poll (``poll_s``, 30 s) and, on the real sysfs tree, kernel
+Wake-ups: a poll (``poll_s``, 30 s) and, with sysfs on the real tree, kernel
 uevents of the ``power_supply`` subsystem as a doorbell (plugging in is seen
 at once). Events: ``bgtasks.power.plugged``, ``unplugged``, ``charging``,
 ``charging-stopped``, ``battery-low``, ``battery-ok``; each payload carries
@@ -32,6 +40,7 @@ from pathlib import Path
 import psutil
 
 from triggers.sensors._base import Change, Emit, PollWakeups, Snapshot, Tracker, Wakeups
+from triggers.sensors._mechanism import Choice, choose
 from triggers.sensors._netlink import NETLINK_KOBJECT_UEVENT, UEVENT_KERNEL_GROUP, DoorbellWakeups, NetlinkDoorbell
 
 logger = logging.getLogger(__name__)
@@ -39,6 +48,7 @@ logger = logging.getLogger(__name__)
 POWER_SUPPLY = Path("/sys/class/power_supply")
 _ADAPTER_TYPES = {"Mains", "USB", "Wireless"}
 _PLUGGED_STATUSES = {"Full", "Not charging"}
+SYSFS, PSUTIL = "sysfs", "psutil"
 
 
 @dataclass(frozen=True)
@@ -159,8 +169,13 @@ def read_power_supply(root: Path = POWER_SUPPLY) -> PowerReading | None:
 
 
 def read_psutil_battery() -> PowerReading:
-    """The fallback where there is no sysfs tree (psutil may pick a peripheral's battery)."""
-    battery = psutil.sensors_battery()
+    """The portable reading (psutil may pick a peripheral's battery; it has no charging status).
+
+    psutil's ``power_plugged`` is ``None`` when it cannot tell; that counts as
+    unplugged (the cautious reading for "run only while charging").
+    """
+    sensors_battery = getattr(psutil, "sensors_battery", None)  # absent where psutil cannot read batteries
+    battery = sensors_battery() if sensors_battery is not None else None
     if battery is None:
         return PowerReading(has_battery=False, percent=None, plugged=True, charging=False)
     plugged = bool(battery.power_plugged)
@@ -170,6 +185,9 @@ def read_psutil_battery() -> PowerReading:
 class PowerSensor:
     """Battery and charger state.
 
+    :param mode: ``auto`` (sysfs where ``root`` is a directory), ``sysfs`` (raises
+        :class:`~triggers.sensors._mechanism.MechanismUnavailable` where it is not)
+        or ``psutil``; the outcome is :attr:`choice`.
     :param root: the ``power_supply`` class directory (a fake tree in tests).
     :param poll_s: poll interval.
     :param low_percent: battery low at or below this level, unplugged (Android: 15).
@@ -183,21 +201,33 @@ class PowerSensor:
     def __init__(
         self,
         *,
+        mode: str = "auto",
         root: Path = POWER_SUPPLY,
         poll_s: float = 30.0,
         low_percent: float = 15.0,
         hysteresis_percent: float = 5.0,
         uevents: bool | None = None,
     ) -> None:
+        missing = None if mode == PSUTIL or root.is_dir() else f"{root} is not a directory"
+        self.choice: Choice = choose(self.name, mode, SYSFS, PSUTIL, missing)
+        self.mechanism = self.choice.mechanism
         self.root = root
         self.poll_s = poll_s
         self.low_percent = low_percent
         self.hysteresis_percent = hysteresis_percent
-        self.uevents = root == POWER_SUPPLY if uevents is None else uevents
+        self.uevents = self.mechanism == SYSFS and (root == POWER_SUPPLY if uevents is None else uevents)
 
     def read(self) -> PowerReading:
+        """One reading through the chosen mechanism.
+
+        :raises FileNotFoundError: the sysfs tree went away after the sensor was built.
+        """
+        if self.mechanism == PSUTIL:
+            return read_psutil_battery()
         reading = read_power_supply(self.root)
-        return reading if reading is not None else read_psutil_battery()
+        if reading is None:
+            raise FileNotFoundError(f"power: {self.root} is gone")
+        return reading
 
     def snapshot(self, previous: PowerState | None = None) -> PowerState:
         return next_power_state(previous, self.read(), self.low_percent, self.hysteresis_percent)
