@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
+import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from string import Template
@@ -56,6 +58,16 @@ def write_scaffold(directory: Path, pool: str, force: bool = False) -> list[Path
     return list(files)
 
 
+def prefect_command() -> str:
+    """How to call the ``prefect`` installed with this bgtasks: ``prefect`` when that is the one on
+    PATH, else its full path (``pipx install`` exposes only ``bgtasks``)."""
+    own = Path(sys.executable).parent / "prefect"
+    on_path = shutil.which("prefect")
+    if on_path is not None and Path(on_path).resolve() == own.resolve():
+        return "prefect"
+    return shlex.quote(str(own)) if own.exists() else "prefect"
+
+
 def init(
     directory: Annotated[Path, Parameter(help="Where to write the project (created if missing).")] = Path("."),
     *,
@@ -77,7 +89,7 @@ def init(
         "Next, with `bgtasks up` running in another terminal:\n"
         f"  cd {shlex.quote(str(written[0].parent))}\n"
         '  eval "$(bgtasks env)"\n'
-        "  prefect --no-prompt deploy --all\n"
+        f"  {prefect_command()} --no-prompt deploy --all\n"
         "  bgtasks task run hello --wait",
         markup=False,
         soft_wrap=True,

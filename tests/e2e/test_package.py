@@ -2,7 +2,7 @@
 outside the repository, runs the whole stack with no repository around.
 
 Slow (marked ``slow``): building the sdist and the wheel takes ~10 s, creating the
-venv and installing the wheel with Prefect and every dependency ~35-60 s here (pip
+venv and installing the wheel with Prefect and every dependency ~35-65 s here (pip
 reads the machine's wheel mirror; from PyPI it is longer), the stack ~20 s. The
 test prints each step's duration (``pytest -s`` shows them).
 
