@@ -111,6 +111,30 @@ class _SpecModel(BaseModel):
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
+NUL_MESSAGE = "must not contain NUL characters (U+0000): PostgreSQL cannot store them"
+
+
+def nul_path(value: Any, path: tuple[str | int, ...] = ()) -> tuple[str | int, ...] | None:
+    """Where in ``value`` (JSON: dicts, lists, strings) a NUL character is, or None.
+
+    PostgreSQL refuses U+0000 in text and JSONB, so input that carries one would be
+    stored on SQLite and fail on PostgreSQL: it is refused everywhere, up front.
+    """
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, str) and "\x00" in k:
+                return (*path, k)
+            if (found := nul_path(v, (*path, k))) is not None:
+                return found
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            if (found := nul_path(v, (*path, i))) is not None:
+                return found
+    return None
+
+
 def _utc(value: datetime | None) -> datetime | None:
     return value.astimezone(UTC) if value is not None else None
 
@@ -425,6 +449,13 @@ class CreateTaskOptions(_SpecModel):
     )
     trigger: TaskTrigger | None = Field(None, description="What starts a triggered task.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nul(cls, raw: Any) -> Any:
+        if (where := nul_path(raw)) is not None:
+            raise ValueError(f"{'.'.join(map(str, where)) or 'input'}: {NUL_MESSAGE}")
+        return raw
+
     @model_validator(mode="after")
     def _trigger_matches_type(self) -> CreateTaskOptions:
         triggered = self.schedule.type == TaskType.TRIGGERED
@@ -534,7 +565,7 @@ def errors_from(errors: Any, skip: tuple[str, ...] = ()) -> list[dict[str, str]]
     for err in errors:
         loc = [to_camel(p) if isinstance(p, str) else str(p) for p in err["loc"] if p not in skip]
         msg = err["msg"].removeprefix("Value error, ")
-        m = re.match(r"^([A-Za-z/]+): (.*)$", msg, re.S)
+        m = re.match(r"^([A-Za-z][A-Za-z0-9_./]*): (.*)$", msg, re.S)
         if m and err["type"] == "value_error":
             loc.append(m.group(1))
             msg = m.group(2)

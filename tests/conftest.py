@@ -4,6 +4,12 @@ Prefect reads its settings when it is imported, so the environment is put in
 place here, before any test module imports Prefect. Integration tests get a real
 Prefect server (session-scoped, SQLite in a temp home) from ``prefect_server``
 and a real process worker from ``worker``; both are stopped by PID.
+
+``BGTASKS_TEST_DATABASE=postgresql`` runs the same tests on PostgreSQL: the
+session's Prefect server and bgtasks' own tables live in a database created for
+the run on the machine's server (dropped at the end), and only the tests that use
+the session's server are collected (the others do not touch a database).
+``make test`` runs the suite once on SQLite, then the integration tests again so.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
+from typing import Any
 
 _HOME = Path(tempfile.mkdtemp(prefix="bgtasks-test-"))
 
@@ -30,6 +37,16 @@ os.environ["BGTASKS_WORKER_PREFETCH_SECONDS"] = "1"
 for _k in [k for k in os.environ if k.startswith("PREFECT_")]:
     del os.environ[_k]
 
+DATABASE = os.environ.get("BGTASKS_TEST_DATABASE", "sqlite")
+if DATABASE not in ("sqlite", "postgresql"):
+    raise SystemExit(f"BGTASKS_TEST_DATABASE must be sqlite or postgresql, not {DATABASE!r}")
+_PG_URL: str | None = None
+if DATABASE == "postgresql":
+    from tests.pg import create_database
+
+    _PG_URL = create_database("bgtasks_suite")
+    os.environ["BGTASKS_SERVER_DATABASE_URL"] = _PG_URL.replace("postgresql://", "postgresql+asyncpg://", 1)
+
 from bgtasks.settings import load_settings  # noqa: E402
 
 os.environ.update(load_settings().prefect_env())
@@ -37,7 +54,26 @@ os.environ.update(load_settings().prefect_env())
 pytest_plugins = ["tests.fixtures"]
 
 
+def pytest_report_header(config: object) -> str:
+    return f"bgtasks test database: {DATABASE}" + (f" ({_PG_URL})" if _PG_URL else "")
+
+
+def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
+    """On PostgreSQL, keep the tests that use the session's server (directly or not)."""
+    if DATABASE != "postgresql":
+        return
+    keep = [i for i in items if "prefect_server" in getattr(i, "fixturenames", ())]
+    dropped = [i for i in items if i not in keep]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+    items[:] = keep
+
+
 def pytest_unconfigure(config: object) -> None:
+    if _PG_URL is not None:
+        from tests.pg import drop_database
+
+        drop_database(_PG_URL)
     if os.environ.get("BGTASKS_TEST_KEEP_HOME"):  # debugging: keep the logs and databases
         print(f"\nbgtasks test home kept: {_HOME}")
         return

@@ -21,12 +21,24 @@ async def _admin(sql: str) -> None:
         await conn.close()
 
 
+def create_database(prefix: str = "bgtasks_test") -> str:
+    """Create a database with a unique name; its URL (postgresql://...)."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    return PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+
+
+def drop_database(url: str) -> None:
+    """Drop the database ``url`` names, closing its connections."""
+    name = url.rsplit("/", 1)[1]
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 @contextmanager
 def pg_database(prefix: str = "bgtasks_test") -> Iterator[str]:
     """Create a database, yield its URL (postgresql://...), drop it (with its connections)."""
-    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    url = create_database(prefix)
     try:
-        yield PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+        yield url
     finally:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        drop_database(url)

@@ -7,6 +7,7 @@ JSON bodies are the spec's shapes (``CreateTaskOptions`` in, ``BackgroundTask``,
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from http import HTTPStatus
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from bgtasks.auth import ApiToken, Scope, TokenStore
 from bgtasks.errors import InvalidTask, TaskConflict, TaskNotFound
 from bgtasks.models import (
+    NUL_MESSAGE,
     BackgroundTask,
     CreateTaskOptions,
     TaskPriority,
@@ -30,6 +32,7 @@ from bgtasks.models import (
     TaskStatus,
     TaskType,
     errors_from,
+    nul_path,
 )
 from bgtasks.settings import Settings
 from mobile_push.registry import Device, DeviceConflict, DeviceIn, DeviceNotFound, DeviceUpdate
@@ -141,7 +144,25 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
             if own:
                 await db.close()
 
-    app = FastAPI(title="bgtasks", version="1", lifespan=lifespan,
+    async def refuse_nul(request: Request) -> None:
+        """422 for a NUL character anywhere in the path, the query or a JSON body, naming
+        where (PostgreSQL cannot store one; see :func:`bgtasks.models.nul_path`)."""
+        found: tuple[Any, ...] | None = None
+        if (where := nul_path(dict(request.path_params))) is not None:
+            found = ("path", *where)
+        elif (where := nul_path(dict(request.query_params))) is not None:
+            found = ("query", *where)
+        elif "json" in request.headers.get("content-type", ""):
+            try:
+                body = json.loads(await request.body())
+            except ValueError:
+                body = None  # FastAPI answers 400 for it
+            if (where := nul_path(body)) is not None:
+                found = ("body", *where)
+        if found is not None:
+            raise RequestValidationError([{"loc": found, "msg": NUL_MESSAGE, "type": "value_error.nul"}])
+
+    app = FastAPI(title="bgtasks", version="1", lifespan=lifespan, dependencies=[Depends(refuse_nul)],
                   description="Background tasks for desktop and mobile apps, on Prefect. "
                   "Every route but /health needs a bearer token with the scope it names.")
     plain_openapi = app.openapi

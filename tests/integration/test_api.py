@@ -65,8 +65,11 @@ def test_spec_example_creates_the_periodic_task_it_describes(api: httpx.Client) 
         ({**SPEC_EXAMPLE, "colour": "blue"}, "colour"),
         ({**SPEC_EXAMPLE, "name": "Nightly Report"}, "name"),
         ({"schedule": {"type": "one-time"}}, "name"),
+        ({**SPEC_EXAMPLE, "data": {"note": ["ok", "a\x00b"]}}, "data.note.1"),
+        ({**SPEC_EXAMPLE, "description": "\x00"}, "description"),
     ],
-    ids=["interval-zero", "no-interval", "negative-retries", "bad-priority", "unknown-field", "no-handler", "no-name"],
+    ids=["interval-zero", "no-interval", "negative-retries", "bad-priority", "unknown-field", "no-handler", "no-name",
+         "nul-in-data", "nul-in-description"],
 )
 def test_bad_input_is_a_problem_document_naming_the_field(api: httpx.Client, body: dict, field: str) -> None:
     before = _names(api)
@@ -83,6 +86,13 @@ def test_unknown_task_is_404_problem(api: httpx.Client) -> None:
     assert resp.status_code == 404 and resp.json()["title"] == "Task not found"
     bad_query = api.get("/tasks", params={"status": "sleeping"})
     assert bad_query.status_code == 422 and bad_query.json()["errors"][0]["field"] == "status"
+
+
+def test_nul_in_path_or_query_is_422_naming_it(api: httpx.Client) -> None:
+    """PostgreSQL cannot store U+0000: refused up front on every database alike."""
+    for resp, field in ((api.get("/tasks/a%00b"), "taskId"), (api.get("/tasks", params={"sort": "\x00"}), "sort")):
+        assert resp.status_code == 422 and resp.headers["content-type"] == "application/problem+json", resp.text
+        assert [e["field"] for e in resp.json()["errors"]] == [field]
 
 
 def test_committed_openapi_document_matches_the_served_one(api: httpx.Client) -> None:

@@ -40,6 +40,7 @@ CASES = [
     ("zero timeout", {"timeoutMs": 0}, "timeoutMs"),
     ("blank name", {"name": "   "}, "name"),
     ("slash in name", {"name": "a/b"}, "name"),
+    ("NUL in data", {"data": {"k": ["x\x00"]}}, "data.k.0"),
 ]
 
 
