@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_POOL = "background-tasks"
@@ -59,6 +59,24 @@ class WorkerSettings(BaseSettings):
     prefetch_seconds: float = Field(
         2.0, ge=0, le=60, description="How far ahead of its time a run may be picked up."
     )
+    heartbeat_s: int = Field(
+        30, ge=30, le=3600,
+        description="How often a running run's process says it is alive (Prefect's flow-run "
+        "heartbeat; Prefect's minimum is 30 s).",
+    )
+    crash_after_s: float = Field(
+        90.0, gt=0, le=86400,
+        description="A run silent this long after a heartbeat is marked Crashed (its process died "
+        "with its worker or host), then retried by its task's retry policy. More than the heartbeat.",
+    )
+
+    @model_validator(mode="after")
+    def _crash_after_heartbeat(self) -> WorkerSettings:
+        if self.crash_after_s <= self.heartbeat_s:
+            raise ValueError(
+                f"BGTASKS_WORKER_CRASH_AFTER_S ({self.crash_after_s:g}) must be more than "
+                f"BGTASKS_WORKER_HEARTBEAT_S ({self.heartbeat_s}), or live runs would be marked Crashed")
+        return self
 
 
 class ApiSettings(BaseSettings):
@@ -211,6 +229,7 @@ class Settings(BaseSettings):
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_WORKER_QUERY_SECONDS": str(self.worker.query_seconds),
             "PREFECT_WORKER_PREFETCH_SECONDS": str(self.worker.prefetch_seconds),
+            "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(self.worker.heartbeat_s),
             # The CLI owns its terminal; Prefect's own prompts would hang `bgtasks up`.
             "PREFECT_CLI_PROMPT": "false",
         }

@@ -128,6 +128,22 @@ def server_healthy(api_url: str) -> bool:
     return _healthy(f"{api_url}/health")
 
 
+async def prepare_server(settings: Settings) -> None:
+    """What the Prefect server needs before a worker starts (idempotent): the pool and its
+    priority queues, the UI's control deployments, the crashed-runs automation."""
+    from prefect.client.orchestration import get_client
+
+    from bgtasks.crash import ensure_crash_detection
+    from deployments.controls import ensure_control_deployments
+    from deployments.mapping import TAG
+    from deployments.pool import ensure_pool
+
+    async with get_client() as client:
+        await ensure_pool(client, settings.worker.pool, settings.worker.type)
+        await ensure_control_deployments(client, settings.worker.pool)
+        await ensure_crash_detection(client, TAG, settings.worker.crash_after_s)
+
+
 class Stack:
     """Start, supervise and stop the embedded server and worker."""
 
@@ -175,7 +191,7 @@ class Stack:
                 self.server.start(self.env, s.home)
                 wait_until(lambda: server_healthy(s.api_url), s.server.start_timeout_s,
                            f"the Prefect server (log: {self.server.log_path})", self.server.alive)
-            progress("creating the work pool, its queues and the UI controls")
+            progress("creating the work pool, its queues, the UI controls and crash detection")
             asyncio.run(self._ensure_pool())
             progress("starting the worker")
             self.worker.start(self.env, s.home)
@@ -195,14 +211,7 @@ class Stack:
             raise
 
     async def _ensure_pool(self) -> None:
-        from prefect.client.orchestration import get_client
-
-        from deployments.controls import ensure_control_deployments
-        from deployments.pool import ensure_pool
-
-        async with get_client() as client:
-            await ensure_pool(client, self.settings.worker.pool, self.settings.worker.type)
-            await ensure_control_deployments(client, self.settings.worker.pool)
+        await prepare_server(self.settings)
 
     async def _worker_registered(self) -> bool:
         from prefect.client.orchestration import get_client

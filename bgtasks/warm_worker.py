@@ -62,6 +62,10 @@ ENTRYPOINT_CACHE_S = 30.0
 CONSTRAINT_RECHECK_S = float(os.environ.get("BGTASKS_WORKER_CONSTRAINT_RECHECK_S", "30"))
 #: How often running runs with constraints are checked (stopped when a constraint is lost).
 RUNNING_CHECK_S = 1.0
+#: How often the pool's crashed runs are looked for (a Crashed event is acted on at once).
+CRASH_SCAN_S = 60.0
+#: Crashed runs looked at per scan, the most recent first.
+CRASH_SCAN_LIMIT = 200
 #: Shortest gap between two polls triggered by events or finished runs.
 MIN_POLL_INTERVAL_S = 0.5
 #: Pending wake-ups kept (a float each); beyond, runs wait for the periodic poll.
@@ -252,6 +256,8 @@ class WarmWorker(ProcessWorker):
         self._running: dict[Any, FlowRun] = {}  # runs whose process is alive, for constraint checks
         self._stopping: dict[Any, str] = {}  # runs stopped because a constraint was lost -> why
         self._overridden: set[Any] = set()  # runs started at their constraint deadline
+        self._recovering: set[str] = set()  # crashed runs being looked at now
+        self._settled: set[str] = set()  # crashed runs left Crashed (policy exhausted)
 
     async def setup(self) -> None:
         # Entered before BaseWorker's own contexts, so they close after the
@@ -267,6 +273,7 @@ class WarmWorker(ProcessWorker):
         self._wake_group.start_soon(self._wake_loop)
         self._wake_group.start_soon(self._recheck_constraints_loop)
         self._wake_group.start_soon(self._watch_running_constraints)
+        self._wake_group.start_soon(self._recover_crashed_loop)
 
     async def teardown(self, *exc_info: Any) -> None:
         if self._wake_group is not None:
@@ -409,6 +416,88 @@ class WarmWorker(ProcessWorker):
             await self.client.request("POST", "/flow_runs/{id}/set_state", path_params={"id": run_id}, json=body)
         return len(released)
 
+    # ---- crashed runs ------------------------------------------------------------
+
+    async def _recover_crashed_loop(self) -> None:
+        """Retry the pool's crashed runs (:mod:`bgtasks.crash`): told by the Crashed event,
+        and a scan at start and every ``CRASH_SCAN_S`` for crashes while no worker listened."""
+        while True:
+            try:
+                await self._scan_crashed()
+            except Exception:  # noqa: BLE001 - the next round retries
+                self._logger.warning("Crashed-runs scan failed; retrying in %gs", CRASH_SCAN_S, exc_info=True)
+            await anyio.sleep(CRASH_SCAN_S)
+
+    async def _scan_crashed(self) -> None:
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+            FlowRunFilterTags,
+            WorkPoolFilter,
+            WorkPoolFilterName,
+        )
+        from prefect.client.schemas.sorting import FlowRunSort
+
+        from deployments.mapping import TAG
+
+        runs = await self.client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=["CRASHED"])),
+                tags=FlowRunFilterTags(all_=[TAG])),
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self._work_pool_name])),
+            sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=CRASH_SCAN_LIMIT)
+        for run in runs:
+            if str(run.id) not in self._settled:
+                await self._recover_crashed(str(run.id))
+
+    async def _recover_crashed(self, run_id: str) -> None:
+        """Put one crashed run back as AwaitingRetry, mark it Completed when its handler had
+        finished, or leave it Crashed when its retry policy is spent."""
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+        from prefect.states import AwaitingRetry, Completed
+
+        from bgtasks.crash import attempts_of, decide
+        from deployments.mapping import TAG
+        from flows._handler import parse_task_spec
+
+        if run_id in self._recovering or run_id in self._settled:
+            return
+        self._recovering.add(run_id)
+        try:
+            run = await self.client.read_flow_run(run_id)
+            if run.state is None or run.state.type.value != "CRASHED" or TAG not in (run.tags or []):
+                return
+            task_runs = await self.client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+            states = await self.client.read_flow_run_states(run.id)
+            crashes = sum(st.type.value == "CRASHED" for st in states)
+            attempts = attempts_of(task_runs, states)
+            run_logger = self.get_flow_run_logger(run)
+            why = run.state.message or "crashed"
+            if attempts.completed:
+                await self.client.set_flow_run_state(run.id, Completed(
+                    message=f"The handler had completed before the run crashed ({why}); not run again"))
+                run_logger.info("Crashed after its handler completed: marked Completed, not run again")
+                return
+            try:
+                spec = parse_task_spec(run.parameters.get("task"), run.parameters.get("data"))
+            except Exception:  # noqa: BLE001 - a definition we cannot read: no policy
+                spec = None
+            decision = decide(spec.retry_policy if spec is not None else None, attempts, crashes)
+            if not decision.retry:
+                self._settled.add(run_id)
+                run_logger.info("Crashed and not retried: %s", decision.reason)
+                return
+            at = datetime.now(UTC) + timedelta(seconds=decision.delay_s)
+            result = await self.client.set_flow_run_state(run.id, AwaitingRetry(
+                scheduled_time=at, message=f"Crashed ({why}); {decision.reason}, in {decision.delay_s:g}s"))
+            if result.status.value == "ACCEPT":
+                run_logger.info("Crashed: %s, in %gs", decision.reason, decision.delay_s)
+                self._wake_at(at)
+        finally:
+            self._recovering.discard(run_id)
+
     # ---- being told ------------------------------------------------------------
 
     async def _listen_for_runs(self) -> None:
@@ -416,12 +505,19 @@ class WarmWorker(ProcessWorker):
         from prefect.events.clients import get_events_subscriber
         from prefect.events.filters import EventFilter, EventNameFilter
 
-        flt = EventFilter(event=EventNameFilter(name=["prefect.flow-run.Scheduled"]))
+        flt = EventFilter(event=EventNameFilter(name=[
+            "prefect.flow-run.Scheduled", "prefect.flow-run.AwaitingRetry", "prefect.flow-run.Crashed"]))
         while True:
             try:
                 async with get_events_subscriber(filter=flt, reconnection_attempts=10) as sub:
                     async for event in sub:
-                        if self._is_ours(event):
+                        if not self._is_ours(event):
+                            continue
+                        if event.event == "prefect.flow-run.Crashed":
+                            if self._wake_group is not None:
+                                self._wake_group.start_soon(
+                                    self._recover_crashed, event.resource.id.removeprefix("prefect.flow-run."))
+                        else:
                             self._wake_at(_scheduled_time(event))
             except Exception as exc:  # the safety-net poll keeps working meanwhile
                 self._logger.debug("Event stream interrupted (%s); reconnecting", exc)

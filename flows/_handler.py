@@ -30,6 +30,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
+from bgtasks.crash import attempts_of, remaining_retries
 from bgtasks.models import CreateTaskOptions, RetryPolicy
 from bgtasks.retry import retry_delays_seconds, should_retry
 
@@ -89,19 +90,40 @@ def past_end(spec: CreateTaskOptions | None) -> Any:
     return None
 
 
-def retry_options(spec: CreateTaskOptions | None) -> dict[str, Any]:
+def retry_options(spec: CreateTaskOptions | None, used: int = 0) -> dict[str, Any]:
     """Prefect task options for the task's retry policy (empty: no retries).
 
+    ``used``: tries of the handler in earlier runs of this flow run (it crashed and
+    was retried, :mod:`bgtasks.crash`); they count against the policy and the
+    backoff goes on from where they left it.
     An exception whose ``retryable`` attribute is False is never retried.
     """
     policy = spec.retry_policy if spec is not None else None
     if policy is None or not policy.max_retries:
         return {}
+    retries = remaining_retries(policy, used)
+    if not retries:
+        return {"retries": 0}
+    delays = retry_delays_seconds(policy)
     return {
-        "retries": policy.max_retries,
-        "retry_delay_seconds": retry_delays_seconds(policy),
+        "retries": retries,
+        "retry_delay_seconds": delays[used:] or delays[-1:],
         "retry_condition_fn": _retry_condition(policy),
     }
+
+
+def earlier_attempts() -> int:
+    """Tries of the handler in earlier runs of the current flow run (0 on its first run)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.runtime import flow_run
+
+    if (flow_run.run_count or 1) <= 1:
+        return 0
+    with get_client(sync_client=True) as client:
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id])))
+        states = client.read_flow_run_states(flow_run.id)
+    return attempts_of(task_runs, states).used
 
 
 def _hard_timeout(seconds: float, flow_run_id: str | None) -> threading.Timer:
@@ -189,7 +211,7 @@ def background_handler(name: str) -> Callable[[Callable[..., Any]], Any]:
             spec = parse_task_spec(task, data)
             if (skipped := past_end(spec)) is not None:
                 return skipped
-            options = retry_options(spec)
+            options = retry_options(spec, earlier_attempts() if spec is not None and spec.retry_policy else 0)
             timeout_s = spec.timeout_ms / 1000.0 if spec is not None and spec.timeout_ms is not None else None
             body = _with_event(fn, event) if wants_event else fn
             attempt = _attempt_task(body, name, timeout_s)

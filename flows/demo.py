@@ -3,6 +3,8 @@
 ``data`` (all optional):
 
 - ``sleepSeconds``: sleep this long first (a blocking ``time.sleep``);
+- ``sleepRuns``: sleep only in the first N runs of the flow run (a run retried after
+  a crash runs again: its second run then goes straight on);
 - ``fail``: ``true`` fails every attempt; ``failTimes``: fail the first N attempts;
 - ``errorType``: the exception raised on failure (``RuntimeError`` by default;
   ``ValueError``, ``TimeoutError``, ``ConnectionError``, ``PermissionError``);
@@ -56,6 +58,8 @@ def demo(data: Any = None, event: dict[str, Any] | None = None) -> dict[str, Any
     if opts.get("exitCode") is not None:
         os._exit(int(opts["exitCode"]))
     sleep_s = float(opts.get("sleepSeconds", 0))
+    if opts.get("sleepRuns") is not None and int(flow_run.run_count or 1) > int(opts["sleepRuns"]):
+        sleep_s = 0
     if sleep_s > 0:
         if opts.get("blockSignals"):
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})

@@ -34,6 +34,9 @@ os.environ["BGTASKS_HOME"] = str(_HOME)
 os.environ["BGTASKS_SERVER_PORT"] = str(free_port())
 os.environ["BGTASKS_WORKER_QUERY_SECONDS"] = "1"
 os.environ["BGTASKS_WORKER_PREFETCH_SECONDS"] = "1"
+# Crash detection (bgtasks.crash): heartbeats every 30 s (Prefect's minimum), silent for 45 s
+# -> Crashed. Shorter than the 90 s default, so the crash tests wait less.
+os.environ["BGTASKS_WORKER_CRASH_AFTER_S"] = "45"
 for _k in [k for k in os.environ if k.startswith("PREFECT_")]:
     del os.environ[_k]
 

@@ -451,18 +451,6 @@ def wait_for_server(api_url: str, timeout_s: float, poll_s: float = 0.5) -> bool
         time.sleep(poll_s)
 
 
-async def _prepare(settings: Settings) -> None:
-    """The pool, its priority queues and the control deployments (as ``bgtasks up`` makes them)."""
-    from prefect.client.orchestration import get_client
-
-    from deployments.controls import ensure_control_deployments
-    from deployments.pool import ensure_pool
-
-    async with get_client() as client:
-        await ensure_pool(client, settings.worker.pool, settings.worker.type)
-        await ensure_control_deployments(client, settings.worker.pool)
-
-
 @service_app.command(name="wait-server", show=False)
 def wait_server(
     *,
@@ -476,7 +464,9 @@ def wait_server(
     if not wait_for_server(s.api_url, timeout):
         cli.fail(f"The Prefect API at {s.api_url} was not healthy after {timeout:g}s")
     if prepare:
-        asyncio.run(_prepare(s))
+        from bgtasks.stack import prepare_server
+
+        asyncio.run(prepare_server(s))
 
 
 def _redirect_output(log: Path) -> None:
@@ -589,7 +579,9 @@ def run_part(
         say(f"bgtasks service: the Prefect API at {s.api_url} was not healthy after {wait_server:g}s")
         return 1
     if prepare:
-        asyncio.run(_prepare(s))
+        from bgtasks.stack import prepare_server
+
+        asyncio.run(prepare_server(s))
     if restart_s is not None:
         out = open(log, "ab") if log is not None else None  # noqa: SIM115
         return supervise(list(argv), restart_s, say, stdout=out)
