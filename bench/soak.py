@@ -39,7 +39,8 @@ trigger daemon and the REST API. Growth trend = least-squares slope, MiB per
 hour, over all samples and over the second half of the load (start-up excluded).
 
 Writes a table to stdout, ``--out`` (PNG: RSS and lateness over time) and the
-numbers as JSON next to it. Exits 1 when a run was lost or duplicated.
+numbers as JSON next to it. Exits 1 when a run was lost or duplicated, 2 when the
+stack stopped during the soak (``bgtasks up`` stops everything when a part dies).
 
     .venv/bin/python bench/soak.py                 # 30 minutes
     .venv/bin/python bench/soak.py --minutes 3     # a quick check
@@ -82,6 +83,10 @@ BROKEN_RETRIES = 1   # the broken task always fails: 1 + BROKEN_RETRIES attempts
 # ---- the stack ------------------------------------------------------------------
 
 
+class StackDied(RuntimeError):
+    """``bgtasks up`` exited before the soak was over."""
+
+
 class Up:
     """``bgtasks up`` as our child in its own session; stopped by PID."""
 
@@ -98,9 +103,10 @@ class Up:
                                      stderr=subprocess.STDOUT, text=True, start_new_session=True)
         lines: queue.Queue[str] = queue.Queue()
 
-        def pump() -> None:
+        def pump() -> None:  # keeps all of up's output, also after start-up (why it stopped)
             assert self.proc is not None and self.proc.stdout is not None
             for line in self.proc.stdout:
+                self.output.append(line)
                 lines.put(line)
             lines.put("")
 
@@ -113,12 +119,17 @@ class Up:
                 break
             if line == "":
                 raise SystemExit(f"bgtasks up exited:\n{''.join(self.output)}")
-            self.output.append(line)
             if "Press Ctrl-C to stop" in line:
                 self.startup_s = time.monotonic() - t0
                 self.parts()
                 return
         raise SystemExit(f"bgtasks up not ready within {timeout_s:g} s:\n{''.join(self.output)}")
+
+    def check(self) -> None:
+        """Raise :class:`StackDied` when ``bgtasks up`` has exited (it stops all when a part dies)."""
+        if self.proc is not None and self.proc.poll() is not None:
+            raise StackDied(f"bgtasks up exited ({self.proc.returncode}) during the soak; its last output:\n"
+                            + "".join(self.output[-15:]))
 
     def parts(self) -> dict[str, psutil.Process]:
         """The stack's parts by name (server, worker, daemon, api), from ``up``'s children."""
@@ -341,7 +352,7 @@ def create_tasks(api: Api, home: Path, args: Any) -> tuple[list[Task], Path]:
     return tasks, inbox
 
 
-def run_load(api: Api, tasks: list[Task], inbox: Path, args: Any, ledger: Ledger, until: float) -> None:
+def run_load(api: Api, tasks: list[Task], inbox: Path, args: Any, ledger: Ledger, until: float, up: Up) -> None:
     """Fire the non-periodic load on its cadence until ``until`` (epoch seconds)."""
     by_kind = {t.kind: t for t in tasks}
     start = time.time()
@@ -366,6 +377,7 @@ def run_load(api: Api, tasks: list[Task], inbox: Path, args: Any, ledger: Ledger
             now = time.time()
             if now >= until:
                 break
+            up.check()
             for kind, _, every in cadence:
                 if every <= 0 or now < due[kind]:
                     continue
@@ -818,19 +830,40 @@ def main() -> int:
         load_end = load_start + args.minutes * 60
         cutoff = datetime.fromtimestamp(load_end, UTC)
         print(f"load for {args.minutes:g} min, until {cutoff:%H:%M:%S} UTC", flush=True)
-        run_load(api, tasks, inbox, args, ledger, load_end)
+        run_load(api, tasks, inbox, args, ledger, load_end, up)
         load_end = time.time()  # the last run-now requests have returned
 
         print(f"load over ({sum(len(v) for v in ledger.runs.values())} run-now, {len(ledger.drops)} files, "
               f"{len(ledger.api_errors)} API errors, {ledger.unsent} not sent); draining ...", flush=True)
         drain_start = time.time()
-        results = collect(settings.api_url, tasks, cutoff)
+
+        def collect_all() -> dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
+            try:
+                return collect(settings.api_url, tasks, cutoff)
+            except httpx.TransportError:
+                time.sleep(2)
+                up.check()  # the server is gone because the stack stopped: say so
+                raise
+
+        results = collect_all()
         while not drained(results, tasks, ledger) and time.time() - drain_start < args.drain_s:
             time.sleep(10)
-            results = collect(settings.api_url, tasks, cutoff)
+            up.check()
+            results = collect_all()
         drain_s = time.time() - drain_start
         sampler.halt.set()
         sampler.join(args.sample_every + 30)
+    except StackDied as exc:
+        sampler.halt.set()
+        up.stop()
+        home.drop()
+        print(f"\nFAIL: {exc}", file=sys.stderr)
+        for f, info in scan_logs(home.path / "logs", set()).items():
+            print(f"  {f}: {info['counts']}", file=sys.stderr)
+            for ex in info["examples"][:6]:
+                print(f"      {ex}", file=sys.stderr)
+        print(f"home (logs, records, database): {home.path}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("\ninterrupted: stopping the stack", file=sys.stderr)
         sampler.halt.set()
