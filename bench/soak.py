@@ -324,9 +324,10 @@ def create_tasks(api: Api, home: Path, args: Any) -> tuple[list[Task], Path]:
     for s in args.periodic:
         name = f"soak-periodic-{s:g}s"
         t = Task("periodic", "", rec / f"{name}.jsonl", interval_s=s, anchor=anchor)
-        t.id = api.create({"name": name, "handler": "demo",
-                           "schedule": {"type": "periodic", "interval": int(s * 1000), "startTime": iso(anchor)},
-                           "data": {"recordTo": str(t.record)}})
+        schedule: dict[str, Any] = {"type": "periodic", "interval": int(s * 1000), "startTime": iso(anchor)}
+        if args.catch_up:
+            schedule["catchUp"] = args.catch_up
+        t.id = api.create({"name": name, "handler": "demo", "schedule": schedule, "data": {"recordTo": str(t.record)}})
         tasks.append(t)
     far = "2099-01-01T00:00:00Z"  # one-time tasks run only when asked (run-now)
     for kind, data, policy in (
@@ -784,6 +785,9 @@ def main() -> int:
     ap.add_argument("--drop-every", type=float, default=20, help="a file into the triggered task's directory")
     ap.add_argument("--flaky-every", type=float, default=30)
     ap.add_argument("--broken-every", type=float, default=120)
+    ap.add_argument("--catch-up", default=None, metavar="POLICY",
+                    help="the periodic tasks' schedule.catchUp (skip, run-once, run-all); default: the task "
+                         "default. Runs a policy drops count as lost (MISSING): the stack fell behind")
     ap.add_argument("--sample-every", type=float, default=10, help="RSS sampling period (s)")
     ap.add_argument("--drain-s", type=float, default=300, help="at most this long for the last runs to end")
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "bench" / "soak.png")
@@ -923,7 +927,8 @@ def main() -> int:
         "when": iso(datetime.fromtimestamp(load_start, UTC)),
         "load": {"periodic_s": args.periodic, "burst": args.burst, "burst_every_s": args.burst_every,
                  "drop_every_s": args.drop_every, "flaky_every_s": args.flaky_every,
-                 "broken_every_s": args.broken_every, "burst_concurrency": args.burst_concurrency or args.burst},
+                 "broken_every_s": args.broken_every, "burst_concurrency": args.burst_concurrency or args.burst,
+                 "catch_up": args.catch_up or "(task default)"},
         "counts": counts, "totals": totals, "api_errors": ledger.api_errors, "unsent": ledger.unsent, "latency": latency,
         "rss": rss_table(samples, load_start - t0, load_end - t0),
         "run_children": {"max": max((s.get("run_children", 0) for s in samples), default=0),
