@@ -143,6 +143,10 @@ def _is_stored(info: ValidationInfo) -> bool:
     return bool(info.context and info.context.get("stored"))
 
 
+#: What a periodic task does with runs it missed (see TaskSchedule.catch_up).
+CatchUp = Literal["skip", "run-once", "run-all"]
+
+
 class TaskSchedule(_SpecModel):
     """When a task runs. The interval is in milliseconds, as in the spec."""
 
@@ -159,6 +163,12 @@ class TaskSchedule(_SpecModel):
     cron: str | None = Field(None, description="Cron expression of a periodic task (beyond the spec).")
     timezone: str | None = Field(
         None, description="IANA time zone the cron expression is read in (default UTC)."
+    )
+    catch_up: CatchUp | None = Field(
+        None,
+        description="Periodic tasks: what happens to runs missed while bgtasks was down or that "
+        "start later than the misfire grace (BGTASKS_WORKER_MISFIRE_GRACE_S): `skip` (default) drops "
+        "them, `run-once` runs the latest one, `run-all` runs every one, oldest first.",
     )
 
     @field_validator("start_time", "end_time")
@@ -233,6 +243,8 @@ class TaskSchedule(_SpecModel):
                 raise ValueError("interval: with an endTime the interval must be whole seconds")
         if self.timezone is not None and self.cron is None:
             raise ValueError("timezone: only cron schedules are read in a time zone")
+        if self.catch_up is not None and self.type != TaskType.PERIODIC:
+            raise ValueError("catchUp: only periodic tasks miss runs; a one-time task runs once when it can")
         if self.end_time is not None:
             if self.start_time is not None and self.end_time <= self.start_time:
                 raise ValueError("endTime: must be after startTime")

@@ -59,6 +59,11 @@ class WorkerSettings(BaseSettings):
     prefetch_seconds: float = Field(
         2.0, ge=0, le=60, description="How far ahead of its time a run may be picked up."
     )
+    misfire_grace_s: float = Field(
+        60.0, ge=1, le=86400,
+        description="A periodic run still waiting this long after its time has misfired: its task's "
+        "catch-up policy (schedule.catchUp) decides whether it runs.",
+    )
     heartbeat_s: int = Field(
         30, ge=30, le=3600,
         description="How often a running run's process says it is alive (Prefect's flow-run "

@@ -257,6 +257,10 @@ class WarmWorker(ProcessWorker):
         self._stopping: dict[Any, str] = {}  # runs stopped because a constraint was lost -> why
         self._overridden: set[Any] = set()  # runs started at their constraint deadline
         self._recovering: set[str] = set()  # crashed runs being looked at now
+        self._caught_up_at: float | None = None  # end of the last catch-up pass (monotonic)
+        self._caught_up_once = False  # the start-up pass (with unscheduled occurrences) is done
+        self._catching_up = False
+        self._first_catch_up = anyio.Lock()
         self._settled: set[str] = set()  # crashed runs left Crashed (policy exhausted)
 
     async def setup(self) -> None:
@@ -415,6 +419,47 @@ class WarmWorker(ProcessWorker):
         for run_id, body in released:
             await self.client.request("POST", "/flow_runs/{id}/set_state", path_params={"id": run_id}, json=body)
         return len(released)
+
+    # ---- missed runs -------------------------------------------------------------
+
+    async def get_and_submit_flow_runs(self) -> Any:
+        await self._catch_up()
+        return await super().get_and_submit_flow_runs()
+
+    async def _catch_up(self) -> None:
+        """Apply the periodic tasks' catch-up policies before polling (:mod:`bgtasks.catchup`):
+        at start with the look for occurrences nobody scheduled, then at most every
+        ``CATCH_UP_EVERY_S``."""
+        from bgtasks import catchup
+        from bgtasks.settings import load_settings
+
+        if not self._caught_up_once:
+            # Nothing is polled before the start-up pass: a missed run must not start meanwhile.
+            async with self._first_catch_up:
+                if not self._caught_up_once:
+                    await self._catch_up_pass(catchup, load_settings)
+            return
+        now = time.monotonic()
+        if self._catching_up or (self._caught_up_at is not None
+                                 and now - self._caught_up_at < catchup.CATCH_UP_EVERY_S):
+            return  # one pass at a time (the wake loop and Prefect's own poll loop both poll)
+        await self._catch_up_pass(catchup, load_settings)
+
+    async def _catch_up_pass(self, catchup: Any, load_settings: Any) -> None:
+        self._catching_up = True
+        first = not self._caught_up_once
+        try:
+            done = await catchup.apply(
+                self.client, self._work_pool_name, load_settings().worker.misfire_grace_s,
+                datetime.now(UTC), self._logger, look_for_unscheduled=first)
+            self._caught_up_once = True
+            if first and any(done.values()):
+                self._logger.info("Catch-up at start: %s", done)
+        except Exception:  # noqa: BLE001 - polling must go on; the next poll tries again
+            self._logger.warning("Catch-up of missed runs failed", exc_info=True)
+        finally:
+            self._caught_up_at = time.monotonic()
+            self._catching_up = False
 
     # ---- crashed runs ------------------------------------------------------------
 

@@ -93,7 +93,7 @@ def describe_schedule(s: TaskSchedule) -> str:
         text += f" from {s.start_time.isoformat()}"
     if s.end_time:
         text += f" until {s.end_time.isoformat()}"
-    return text
+    return text + f", missed runs: {s.catch_up or 'skip'}"
 
 
 def format_ms(ms: int) -> str:

@@ -11,7 +11,7 @@
 - ``errorMessage``: its message;
 - ``blockSignals``: block SIGALRM while sleeping, as a C extension stuck in a call
   would, so only a process-level timeout can stop it;
-- ``recordTo``: append one JSON line per attempt (``attempt``, ``pid``, ``at``, ``run``)
+- ``recordTo``: append one JSON line per attempt (``attempt``, ``pid``, ``ppid``, ``at``, ``run``)
   to this file, so a demo can show when and where each attempt ran;
 - ``exitCode``: end the run's process at once with ``os._exit(exitCode)``, as a
   crashing native library would (the run ends Crashed);
@@ -52,7 +52,7 @@ def demo(data: Any = None, event: dict[str, Any] | None = None) -> dict[str, Any
     attempt = int(task_run.run_count or 1)
     if opts.get("recordTo"):
         with open(opts["recordTo"], "a", encoding="utf-8") as fh:
-            line = {"attempt": attempt, "pid": os.getpid(), "at": datetime.now(UTC).isoformat(), "run": flow_run.id,
+            line = {"attempt": attempt, "pid": os.getpid(), "ppid": os.getppid(), "at": datetime.now(UTC).isoformat(), "run": flow_run.id,
                     "event": event}
             fh.write(json.dumps(line) + "\n")
     if opts.get("exitCode") is not None:

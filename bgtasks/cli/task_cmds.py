@@ -104,6 +104,8 @@ def create(
     timezone: Annotated[str | None, Parameter(help="Time zone of --cron (IANA name).")] = None,
     start: Annotated[str | None, Parameter(help="Periodic: first run / anchor (ISO-8601).")] = None,
     end: Annotated[str | None, Parameter(help="Periodic: no run after this time (ISO-8601).")] = None,
+    catch_up: Annotated[Literal["skip", "run-once", "run-all"] | None, Parameter(
+        help="Periodic: runs missed while bgtasks was down: skip them (default), run the latest once, or run all.")] = None,
     priority: TaskPriority = TaskPriority.NORMAL,
     requires_network: bool = False,
     requires_wifi: bool = False,
@@ -168,6 +170,8 @@ def create(
             schedule["cron"] = cron
         if timezone:
             schedule["timezone"] = timezone
+        if catch_up:
+            schedule["catchUp"] = catch_up
         body = {"name": name, "schedule": schedule, "priority": priority.value}
         if on:
             trigger: dict[str, Any] = {"on": on}

@@ -81,6 +81,8 @@ export interface TaskSchedule {
   cron?: string
   /** (bgtasks) IANA time zone the cron expression is read in (default UTC). */
   timezone?: string
+  /** (bgtasks) Periodic tasks: runs missed while bgtasks was down: 'skip' (default), 'run-once' or 'run-all'. */
+  catchUp?: 'skip' | 'run-once' | 'run-all'
 }
 
 export interface TaskConstraints {
