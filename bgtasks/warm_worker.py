@@ -311,6 +311,17 @@ class WarmWorker(ProcessWorker):
             waiting_until,
         )
 
+        if _before_start(flow_run):
+            # Prefect's interval schedule takes startTime as an anchor (the phase) and creates
+            # runs before it; the spec's startTime is the first run: those never run.
+            from prefect.exceptions import ObjectNotFound
+
+            try:
+                await self.client.delete_flow_run(flow_run.id)
+            except ObjectNotFound:
+                pass
+            self._logger.info("Dropped run %s: due before its task's startTime", flow_run.id)
+            return False
         cons = constraints_of(flow_run.parameters)
         if cons is not None:
             missing = unmet(cons, await anyio.to_thread.run_sync(self._host_snapshot))
@@ -683,6 +694,19 @@ class WarmWorker(ProcessWorker):
             # Crash already reported by the executor (or the run never started).
             return ProcessWorkerResult(status_code=0, identifier=str(handle.pid))
         return ProcessWorkerResult(status_code=execution.status_code, identifier=str(execution.handle.pid))
+
+
+def _before_start(flow_run: FlowRun) -> bool:
+    """A run Prefect's scheduler made due (by more than a second) before its periodic task's
+    ``schedule.startTime`` (run-now and triggered runs are not the schedule's)."""
+    if not flow_run.auto_scheduled:
+        return False
+    schedule = ((flow_run.parameters or {}).get("task") or {}).get("schedule") or {}
+    start, due = schedule.get("startTime"), flow_run.expected_start_time
+    if schedule.get("type") != "periodic" or not start or due is None:
+        return False
+    first = datetime.fromisoformat(str(start).replace("Z", "+00:00"))
+    return due < first - timedelta(seconds=1)
 
 
 def _scheduled_time(event: Any) -> datetime | None:

@@ -10,6 +10,7 @@ Prefect UI. Status, last and next run and the result come from flow runs.
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from bgtasks.models import (
@@ -77,6 +78,15 @@ def describe_trigger(opts: CreateTaskOptions) -> str:
     if t.network_type != "any":
         text += f", {t.network_type} networks only"
     return text
+
+
+def _first_due(due: datetime | None, opts: CreateTaskOptions | None) -> datetime | None:
+    """A periodic task's next run is never before its startTime (runs Prefect made before it,
+    the anchor being only a phase for Prefect, are dropped by the worker)."""
+    start = opts.schedule.start_time if opts is not None and opts.schedule.type == TaskType.PERIODIC else None
+    if due is None or start is None:
+        return due
+    return max(due, start)
 
 
 def describe_schedule(s: TaskSchedule) -> str:
@@ -215,7 +225,7 @@ def task_from(
         created_at=deployment.created,
         scheduled_for=scheduled_for,
         last_run=last_run.start_time if last_run is not None else None,
-        next_run=next_run.expected_start_time if next_run is not None else None,
+        next_run=_first_due(next_run.expected_start_time, opts) if next_run is not None else None,
         result=result,
         handler=handler,
         paused=bool(deployment.paused),
