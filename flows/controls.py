@@ -33,6 +33,8 @@ from bgtasks.models import (
     TaskPriority,
     TaskSchedule,
     TaskStatus,
+    TaskTarget,
+    TaskTrigger,
     TaskType,
 )
 
@@ -64,12 +66,16 @@ async def create_background_task(
     handler: Annotated[str | None, Field(description="Registered handler; default: matched from the name.")] = None,
     timeout_ms: Annotated[int | None, Field(gt=0, description="Per attempt, in milliseconds.")] = None,
     data: Annotated[Any, Field(description="JSON handed to the handler.")] = None,
+    trigger: Annotated[TaskTrigger | None, Field(
+        description="A triggered task's event (schedule type 'triggered'), e.g. file.arrived with a path.")] = None,
+    target: Annotated[TaskTarget | None, Field(
+        description="Wake these registered devices with a silent push instead of running here.")] = None,
 ) -> dict[str, Any]:
     """Create a bgtasks task (the spec's creation form); returns the BackgroundTask."""
     body = CreateTaskOptions(
         name=name, description=description, schedule=schedule, priority=priority,
         constraints=constraints or TaskConstraints(), retry_policy=retry_policy, handler=handler,
-        timeout_ms=timeout_ms, data=data,
+        timeout_ms=timeout_ms, data=data, trigger=trigger, target=target,
     )
     task = await _with_manager(lambda m: m.create(body))
     get_run_logger().info("Created task %s (%s), next run %s", task.name, task.id, task.next_run)
