@@ -7,7 +7,8 @@ a host that loses power), nobody reports the run: it would stay Running
 forever (../shared/FACTS.md). The automation :func:`crash_detection` marks a
 run of ours Crashed when no heartbeat and no state change follows a heartbeat
 within ``BGTASKS_WORKER_CRASH_AFTER_S`` (the window also opens when the run enters
-Running, for a process that dies before its first heartbeat is delivered). A run whose process alone dies while
+Pending or Running, for a worker or process that dies before the first heartbeat
+is delivered). A run whose process alone dies while
 its worker lives is reported Crashed by the worker at once.
 
 Retry. A crash is not the handler's failure, but it may be the handler's
@@ -41,7 +42,7 @@ AUTOMATION_NAME = "bgtasks: crashed runs"
 #: State changes that end a heartbeat window (any of them means the run is not lost).
 _STATE_EVENTS = (
     "Completed", "Failed", "TimedOut", "Crashed", "Cancelled", "Cancelling", "Paused", "Suspended",
-    "Scheduled", "AwaitingRetry", "AwaitingConstraints", "Late", "Pending", "Running", "Retrying",
+    "Scheduled", "AwaitingRetry", "AwaitingConstraints", "Late", "Pending", "Submitting", "Running", "Retrying",
 )
 
 
@@ -59,9 +60,10 @@ def crash_detection(tag: str, within_s: float) -> Any:
         trigger=EventTrigger(
             match={"prefect.resource.id": "prefect.flow-run.*"},
             match_related={"prefect.resource.id": f"prefect.tag.{tag}", "prefect.resource.role": "tag"},
-            # Running too (the server emits it): a process killed before its first
-            # heartbeat reached the server is still caught.
-            after={"prefect.flow-run.heartbeat", "prefect.flow-run.Running"},
+            # Pending and Running too (the server emits them): a worker that dies between
+            # taking a run and starting it, or a process killed before its first heartbeat
+            # reached the server, is still caught.
+            after={"prefect.flow-run.heartbeat", "prefect.flow-run.Pending", "prefect.flow-run.Running"},
             expect={"prefect.flow-run.heartbeat", *(f"prefect.flow-run.{s}" for s in _STATE_EVENTS)},
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,

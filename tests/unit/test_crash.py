@@ -51,6 +51,6 @@ def test_remaining_retries_after_earlier_runs() -> None:
 
 def test_the_automation_watches_heartbeats_and_running_and_never_forces() -> None:
     a = crash_detection("bgtasks", 45)
-    assert a.trigger.after == {"prefect.flow-run.heartbeat", "prefect.flow-run.Running"}
+    assert a.trigger.after == {"prefect.flow-run.heartbeat", "prefect.flow-run.Pending", "prefect.flow-run.Running"}
     assert "prefect.flow-run.Completed" in a.trigger.expect and a.trigger.within == timedelta(seconds=45)
     assert a.trigger.posture == "Proactive" and a.actions[0].force is False
