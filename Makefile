@@ -50,8 +50,10 @@ test-postgres: $(STAMP) $(SYSDEPS) $(TSCLIENT)/node_modules/.package-lock.json
 unit: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider tests/unit
 
-## Benchmarks that print numbers (README "Performance"); about 25 minutes.
+## Benchmarks that print numbers (README "Performance"); about 80 minutes with the
+## 30-minute soak.
 bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/worker.py
 	$(BIN)/python bench/worker.py --postgres postgresql://postgres@127.0.0.1:5432
@@ -59,6 +61,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/triggers.py --postgres postgresql://postgres@127.0.0.1:5432 --dirs 0 --idle-s 1
 	$(BIN)/python bench/sensors.py
 	$(BIN)/python bench/push.py
+	$(BIN)/python bench/crash_detection.py
+	$(BIN)/python bench/workers.py --postgres postgresql://postgres@127.0.0.1:5432
+	$(BIN)/python bench/restart.py
+	$(BIN)/python bench/soak.py --minutes 30
 
 ## Regenerate the committed OpenAPI document of the REST API.
 openapi: $(STAMP)
