@@ -85,6 +85,8 @@ PRIORITIES = ("high", "normal", "low")
 DEFINITION = ("id", "name", "type", "priority", "handler", "paused", "schedule", "constraints", "retryPolicy",
               "timeoutMs", "trigger", "data", "createdAt", "description")
 CREATE_CONCURRENCY = 4
+#: A create still waiting after this long counts as an error (the server is stuck, not slow).
+CREATE_TIMEOUT_S = 300
 READ_CONCURRENCY = 8
 PAGE = 200
 AWAITING = "AwaitingConstraints"
@@ -258,8 +260,9 @@ async def runs_by_id(client: Any, ids: list[str]) -> dict[str, Any]:
 # ---- create -------------------------------------------------------------------------
 
 
-async def create_all(client: Any, pool: str, watched: Path, plan: list[Made]) -> list[str]:
-    """Create every task (4 at a time), pause the paused ones; the errors (each retried once)."""
+async def create_all(client: Any, pool: str, watched: Path, plan: list[Made], progress: dict[str, Any]) -> list[str]:
+    """Create every task (4 at a time), pause the paused ones; the errors (each retried once).
+    ``progress`` gets the count done and the seconds so far (reported if the bench stops early)."""
     from bgtasks.manager import TaskManager
 
     mgr = TaskManager(client, pool, allowed_roots=[watched])
@@ -272,7 +275,7 @@ async def create_all(client: Any, pool: str, watched: Path, plan: list[Made]) ->
         async with sem:
             for attempt in (1, 2):
                 try:
-                    m.id = (await mgr.create(m.body)).id
+                    m.id = (await asyncio.wait_for(mgr.create(m.body), CREATE_TIMEOUT_S)).id
                     break
                 except Exception as exc:  # noqa: BLE001 - counted, retried once, reported
                     errors.append(f"create {m.name} (attempt {attempt}): {type(exc).__name__}: {str(exc)[:200]}")
@@ -287,9 +290,11 @@ async def create_all(client: Any, pool: str, watched: Path, plan: list[Made]) ->
                 except Exception as exc:  # noqa: BLE001
                     errors.append(f"pause {m.name}: {type(exc).__name__}: {str(exc)[:200]}")
             done += 1
+            progress.update(done=done, seconds=round(time.monotonic() - t0, 1))
             if done % 100 == 0:
                 log(f"  {done} created")
 
+    t0 = time.monotonic()
     await asyncio.gather(*(one(m) for m in plan))
     return errors
 
@@ -505,7 +510,8 @@ async def bench(args: Any, home: BenchHome, up: Up, rep: Report) -> None:
     d["mix"] = dict(by_kind)
     async with get_client() as client:
         t0 = time.monotonic()
-        errors = await create_all(client, pool, watched, plan)
+        d["create_progress"] = {}
+        errors = await create_all(client, pool, watched, plan, d["create_progress"])
         create_s = time.monotonic() - t0
     made = [m for m in plan if m.id]
     d["create"] = {"tasks": len(made), "seconds": round(create_s, 1), "per_s": round(len(made) / create_s, 1),
@@ -777,6 +783,9 @@ def print_report(rep: Report, args: Any, home: BenchHome) -> None:
         rows.append(("periodic tasks resumed", f"{r['resumed']} / {r['tasks']}: {fmt_stats(r['all_s'])}"))
         rows.append(("  of those with missed runs", fmt_stats(r["with_missed_runs_s"])))
         rows.append(("lateness, runs due after ready", fmt_stats(r["lateness_of_runs_due_after_restart_s"])))
+    if "create" not in d and d.get("create_progress"):
+        rows.append(("create, when the bench stopped", f"{d['create_progress']['done']} of {args.tasks} in "
+                                                      f"{d['create_progress']['seconds']:g} s"))
     w = max(len(a) for a, _ in rows) if rows else 0
     for a, b in rows:
         print(f"  {a:{w}}  {b}")
