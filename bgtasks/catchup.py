@@ -176,14 +176,15 @@ async def apply(client: Any, pool: str, grace_s: float, now: datetime, logger: l
     from prefect.exceptions import ObjectNotFound
     from prefect.states import Scheduled
 
+    from bgtasks.manager import read_all_deployments
     from deployments.mapping import TAG
 
     cutoff = now - timedelta(seconds=grace_s)
     missed = await _missed_runs(client, pool, cutoff)
     deployments: dict[Any, Any] = {}
     if look_for_unscheduled:
-        for dep in await client.read_deployments(
-                deployment_filter=DeploymentFilter(tags=DeploymentFilterTags(all_=[TAG, "type:periodic"]))):
+        for dep in await read_all_deployments(
+                client, DeploymentFilter(tags=DeploymentFilterTags(all_=[TAG, "type:periodic"]))):
             if not dep.paused and policy_of(dep.parameters) != "skip":
                 deployments[dep.id] = dep
     totals = {"deleted": 0, "created": 0, "kept": 0}

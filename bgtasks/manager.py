@@ -13,7 +13,7 @@ import asyncio
 from pathlib import Path
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import (
@@ -75,6 +75,16 @@ def _scheduled_not_waiting() -> FlowRunFilter:
 
 def _state_filter(*types: str) -> FlowRunFilter:
     return FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(t) for t in types])))
+
+
+async def read_all_deployments(client: Any, flt: Any) -> list[Any]:
+    """Every deployment the filter matches, a page (the API's most, 200) at a time."""
+    out: list[Any] = []
+    while True:
+        page = await client.read_deployments(deployment_filter=flt, limit=200, offset=len(out))
+        out.extend(page)
+        if len(page) < 200:
+            return out
 
 
 class TaskManager:
@@ -299,7 +309,7 @@ class TaskManager:
             tags.append(f"type:{type.value}")
         if priority is not None:
             tags.append(f"priority:{priority.value}")
-        deps = await self.client.read_deployments(deployment_filter=DeploymentFilter(tags=DeploymentFilterTags(all_=tags)))
+        deps = await read_all_deployments(self.client, DeploymentFilter(tags=DeploymentFilterTags(all_=tags)))
         sem = asyncio.Semaphore(8)
 
         async def view(dep: Any) -> BackgroundTask:
@@ -345,8 +355,11 @@ class TaskManager:
         self._ensure_not_cancelled(dep, "run")
         if dep.paused:
             raise TaskConflict(f"task {dep.name!r} is paused; resume it first (`bgtasks task resume {dep.id}`)")
+        # The key makes a request the client resends (after a 503 whose run was in fact
+        # created) return the same run instead of a second one.
         run = await self.client.create_flow_run_from_deployment(
-            dep.id, state=Scheduled(scheduled_time=datetime.now(UTC) + timedelta(seconds=delay_s)), tags=["run-now"]
+            dep.id, state=Scheduled(scheduled_time=datetime.now(UTC) + timedelta(seconds=delay_s)), tags=["run-now"],
+            idempotency_key=f"bgtasks-run-now:{uuid4()}",
         )
         return str(run.id)
 

@@ -311,6 +311,17 @@ class WarmWorker(ProcessWorker):
             waiting_until,
         )
 
+        if flow_run.auto_scheduled and flow_run.deployment_id is not None and await self._paused(flow_run):
+            # Prefect's scheduler can make a run just after a pause deleted the scheduled
+            # ones (measured: 50-175 ms later); a paused task never runs on schedule.
+            from prefect.exceptions import ObjectNotFound
+
+            try:
+                await self.client.delete_flow_run(flow_run.id)
+            except ObjectNotFound:
+                pass
+            self._logger.info("Dropped run %s: its task is paused", flow_run.id)
+            return False
         if _before_start(flow_run):
             # Prefect's interval schedule takes startTime as an anchor (the phase) and creates
             # runs before it; the spec's startTime is the first run: those never run.
@@ -433,9 +444,23 @@ class WarmWorker(ProcessWorker):
 
     # ---- missed runs -------------------------------------------------------------
 
+    async def _paused(self, flow_run: FlowRun) -> bool:
+        """Whether the run's deployment is paused now (read fresh: pause must win at once)."""
+        from prefect.exceptions import ObjectNotFound
+
+        try:
+            return bool((await self.client.read_deployment(flow_run.deployment_id)).paused)
+        except ObjectNotFound:
+            return False
+
     async def get_and_submit_flow_runs(self) -> Any:
         await self._catch_up()
-        return await super().get_and_submit_flow_runs()
+        try:
+            return await super().get_and_submit_flow_runs()
+        finally:
+            # Every slot taken: runs may be left in the queues, so a finished run should
+            # look for them (whichever loop polled: the wake loop or Prefect's own).
+            self._backlog = self._limiter is not None and self._limiter.available_tokens == 0
 
     async def _catch_up(self) -> None:
         """Apply the periodic tasks' catch-up policies before polling (:mod:`bgtasks.catchup`):
@@ -618,12 +643,9 @@ class WarmWorker(ProcessWorker):
                     await anyio.sleep(wait)
                 last_poll = time.monotonic()
                 try:
-                    await self.get_and_submit_flow_runs()
+                    await self.get_and_submit_flow_runs()  # sets _backlog
                 except Exception:
                     self._logger.exception("Polling for flow runs failed")
-                # Every slot taken: runs may be left in the queues, so a finished
-                # run should look for them. Otherwise the queues were drained.
-                self._backlog = self._limiter is not None and self._limiter.available_tokens == 0
                 continue
             changed = self._due_changed = anyio.Event()
             with anyio.move_on_after(self._due[0] - now if self._due else None):

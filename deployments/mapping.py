@@ -80,11 +80,13 @@ def describe_trigger(opts: CreateTaskOptions) -> str:
     return text
 
 
-def _first_due(due: datetime | None, opts: CreateTaskOptions | None) -> datetime | None:
-    """A periodic task's next run is never before its startTime (runs Prefect made before it,
-    the anchor being only a phase for Prefect, are dropped by the worker)."""
+def _first_due(run: Any, opts: CreateTaskOptions | None) -> datetime | None:
+    """When the next run is due. A run Prefect's scheduler made before a periodic task's
+    startTime (the anchor is only a phase for Prefect) is dropped by the worker, so the
+    schedule's next run is then the startTime; run-now and run-later runs are as they are."""
+    due = run.expected_start_time
     start = opts.schedule.start_time if opts is not None and opts.schedule.type == TaskType.PERIODIC else None
-    if due is None or start is None:
+    if due is None or start is None or not getattr(run, "auto_scheduled", False):
         return due
     return max(due, start)
 
@@ -225,7 +227,7 @@ def task_from(
         created_at=deployment.created,
         scheduled_for=scheduled_for,
         last_run=last_run.start_time if last_run is not None else None,
-        next_run=_first_due(next_run.expected_start_time, opts) if next_run is not None else None,
+        next_run=_first_due(next_run, opts) if next_run is not None else None,
         result=result,
         handler=handler,
         paused=bool(deployment.paused),
