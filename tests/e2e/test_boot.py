@@ -30,6 +30,7 @@ import pytest
 from bgtasks import service
 from bgtasks.settings import Settings
 from tests.conftest import free_port
+from tests.e2e.up import poll
 from tests.fixtures import records
 from tests.power import write_power_tree
 
@@ -131,12 +132,7 @@ def _healthy(url: str) -> bool:
 
 
 def _wait(what: str, check: Any, timeout_s: float = 240) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if got := check():
-            return got
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+    return poll(what, check, timeout_s)
 
 
 def test_the_installed_services_restore_everything_after_a_reboot(tmp_path: Path, monkeypatch: Any) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.e2e.up import Up
+from tests.e2e.up import Up, poll
 from tests.fixtures import records
 from tests.power import write_power_tree
 
@@ -35,12 +35,7 @@ def _definitions(up: Up) -> dict[str, dict[str, Any]]:
 
 
 def _wait(what: str, check: Any, timeout_s: float = 180) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if got := check():
-            return got
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
+    return poll(what, check, timeout_s)
 
 
 def _t(text: str | None) -> datetime | None:

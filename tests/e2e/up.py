@@ -80,3 +80,14 @@ class Up:
                 if c.is_running():
                     c.kill()
             raise
+
+
+def poll(what: str, check: Any, timeout_s: float) -> Any:
+    """Call ``check`` until it returns something truthy; fail after ``timeout_s`` (a safety
+    net for a hung stack, not a timing assertion)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if got := check():
+            return got
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
