@@ -227,7 +227,9 @@ def task_from(
         created_at=deployment.created,
         scheduled_for=scheduled_for,
         last_run=last_run.start_time if last_run is not None else None,
-        next_run=_first_due(next_run, opts) if next_run is not None else None,
+        # A paused task starts nothing until resumed, even a run Prefect's scheduler adds
+        # just after the pause (the worker drops it).
+        next_run=_first_due(next_run, opts) if next_run is not None and not deployment.paused else None,
         result=result,
         handler=handler,
         paused=bool(deployment.paused),

@@ -278,6 +278,11 @@ class TriggerDaemon:
                 for change in await asyncio.to_thread(tracker.step):
                     self._deliver(change)
         await asyncio.to_thread(self.save)
+        if self.files is not None:
+            # Watching before the first rules are added: a rule is armed when it is added,
+            # so a file that arrives once the state file lists the rule is seen (otherwise
+            # it would be in the baseline the observer takes when it starts).
+            await asyncio.to_thread(self.files.start)
         await self.refresh_rules()
         jobs = [asyncio.create_task(t.watch(self._deliver_and_save, stop), name=f"sensor-{n}")
                 for n, t in self.trackers.items()]
@@ -289,6 +294,8 @@ class TriggerDaemon:
             await stop.wait()
         finally:
             await asyncio.gather(*jobs, return_exceptions=True)
+            if self.files is not None:
+                await asyncio.to_thread(self.files.close)  # started here, not by its watch()
             self.save()
 
     async def _rules_loop(self, stop: asyncio.Event) -> None:
