@@ -66,6 +66,9 @@ RUNNING_CHECK_S = 1.0
 CRASH_SCAN_S = 60.0
 #: Crashed runs looked at per scan, the most recent first.
 CRASH_SCAN_LIMIT = 200
+#: How far back each scan looks for trigger actions that failed (the scan runs with the
+#: crashed-runs scan; a failure event seen live is acted on at once).
+TRIGGER_LOOKBACK = timedelta(minutes=15)
 #: Shortest gap between two polls triggered by events or finished runs.
 MIN_POLL_INTERVAL_S = 0.5
 #: Pending wake-ups kept (a float each); beyond, runs wait for the periodic poll.
@@ -262,6 +265,8 @@ class WarmWorker(ProcessWorker):
         self._catching_up = False
         self._first_catch_up = anyio.Lock()
         self._settled: set[str] = set()  # crashed runs left Crashed (policy exhausted)
+        self._triggers_done: dict[str, float] = {}  # failed trigger actions re-run -> when (monotonic)
+        self._triggers_busy: set[str] = set()  # failed trigger actions being re-run now
 
     async def setup(self) -> None:
         # Entered before BaseWorker's own contexts, so they close after the
@@ -333,6 +338,7 @@ class WarmWorker(ProcessWorker):
                 pass
             self._logger.info("Dropped run %s: due before its task's startTime", flow_run.id)
             return False
+        await _until_due(flow_run)
         cons = constraints_of(flow_run.parameters)
         if cons is not None:
             missing = unmet(cons, await anyio.to_thread.run_sync(self._host_snapshot))
@@ -507,6 +513,10 @@ class WarmWorker(ProcessWorker):
                 await self._scan_crashed()
             except Exception:  # noqa: BLE001 - the next round retries
                 self._logger.warning("Crashed-runs scan failed; retrying in %gs", CRASH_SCAN_S, exc_info=True)
+            try:
+                await self._scan_failed_triggers()
+            except Exception:  # noqa: BLE001 - the next round retries
+                self._logger.warning("Failed-triggers scan failed; retrying in %gs", CRASH_SCAN_S, exc_info=True)
             await anyio.sleep(CRASH_SCAN_S)
 
     async def _scan_crashed(self) -> None:
@@ -579,6 +589,82 @@ class WarmWorker(ProcessWorker):
         finally:
             self._recovering.discard(run_id)
 
+    # ---- failed trigger actions -----------------------------------------------------
+
+    async def _scan_failed_triggers(self) -> None:
+        """Re-run the trigger actions of the last ``TRIGGER_LOOKBACK`` that the server
+        refused as busy (the failure event may have come while no worker listened)."""
+        from prefect.events.filters import (
+            EventFilter,
+            EventNameFilter,
+            EventOccurredFilter,
+            EventResourceFilter,
+        )
+
+        from deployments.triggers import ACTION_FAILED, retryable_failure
+
+        now = datetime.now(UTC)
+        horizon = time.monotonic() - 2 * TRIGGER_LOOKBACK.total_seconds()
+        for key in [k for k, at in self._triggers_done.items() if at < horizon]:
+            del self._triggers_done[key]
+        page = await self.client.read_events(filter=EventFilter(
+            occurred=EventOccurredFilter(since=now - TRIGGER_LOOKBACK, until=now),
+            event=EventNameFilter(name=[ACTION_FAILED]),
+            resource=EventResourceFilter(id_prefix=["prefect.automation."])), limit=200)
+        while True:
+            for event in page.events:
+                failure = retryable_failure(event)
+                if failure is not None:
+                    await self._rerun_trigger(failure)
+            if page.next_page is None:
+                break
+            page = await self.client.read_events_page(page.next_page)
+
+    async def _rerun_trigger_logged(self, failure: Any) -> None:
+        try:
+            await self._rerun_trigger(failure, wait_s=30)
+        except Exception:  # noqa: BLE001 - the next scan retries
+            self._logger.warning("Re-running a failed trigger action failed; the next scan retries it",
+                                 exc_info=True)
+
+    async def _rerun_trigger(self, failure: Any, wait_s: float = 0) -> None:
+        """Create the run a trigger's automation failed to create, with the action's own
+        idempotency key: however often this runs (and on however many workers), one run."""
+        from prefect.events.filters import EventFilter, EventIDFilter, EventOccurredFilter
+        from prefect.exceptions import ObjectNotFound
+
+        from deployments.triggers import event_parameters
+
+        key = failure.idempotency_key
+        if key in self._triggers_done or key in self._triggers_busy:
+            return
+        self._triggers_busy.add(key)
+        try:
+            try:
+                dep = await self.client.read_deployment(failure.deployment_id)
+            except ObjectNotFound:  # the task was deleted since
+                self._triggers_done[key] = time.monotonic()
+                return
+            if dep.work_pool_name != self._work_pool_name:
+                return
+            if dep.paused:  # its triggers are off: the event would not start it now
+                self._triggers_done[key] = time.monotonic()
+                return
+            since = datetime.now(UTC) - 2 * TRIGGER_LOOKBACK
+            flt = EventFilter(occurred=EventOccurredFilter(since=since), id=EventIDFilter(id=[failure.event_id]))
+            deadline = time.monotonic() + wait_s
+            while not (found := await self.client.read_events(filter=flt, limit=1)).events:
+                if time.monotonic() >= deadline:  # not stored yet: the next scan comes back to it
+                    return
+                await anyio.sleep(1)  # the server stores events in batches
+            run = await self.client.create_flow_run_from_deployment(
+                dep.id, parameters=event_parameters(found.events[0]), idempotency_key=key)
+            self._triggers_done[key] = time.monotonic()
+            self._logger.info("Trigger of task %s: Prefect's action failed (%s); created run %s",
+                              dep.name, failure.reason, run.id)
+        finally:
+            self._triggers_busy.discard(key)
+
     # ---- being told ------------------------------------------------------------
 
     async def _listen_for_runs(self) -> None:
@@ -586,12 +672,20 @@ class WarmWorker(ProcessWorker):
         from prefect.events.clients import get_events_subscriber
         from prefect.events.filters import EventFilter, EventNameFilter
 
+        from deployments.triggers import ACTION_FAILED, retryable_failure
+
         flt = EventFilter(event=EventNameFilter(name=[
-            "prefect.flow-run.Scheduled", "prefect.flow-run.AwaitingRetry", "prefect.flow-run.Crashed"]))
+            "prefect.flow-run.Scheduled", "prefect.flow-run.AwaitingRetry", "prefect.flow-run.Crashed",
+            ACTION_FAILED]))
         while True:
             try:
                 async with get_events_subscriber(filter=flt, reconnection_attempts=10) as sub:
                     async for event in sub:
+                        if event.event == ACTION_FAILED:
+                            failure = retryable_failure(event)
+                            if failure is not None and self._wake_group is not None:
+                                self._wake_group.start_soon(self._rerun_trigger_logged, failure)
+                            continue
                         if not self._is_ours(event):
                             continue
                         if event.event == "prefect.flow-run.Crashed":
@@ -716,6 +810,17 @@ class WarmWorker(ProcessWorker):
             # Crash already reported by the executor (or the run never started).
             return ProcessWorkerResult(status_code=0, identifier=str(handle.pid))
         return ProcessWorkerResult(status_code=execution.status_code, identifier=str(execution.handle.pid))
+
+
+async def _until_due(flow_run: FlowRun) -> None:
+    """Wait until the run is due. Runs are picked up to ``prefetch_seconds`` early and the
+    server's own check (WaitForScheduledTime) rounds the wait to whole seconds, so without
+    this a run could start up to half a second before its time."""
+    state = flow_run.state
+    due = state.state_details.scheduled_time if state is not None and state.is_scheduled() else None
+    due = due or flow_run.expected_start_time
+    while due is not None and (wait := (due - datetime.now(UTC)).total_seconds()) > 0:
+        await anyio.sleep(wait)  # again if the wall clock was slewed meanwhile
 
 
 def _before_start(flow_run: FlowRun) -> bool:

@@ -9,10 +9,18 @@ way, and runs the task's deployment with one more parameter, ``event``: the
 event's name, id and payload (for files: the paths), so the handler sees what
 happened. The automation is owned by the deployment (``prefect.deployment.<id>``);
 pausing the task disables it.
+
+Prefect does not retry a run-deployment action that failed (``ActionFailed``: it
+emits ``prefect.automation.action.failed`` and drops it), and a busy SQLite
+server answers the action's flow-run create with 503. :func:`retryable_failure`
+picks those failures out of the event, :func:`event_parameters` renders the
+parameters the action would have sent, and the warm worker creates the run with
+the action's own idempotency key, so a retry never makes a second run.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 from uuid import UUID
@@ -31,8 +39,60 @@ EVENT_PARAMETER = {
 }
 
 
+AUTOMATION_PREFIX = "bgtasks-trigger:"
+ACTION_FAILED = "prefect.automation.action.failed"
+
+
 def automation_name(deployment_id: UUID | str) -> str:
-    return f"bgtasks-trigger:{deployment_id}"
+    return f"{AUTOMATION_PREFIX}{deployment_id}"
+
+
+@dataclass(frozen=True)
+class FailedTrigger:
+    """A triggered task's run that Prefect's automation failed to create."""
+
+    deployment_id: UUID
+    event_id: UUID  # the triggering event
+    idempotency_key: str  # the one the action used (Prefect's TriggeredAction.idempotency_key)
+    reason: str
+
+
+def retryable_failure(event: Any) -> FailedTrigger | None:
+    """The failed run of a ``prefect.automation.action.failed`` event when it is a bgtasks
+    trigger's run-deployment whose create the server refused as busy (5xx); else None.
+    Other failures (the deployment is gone, bad parameters) would fail again."""
+    if event.event != ACTION_FAILED:
+        return None
+    name = event.resource.get("prefect.resource.name") or ""
+    payload = event.payload or {}
+    status = payload.get("status_code")
+    if not name.startswith(AUTOMATION_PREFIX) or payload.get("action_type") != "run-deployment":
+        return None
+    if not isinstance(status, int) or status < 500:
+        return None
+    triggering = [r.id for r in event.related if r.role == "triggering-event"]
+    try:
+        deployment_id = UUID(name.removeprefix(AUTOMATION_PREFIX))
+        event_id = UUID(triggering[0].removeprefix("prefect.event."))
+        automation_id = event.resource.id.removeprefix("prefect.automation.")
+        key = f"automation {automation_id}, action {int(payload['action_index'])}, invocation {payload['invocation']}"
+    except (IndexError, KeyError, TypeError, ValueError):
+        return None
+    return FailedTrigger(deployment_id, event_id, key, str(payload.get("reason") or f"HTTP {status}"))
+
+
+def event_parameters(event: Any) -> dict[str, Any]:
+    """The run's parameters the automation renders from its triggering ``event``, rendered
+    by Prefect's own code (so a retried run gets exactly what the action would have sent)."""
+    import copy
+
+    from prefect.server.events.actions import RunDeployment
+    from prefect.utilities.schema_tools.hydration import HydrationContext, hydrate
+
+    parameters = {"event": copy.deepcopy(EVENT_PARAMETER)}
+    RunDeployment._upgrade_v1_templates(parameters)
+    return hydrate(parameters, HydrationContext(render_jinja=True, jinja_context={"event": event},
+                                                raise_on_error=True))
 
 
 def trigger_filter(task_id: str, trigger: TaskTrigger) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 
@@ -218,3 +219,72 @@ async def test_invalid_triggers_are_rejected_and_store_nothing(
                              "trigger": trigger})
     assert field in [e["field"] for e in err.value.errors], err.value.errors
     assert {t.name for t in await strict.list()} == before
+
+
+async def _emit(*events: Any) -> None:
+    from prefect.events.clients import get_events_client
+
+    async with get_events_client() as client:
+        for event in events:
+            await client.emit(event)
+
+
+def _action_failed(automation: Any, task_id: str, triggering: Any, status: int) -> Any:
+    """The event Prefect's actions service emits when a run-deployment action fails
+    (prefect.server.events.actions.Action.fail), for one invocation of the automation."""
+    from uuid import uuid4
+
+    from prefect.events.schemas.events import Event
+
+    return Event(
+        event="prefect.automation.action.failed",
+        resource={"prefect.resource.id": f"prefect.automation.{automation.id}",
+                  "prefect.resource.name": automation.name,
+                  "prefect.trigger-type": "event", "prefect.posture": "Reactive"},
+        related=[{"prefect.resource.id": f"prefect.deployment.{task_id}", "prefect.resource.role": "target"},
+                 {"prefect.resource.id": f"prefect.event.{triggering.id}",
+                  "prefect.resource.role": "triggering-event"}],
+        payload={"action_index": 0, "action_type": "run-deployment", "invocation": str(uuid4()),
+                 "reason": f"Unexpected status from 'run-deployment' action: {status}", "status_code": status},
+    )
+
+
+async def test_a_run_the_automation_failed_to_create_is_created_once_by_the_worker(
+    manager: Any, client: Any, tmp_path: Path
+) -> None:
+    """Prefect drops a run-deployment action that failed (a busy SQLite server answers the
+    create with 503). The worker re-creates the run from the failure event, with the event's
+    parameters and the action's own idempotency key; a failure that would fail again (4xx)
+    is left alone."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+    from prefect.events.schemas.events import Event
+
+    from deployments.triggers import automation_name
+
+    log = tmp_path / "runs.jsonl"
+    task = await manager.create({"name": "on-low-retried", "handler": "demo", "schedule": {"type": "triggered"},
+                                 "trigger": {"on": "power.battery-low"}, "data": {"recordTo": str(log)}})
+    [automation] = await client.read_automations_by_name(automation_name(task.id))
+    # The automation itself must not run the task here: only the worker's re-run can.
+    await client.pause_automation(automation.id)
+
+    def low(percent: int) -> Any:
+        return Event(event="bgtasks.power.battery-low", payload={"percent": percent},
+                     resource={"prefect.resource.id": "bgtasks.host.test", "prefect.resource.name": "test"})
+
+    first, second = low(9), low(8)
+    failed = _action_failed(automation, task.id, first, 503)
+    await _emit(first, failed)
+    runs = await _records(log, 1, "the re-created run")
+    assert runs[0]["event"]["id"] == str(first.id) and runs[0]["event"]["payload"] == {"percent": 9}
+    run = await client.read_flow_run(UUID(runs[0]["run"]))
+    assert run.idempotency_key == (f"automation {automation.id}, action 0, "
+                                   f"invocation {failed.payload['invocation']}")
+
+    # The same failure told again, one that would fail again, then a second busy one.
+    await _emit(failed, second, _action_failed(automation, task.id, second, 409),
+                _action_failed(automation, task.id, second, 503))
+    runs = await _records(log, 2, "the second re-created run")
+    assert [r["event"]["payload"]["percent"] for r in runs] == [9, 8]
+    flt = FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[UUID(task.id)]))
+    assert len(await client.read_flow_runs(flow_run_filter=flt)) == 2
