@@ -70,6 +70,16 @@ def test_the_first_sample_is_never_quiet_and_emits_nothing() -> None:
     assert diff_idle(None, first) == []
 
 
+def test_a_sample_in_the_same_clock_tick_changes_nothing() -> None:
+    """An empty window (the counters did not move) is no evidence of a busy CPU."""
+    t = IdleThresholds(idle_after_samples=3, active_after_samples=1)
+    _, idle = feed([1, 1, 1], t=t)
+    same = next_idle_state(idle, IdleSample(idle.cpu_busy_s, idle.cpu_total_s, 3.5, None), t)
+    assert same == idle and diff_idle(idle, same) == []
+    busy = next_idle_state(same, IdleSample(idle.cpu_busy_s + 90, idle.cpu_total_s + 100, 3.5, None), t)
+    assert [c.change for c in diff_idle(same, busy)] == ["active"] and busy.cpu_percent == 90.0
+
+
 def test_active_payload() -> None:
     t = IdleThresholds(idle_after_samples=3, active_after_samples=1)
     _, idle = feed([1, 1, 1], t=t)

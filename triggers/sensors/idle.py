@@ -98,6 +98,10 @@ def next_idle_state(previous: IdleState | None, sample: IdleSample, t: IdleThres
         else None
     )
     user_active = sample.user_idle_s is not None and sample.user_idle_s < t.user_idle_s
+    if previous is not None and cpu is None and not user_active:
+        # No CPU time passed since the last sample (read within the same clock tick): it says
+        # nothing about the CPU; the next sample measures from the previous one.
+        return previous
     quiet = (
         cpu is not None
         and cpu < t.cpu_percent
