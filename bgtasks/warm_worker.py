@@ -69,6 +69,8 @@ CRASH_SCAN_LIMIT = 200
 #: How far back each scan looks for trigger actions that failed (the scan runs with the
 #: crashed-runs scan; a failure event seen live is acted on at once).
 TRIGGER_LOOKBACK = timedelta(minutes=15)
+#: Events per page of the events API (its maximum).
+EVENTS_PAGE = 50
 #: Shortest gap between two polls triggered by events or finished runs.
 MIN_POLL_INTERVAL_S = 0.5
 #: Pending wake-ups kept (a float each); beyond, runs wait for the periodic poll.
@@ -593,32 +595,13 @@ class WarmWorker(ProcessWorker):
 
     async def _scan_failed_triggers(self) -> None:
         """Re-run the trigger actions of the last ``TRIGGER_LOOKBACK`` that the server
-        refused as busy (the failure event may have come while no worker listened)."""
-        from prefect.events.filters import (
-            EventFilter,
-            EventNameFilter,
-            EventOccurredFilter,
-            EventResourceFilter,
-        )
-
-        from deployments.triggers import ACTION_FAILED, retryable_failure
-
-        now = datetime.now(UTC)
+        refused as busy (the failure event may have come while no worker listened, or
+        its triggering event was not stored yet)."""
         horizon = time.monotonic() - 2 * TRIGGER_LOOKBACK.total_seconds()
         for key in [k for k, at in self._triggers_done.items() if at < horizon]:
             del self._triggers_done[key]
-        page = await self.client.read_events(filter=EventFilter(
-            occurred=EventOccurredFilter(since=now - TRIGGER_LOOKBACK, until=now),
-            event=EventNameFilter(name=[ACTION_FAILED]),
-            resource=EventResourceFilter(id_prefix=["prefect.automation."])), limit=200)
-        while True:
-            for event in page.events:
-                failure = retryable_failure(event)
-                if failure is not None:
-                    await self._rerun_trigger(failure)
-            if page.next_page is None:
-                break
-            page = await self.client.read_events_page(page.next_page)
+        for failure in await read_failed_triggers(self.client, TRIGGER_LOOKBACK):
+            await self._rerun_trigger(failure)
 
     async def _rerun_trigger_logged(self, failure: Any) -> None:
         try:
@@ -645,16 +628,17 @@ class WarmWorker(ProcessWorker):
             except ObjectNotFound:  # the task was deleted since
                 self._triggers_done[key] = time.monotonic()
                 return
-            if dep.work_pool_name != self._work_pool_name:
-                return
-            if dep.paused:  # its triggers are off: the event would not start it now
+            if dep.work_pool_name != self._work_pool_name or dep.paused:
+                # Another pool's workers see it too; a paused task's triggers are off.
                 self._triggers_done[key] = time.monotonic()
                 return
             since = datetime.now(UTC) - 2 * TRIGGER_LOOKBACK
             flt = EventFilter(occurred=EventOccurredFilter(since=since), id=EventIDFilter(id=[failure.event_id]))
             deadline = time.monotonic() + wait_s
             while not (found := await self.client.read_events(filter=flt, limit=1)).events:
-                if time.monotonic() >= deadline:  # not stored yet: the next scan comes back to it
+                if time.monotonic() >= deadline:
+                    self._logger.info("Trigger of task %s: Prefect's action failed (%s); its event is not "
+                                      "stored yet, the next scan re-runs it", dep.name, failure.reason)
                     return
                 await anyio.sleep(1)  # the server stores events in batches
             run = await self.client.create_flow_run_from_deployment(
@@ -810,6 +794,31 @@ class WarmWorker(ProcessWorker):
             # Crash already reported by the executor (or the run never started).
             return ProcessWorkerResult(status_code=0, identifier=str(handle.pid))
         return ProcessWorkerResult(status_code=execution.status_code, identifier=str(execution.handle.pid))
+
+
+async def read_failed_triggers(client: Any, lookback: timedelta) -> list[Any]:
+    """The bgtasks trigger actions of the last ``lookback`` worth running again
+    (:func:`deployments.triggers.retryable_failure`), oldest first."""
+    from prefect.events.filters import (
+        EventFilter,
+        EventNameFilter,
+        EventOccurredFilter,
+        EventResourceFilter,
+    )
+
+    from deployments.triggers import ACTION_FAILED, retryable_failure
+
+    now = datetime.now(UTC)
+    page = await client.read_events(filter=EventFilter(
+        occurred=EventOccurredFilter(since=now - lookback, until=now),
+        event=EventNameFilter(name=[ACTION_FAILED]),
+        resource=EventResourceFilter(id_prefix=["prefect.automation."])), limit=EVENTS_PAGE)
+    found = []
+    while True:
+        found.extend(f for f in map(retryable_failure, page.events) if f is not None)
+        if page.next_page is None:
+            return found[::-1]  # the API answers newest first
+        page = await client.read_events_page(page.next_page)
 
 
 async def _until_due(flow_run: FlowRun) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -257,8 +258,10 @@ async def test_a_run_the_automation_failed_to_create_is_created_once_by_the_work
     parameters and the action's own idempotency key; a failure that would fail again (4xx)
     is left alone."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
+    from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
     from prefect.events.schemas.events import Event
 
+    from bgtasks.warm_worker import read_failed_triggers
     from deployments.triggers import automation_name
 
     log = tmp_path / "runs.jsonl"
@@ -282,9 +285,27 @@ async def test_a_run_the_automation_failed_to_create_is_created_once_by_the_work
                                    f"invocation {failed.payload['invocation']}")
 
     # The same failure told again, one that would fail again, then a second busy one.
-    await _emit(failed, second, _action_failed(automation, task.id, second, 409),
-                _action_failed(automation, task.id, second, 503))
+    busy_again = _action_failed(automation, task.id, second, 503)
+    await _emit(failed, second, _action_failed(automation, task.id, second, 409), busy_again)
     runs = await _records(log, 2, "the second re-created run")
     assert [r["event"]["payload"]["percent"] for r in runs] == [9, 8]
     flt = FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[UUID(task.id)]))
     assert len(await client.read_flow_runs(flow_run_filter=flt)) == 2
+
+    # The worker's scan (for failures it did not see live) reads every page of the events
+    # API, newest first: 55 newer failures that would fail again push the two busy ones
+    # off the first page (50).
+    await _emit(*[_action_failed(automation, task.id, second, 409) for _ in range(55)])
+    stored = EventFilter(occurred=EventOccurredFilter(since=datetime.now(UTC) - timedelta(hours=1)),
+                         event=EventNameFilter(name=["prefect.automation.action.failed"]),
+                         resource=EventResourceFilter(id=[f"prefect.automation.{automation.id}"]))
+
+    async def all_stored() -> bool:
+        return (await client.read_events(filter=stored, limit=1)).total >= 57
+
+    await wait_for(all_stored, DEADLINE_S, "the failure events to be stored")
+    scanned = [f for f in await read_failed_triggers(client, timedelta(minutes=15))
+               if f.deployment_id == UUID(task.id)]
+    keys = [f"automation {automation.id}, action 0, invocation {e.payload['invocation']}"
+            for e in (failed, busy_again)]
+    assert [f.idempotency_key for f in scanned] == keys
