@@ -644,7 +644,8 @@ class WarmWorker(ProcessWorker):
             run = await self.client.create_flow_run_from_deployment(
                 dep.id, parameters=event_parameters(found.events[0]), idempotency_key=key)
             self._triggers_done[key] = time.monotonic()
-            self._logger.info("Trigger of task %s: Prefect's action failed (%s); created run %s",
+            # The same key returns the run an earlier re-run made (e.g. before a restart).
+            self._logger.info("Trigger of task %s: Prefect's action failed (%s); its run is %s",
                               dep.name, failure.reason, run.id)
         finally:
             self._triggers_busy.discard(key)
