@@ -240,6 +240,13 @@ class Settings(BaseSettings):
         }
         if self.server.database_url:
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.server.database_url
+        if not self.server.database_url or self.server.database_url.startswith("sqlite"):
+            # Prefect's late-runs service marks each run 15 s past its time "Late", one write
+            # per run. After a stall or a restart that is hundreds at once; on SQLite's single
+            # write lock they time out ("database is locked") and stall the whole server
+            # (measured: the soak and the restart test). Missed periodic runs are bgtasks'
+            # catch-up's business (schedule.catchUp); runs keep the Scheduled state.
+            env["PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED"] = "false"
         return env
 
 
