@@ -321,25 +321,11 @@ class WarmWorker(ProcessWorker):
         if flow_run.auto_scheduled and flow_run.deployment_id is not None and await self._paused(flow_run):
             # Prefect's scheduler can make a run just after a pause deleted the scheduled
             # ones (measured: 50-175 ms later); a paused task never runs on schedule.
-            from prefect.exceptions import ObjectNotFound
-
-            try:
-                await self.client.delete_flow_run(flow_run.id)
-            except ObjectNotFound:
-                pass
-            self._logger.info("Dropped run %s: its task is paused", flow_run.id)
-            return False
+            return await self._drop(flow_run, "its task is paused")
         if _before_start(flow_run):
             # Prefect's interval schedule takes startTime as an anchor (the phase) and creates
             # runs before it; the spec's startTime is the first run: those never run.
-            from prefect.exceptions import ObjectNotFound
-
-            try:
-                await self.client.delete_flow_run(flow_run.id)
-            except ObjectNotFound:
-                pass
-            self._logger.info("Dropped run %s: due before its task's startTime", flow_run.id)
-            return False
+            return await self._drop(flow_run, "due before its task's startTime")
         await _until_due(flow_run)
         cons = constraints_of(flow_run.parameters)
         if cons is not None:
@@ -370,6 +356,17 @@ class WarmWorker(ProcessWorker):
                 run_logger.info("Not started: %s", message)
                 return False
         return await super()._propose_pending_state(flow_run)
+
+    async def _drop(self, flow_run: FlowRun, why: str) -> bool:
+        """Delete a run that must never start; False (not submitted)."""
+        from prefect.exceptions import ObjectNotFound
+
+        try:
+            await self.client.delete_flow_run(flow_run.id)
+        except ObjectNotFound:
+            pass
+        self._logger.info("Dropped run %s: %s", flow_run.id, why)
+        return False
 
     async def _watch_running_constraints(self) -> None:
         """Stop a running run whose constraints stop holding (WorkManager stops its worker):
