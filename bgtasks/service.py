@@ -10,7 +10,8 @@ inputs give byte-identical files, which the snapshot tests pin.
 
 The parts (:func:`parts`), in start order, with the argv ``bgtasks up`` uses:
 
-- ``server``: ``python -m prefect server start --host H --port P`` (absent when
+- ``server``: ``python -m bgtasks.prefect_server server start --host H --port P`` (Prefect's CLI, see
+  :mod:`bgtasks.prefect_server`; absent when
   ``BGTASKS_SERVER_API_URL`` points at an existing Prefect API);
 - ``worker``: ``python -m prefect worker start --pool .. --type .. --limit ..
   --name bgtasks-<host>`` (a stable name: a restarted service is the same worker);
@@ -255,7 +256,7 @@ def parts(settings: Settings, target: Target) -> tuple[Part, ...]:
     if not s.server.api_url:
         out.append(Part(
             "server", f"bgtasks: Prefect server and UI ({s.server.host}:{s.server.port})",
-            (py, "-m", "prefect", "server", "start", "--host", s.server.host, "--port", str(s.server.port)),
+            (py, "-m", "bgtasks.prefect_server", "server", "start", "--host", s.server.host, "--port", str(s.server.port)),
             "SIGTERM", STOP_GRACE_S["server"]))
     out.append(Part(
         "worker", f"bgtasks: worker of the {s.worker.pool} pool ({s.worker.type}, limit {s.worker.limit})",

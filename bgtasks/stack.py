@@ -154,7 +154,7 @@ class Stack:
         py = sys.executable
         self.server = Part(
             "server",
-            [py, "-m", "prefect", "server", "start", "--host", settings.server.host,
+            [py, "-m", "bgtasks.prefect_server", "server", "start", "--host", settings.server.host,
              "--port", str(settings.server.port)],
             logs / "server.log",
         )

@@ -76,7 +76,7 @@ def test_parts_in_start_order_with_the_argv_of_bgtasks_up() -> None:
     parts = service.parts(settings(), target())
     assert [p.name for p in parts] == ["server", "worker", "daemon", "api"]
     server, worker, daemon, api = parts
-    assert server.argv == (POSIX_PY, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", "4200")
+    assert server.argv == (POSIX_PY, "-m", "bgtasks.prefect_server", "server", "start", "--host", "127.0.0.1", "--port", "4200")
     assert worker.argv == (POSIX_PY, "-m", "prefect", "worker", "start", "--pool", "background-tasks",
                            "--type", "bgtasks-warm", "--limit", "4", "--name", "bgtasks-host1")
     assert daemon.argv == (POSIX_PY, "-m", "triggers.daemon")
@@ -207,7 +207,7 @@ def test_systemd_quoting_of_spaces_percent_quotes_backslashes_and_dollars() -> N
     assert values(server, "WorkingDirectory") == ['/home/al ice/100%% "bg"']
     spaced = plan(settings(), target(python="/opt/my venv/bin/python"))
     assert values(unit(spaced, "bgtasks-server.service"), "ExecStart")[0].startswith(
-        '"/opt/my venv/bin/python" -m prefect server start')
+        '"/opt/my venv/bin/python" -m bgtasks.prefect_server server start')
 
 
 def test_control_characters_are_refused() -> None:
