@@ -22,9 +22,12 @@ to reset. PostgreSQL is untouched.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 _PATCHED = "_bgtasks_closes_cursors"
+#: The adapter versions whose cursor this replaces (its attributes and behaviour as read).
+_KNOWN_SQLALCHEMY = "2.0."
 
 
 def _close_on_its_thread(cursor: Any) -> None:
@@ -40,10 +43,17 @@ def _close_on_its_thread(cursor: Any) -> None:
 
 def close_cursors_in_their_thread() -> None:
     """Patch SQLAlchemy's aiosqlite cursor so no aiosqlite cursor outlives its statement unclosed."""
+    import sqlalchemy
     from sqlalchemy.dialects.sqlite import aiosqlite as sa_aiosqlite
 
     cls = sa_aiosqlite.AsyncAdapt_aiosqlite_cursor
     if getattr(cls, _PATCHED, False):
+        return
+    if not sqlalchemy.__version__.startswith(_KNOWN_SQLALCHEMY):
+        logging.getLogger("bgtasks.prefect_server").warning(
+            "SQLAlchemy %s is not a version this fix was written for (%sx): its aiosqlite cursor is "
+            "left as it is; on SQLite the server may freeze for its busy timeout under load",
+            sqlalchemy.__version__, _KNOWN_SQLALCHEMY)
         return
 
     def execute(self: Any, operation: Any, parameters: Any = None) -> Any:
