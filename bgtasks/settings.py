@@ -37,6 +37,12 @@ class ServerSettings(BaseSettings):
         120.0, gt=0, le=900, description="How long `bgtasks up` waits for the server to be healthy."
     )
 
+    @property
+    def on_sqlite(self) -> bool:
+        """The embedded server on SQLite (its default); False with an external ``api_url``,
+        whose database is not known here."""
+        return not self.api_url and (not self.database_url or self.database_url.startswith("sqlite"))
+
 
 class WorkerSettings(BaseSettings):
     """The worker of the background-tasks pool."""
@@ -240,7 +246,7 @@ class Settings(BaseSettings):
         }
         if self.server.database_url:
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.server.database_url
-        if not self.server.database_url or self.server.database_url.startswith("sqlite"):
+        if self.server.on_sqlite:
             # Prefect's late-runs service marks each run 15 s past its time "Late", one write
             # per run. After a stall or a restart that is hundreds at once; on SQLite's single
             # write lock they time out ("database is locked") and stall the whole server

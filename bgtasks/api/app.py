@@ -13,11 +13,13 @@ from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Any, Literal
 
+import httpx
 from fastapi import Body, Depends, FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from prefect.exceptions import PrefectHTTPStatusError
 from pydantic import BaseModel, ConfigDict, Field
 
 from bgtasks.auth import ApiToken, Scope, TokenStore
@@ -95,6 +97,10 @@ class AuthError(Exception):
         self.scope = scope
 
 
+#: Seconds a client is asked to wait (``Retry-After``) when the Prefect server is busy or down.
+RETRY_AFTER_S = 5
+
+
 def problem(status: int, title: str, detail: str, errors: list[dict[str, str]] | None = None,
             headers: dict[str, str] | None = None) -> JSONResponse:
     body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
@@ -138,7 +144,8 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
         app.state.ledger = RunLedger(db)
         try:
             async with get_client() as client:
-                app.state.manager = TaskManager(client, settings.worker.pool)
+                app.state.manager = TaskManager(client, settings.worker.pool,
+                                                one_write_at_a_time=settings.server.on_sqlite)
                 yield
         finally:
             if own:
@@ -219,6 +226,22 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
             challenge += ', error="invalid_token"'
         title = "Unauthorized" if exc.status == 401 else "Forbidden"
         return problem(exc.status, title, exc.detail, headers={"WWW-Authenticate": challenge})
+
+    @app.exception_handler(httpx.TransportError)
+    async def _prefect_unreachable(request: Request, exc: httpx.TransportError) -> JSONResponse:
+        # After the Prefect client's own retries: the server is down, or too busy to answer in time.
+        return problem(503, "Unavailable", f"the Prefect server did not answer ({type(exc).__name__}); "
+                       "retry later (a write that timed out may have been applied)",
+                       headers={"Retry-After": str(RETRY_AFTER_S)})
+
+    @app.exception_handler(PrefectHTTPStatusError)
+    async def _prefect_error(request: Request, exc: PrefectHTTPStatusError) -> JSONResponse:
+        status = exc.response.status_code
+        if status < 500:
+            raise exc  # a request of ours Prefect refused: a bug, reported as a 500
+        # 503 is Prefect's answer to a database that is busy (nothing was written): retryable.
+        return problem(503, "Unavailable", f"the Prefect server answered {status}; retry later",
+                       headers={"Retry-After": str(RETRY_AFTER_S)})
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

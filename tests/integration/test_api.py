@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from bgtasks.settings import Settings
-from tests.fixtures import ApiProcess, make_token
+from tests.fixtures import ApiProcess, ServerHandle, make_token
 from tests.spec_example import SPEC_EXAMPLE
 
 pytestmark = pytest.mark.integration
@@ -194,5 +194,25 @@ def test_auth_none_is_loopback_only(prefect_server: object) -> None:
     try:
         open_api.wait_healthy()
         assert httpx.get(open_api.base + "/tasks").status_code == 200
+    finally:
+        open_api.stop()
+
+
+def test_a_prefect_server_that_is_down_is_a_503_problem_to_retry(prefect_server: ServerHandle) -> None:
+    """While its Prefect server is down the API answers 503 with Retry-After, not a bare 500."""
+    open_api = ApiProcess(env={"BGTASKS_API_AUTH": "none"})
+    try:
+        open_api.wait_healthy()
+        prefect_server.stop()
+        try:
+            down = httpx.get(open_api.base + "/tasks", timeout=600)
+        finally:
+            prefect_server.start()
+        assert down.status_code == 503, down.text
+        assert down.headers["content-type"].startswith("application/problem+json")
+        assert down.headers["retry-after"] == "5"
+        assert down.json()["title"] == "Unavailable"
+        assert down.json()["detail"].startswith("the Prefect server did not answer (ConnectError)")
+        assert httpx.get(open_api.base + "/tasks", timeout=60).status_code == 200  # back with the server
     finally:
         open_api.stop()
