@@ -10,7 +10,6 @@ Errors are those of :mod:`bgtasks.errors`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from pathlib import Path
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -96,16 +95,10 @@ class TaskManager:
         pool: the work pool tasks run in (``background-tasks``).
     """
 
-    def __init__(self, client: PrefectClient, pool: str, allowed_roots: list[Path] | None = None,
-                 one_write_at_a_time: bool = False) -> None:
+    def __init__(self, client: PrefectClient, pool: str, allowed_roots: list[Path] | None = None) -> None:
         self.client = client
         self.pool = pool
         self._allowed_roots = allowed_roots
-        # On SQLite a creation is a transaction that reads, then writes; two at once make the
-        # later writer fail ("database is locked", a 503 the client retries 5 times over about
-        # a minute), and a burst of 20 run-now requests exhausted those retries (the soak).
-        # One creation at a time in this process; the others wait their turn.
-        self._writes: Any = asyncio.Lock() if one_write_at_a_time else contextlib.nullcontext()
 
     @property
     def allowed_roots(self) -> list[Path]:
@@ -164,11 +157,7 @@ class TaskManager:
         if opts.schedule.start_time is None and opts.schedule.type != TaskType.TRIGGERED:
             opts = opts.model_copy(update={"schedule": opts.schedule.model_copy(update={"start_time": now})})
         opts = opts.model_copy(update={"handler": handler})
-        async with self._writes:  # also: two creations of one name cannot both pass the check below
-            deployment_id = await self._create(opts, handler, entrypoint, now)
-        return await self.get(str(deployment_id))
 
-    async def _create(self, opts: CreateTaskOptions, handler: str, entrypoint: str, now: datetime) -> UUID:
         existing = await self.client.read_deployments(
             deployment_filter=DeploymentFilter(
                 name=DeploymentFilterName(any_=[opts.name]), tags=DeploymentFilterTags(all_=[mapping.TAG])
@@ -204,7 +193,7 @@ class TaskManager:
         except BaseException:
             await self.client.delete_deployment(deployment_id)
             raise
-        return deployment_id
+        return await self.get(str(deployment_id))
 
     async def _schedule_one_time(self, deployment_id: UUID, at: datetime) -> None:
         await self.client.create_flow_run_from_deployment(
@@ -368,11 +357,10 @@ class TaskManager:
             raise TaskConflict(f"task {dep.name!r} is paused; resume it first (`bgtasks task resume {dep.id}`)")
         # The key makes a request the client resends (after a 503 whose run was in fact
         # created) return the same run instead of a second one.
-        async with self._writes:
-            run = await self.client.create_flow_run_from_deployment(
-                dep.id, state=Scheduled(scheduled_time=datetime.now(UTC) + timedelta(seconds=delay_s)),
-                tags=["run-now"], idempotency_key=f"bgtasks-run-now:{uuid4()}",
-            )
+        run = await self.client.create_flow_run_from_deployment(
+            dep.id, state=Scheduled(scheduled_time=datetime.now(UTC) + timedelta(seconds=delay_s)), tags=["run-now"],
+            idempotency_key=f"bgtasks-run-now:{uuid4()}",
+        )
         return str(run.id)
 
     async def _scheduled_runs(self, dep_id: UUID) -> list[Any]:

@@ -144,8 +144,7 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
         app.state.ledger = RunLedger(db)
         try:
             async with get_client() as client:
-                app.state.manager = TaskManager(client, settings.worker.pool,
-                                                one_write_at_a_time=settings.server.on_sqlite)
+                app.state.manager = TaskManager(client, settings.worker.pool)
                 yield
         finally:
             if own:
