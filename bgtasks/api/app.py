@@ -226,12 +226,14 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
         title = "Unauthorized" if exc.status == 401 else "Forbidden"
         return problem(exc.status, title, exc.detail, headers={"WWW-Authenticate": challenge})
 
+    def unavailable(detail: str) -> JSONResponse:
+        return problem(503, "Unavailable", detail, headers={"Retry-After": str(RETRY_AFTER_S)})
+
     @app.exception_handler(httpx.TransportError)
     async def _prefect_unreachable(request: Request, exc: httpx.TransportError) -> JSONResponse:
         # After the Prefect client's own retries: the server is down, or too busy to answer in time.
-        return problem(503, "Unavailable", f"the Prefect server did not answer ({type(exc).__name__}); "
-                       "retry later (a write that timed out may have been applied)",
-                       headers={"Retry-After": str(RETRY_AFTER_S)})
+        return unavailable(f"the Prefect server did not answer ({type(exc).__name__}); "
+                           "retry later (a write that timed out may have been applied)")
 
     @app.exception_handler(PrefectHTTPStatusError)
     async def _prefect_error(request: Request, exc: PrefectHTTPStatusError) -> JSONResponse:
@@ -239,8 +241,7 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
         if status < 500:
             raise exc  # a request of ours Prefect refused: a bug, reported as a 500
         # 503 is Prefect's answer to a database that is busy (nothing was written): retryable.
-        return problem(503, "Unavailable", f"the Prefect server answered {status}; retry later",
-                       headers={"Retry-After": str(RETRY_AFTER_S)})
+        return unavailable(f"the Prefect server answered {status}; retry later")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
