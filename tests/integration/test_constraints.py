@@ -61,11 +61,18 @@ def daemon(prefect_server: Any, settings: Settings, host_env: dict[str, str]) ->
 
 
 async def _waiting(manager: Any, task_id: str, words: str) -> Any:
+    last: list[Any] = [None]
+
     async def check() -> Any:
-        task = await manager.get(task_id)
+        last[0] = task = await manager.get(task_id)
         return task if task.waiting and words in task.waiting[0].reason else None
 
-    return await wait_for(check, DEADLINE_S, f"task {task_id} to wait for {words}")
+    try:
+        return await wait_for(check, DEADLINE_S, f"task {task_id} to wait for {words}")
+    except AssertionError as exc:  # say where the task was instead: e.g. already finished
+        task = last[0]
+        raise AssertionError(f"{exc}; the task was {task.status.value if task else None}, "
+                             f"result {task.result if task else None}") from None
 
 
 async def _done(manager: Any, task_id: str) -> Any:
@@ -202,6 +209,15 @@ async def test_opting_out_keeps_a_run_going_when_its_constraint_is_lost(
     assert done.status.value == "completed" and len(records(log)) == 1
 
 
+# The deadline counts from when the run was due, and the worker's check must come before
+# it for the run to wait at all; a run picked up after its deadline is settled at once
+# (correctly, but then there is no wait to see). The worker here polls every second
+# (conftest) besides listening for events, but a poll is a request to a server that can
+# be slow under load: a 3 s deadline (2 s after the 1 s prefetch) once lost that race in
+# CI. This one leaves ample room.
+DEADLINE_MS = 15_000
+
+
 @pytest.mark.parametrize("on_deadline", ["run", "fail"])
 async def test_at_the_constraint_deadline_the_run_starts_anyway_or_fails(
     manager: Any, gated_worker: WorkerHandle, daemon: Any, host: tuple[Path, Path], tmp_path: Path,
@@ -211,7 +227,8 @@ async def test_at_the_constraint_deadline_the_run_starts_anyway_or_fails(
     log = tmp_path / "runs.jsonl"
     task = await manager.create({
         "name": f"deadline-{on_deadline}", "handler": "demo", "schedule": {"type": "one-time"},
-        "constraints": {"requiresCharging": True, "constraintDeadline": 3000, "onDeadline": on_deadline},
+        "constraints": {"requiresCharging": True, "constraintDeadline": DEADLINE_MS,
+                        "onDeadline": on_deadline},
         "data": {"recordTo": str(log)},
     })
     await _waiting(manager, task.id, "requiresCharging")
