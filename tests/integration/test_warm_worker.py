@@ -83,3 +83,51 @@ async def _finished(manager: Any, task_id: str) -> Any:
         return t if t.result is not None else None
 
     return await wait_for(check, 120, f"task {task_id} to finish")
+
+
+@pytest.mark.usefixtures("worker")
+async def test_a_periodic_runs_state_changes_reach_automations_at_once(manager: Any, client: Any) -> None:
+    """Prefect's scheduler creates a periodic task's runs without a ``Scheduled`` event,
+    yet the run's next state event, if less than 5 minutes later, names that state as the
+    event it follows: Prefect's automations then hold all the run's state events for 15
+    minutes, waiting for it (the crashed-runs automation fired on runs long finished; a
+    user's automation on ``Completed`` acted 15 minutes late). The warm worker emits the
+    missing event when it takes such a run, and the run's ``Completed`` is acted on now.
+    """
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId, FlowRunFilterState
+    from prefect.client.schemas.filters import FlowRunFilterStateType
+    from prefect.events.actions import DoNothing
+    from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+    task = await manager.create({"name": "events-in-order", "handler": "demo",
+                                 "schedule": {"type": "periodic", "interval": 5000}})
+    dep = f"prefect.deployment.{task.id}"
+    automation_id = await client.create_automation(AutomationCore(
+        name=f"test: Completed of {task.id}",
+        trigger=EventTrigger(
+            match={"prefect.resource.id": "prefect.flow-run.*"},
+            match_related={"prefect.resource.id": dep, "prefect.resource.role": "deployment"},
+            expect={"prefect.flow-run.Completed"}, for_each={"prefect.resource.id"},
+            posture=Posture.Reactive, threshold=1, within=0),
+        actions=[DoNothing()]))
+    try:
+        async def completed() -> Any:
+            runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                deployment_id=FlowRunFilterDeploymentId(any_=[UUID(task.id)]),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=["COMPLETED"]))))
+            return [r for r in runs if r.auto_scheduled]
+
+        [run, *_] = await wait_for(completed, 120, "a scheduled run to complete")
+
+        async def acted_on() -> Any:
+            page = await client.read_events(filter=EventFilter(
+                event=EventNameFilter(name=["prefect.automation.triggered"]),
+                related=EventRelatedFilter(id=[f"prefect.event.{run.state_id}"])), limit=1)
+            return page.events
+
+        # Not a timing threshold: without the missing event this waits 15 minutes.
+        await wait_for(acted_on, 180, f"the automation to act on run {run.id}'s Completed event")
+    finally:
+        await client.delete_automation(automation_id)
+        await manager.delete(task.id)
