@@ -866,8 +866,8 @@ def missing_scheduled_event(flow_run: FlowRun, initial: Any, now: datetime) -> d
     run created less than 5 minutes before it is due (any task's first runs; every run
     of a task due again within minutes after a pause or a restart) thus had all its
     state events held for 15 minutes: the crashed-runs automation saw its first
-    heartbeat but not its ``Completed`` and marked it Crashed (refused: the run was
-    final), and a user's automation on its ``Completed`` acted 15 minutes late. This is
+    heartbeat but not its ``Completed`` and tried to mark it Crashed (refused: the run
+    was final), and a user's automation on its ``Completed`` acted 15 minutes late. This is
     that first event, with the id and time of the run's initial state.
     """
     from prefect.client.schemas.objects import StateType
