@@ -177,3 +177,64 @@ async def test_the_patched_adapter_still_reads_and_writes(tmp_path, stock_adapte
     await settled(cursors)
     assert len(cursors.of("INSERT")) == 2 and all(is_closed(c) for _, c in cursors)
     await engine.dispose()
+
+
+@pytest.fixture
+def begin_as_shipped():
+    """Prefect's SQLite ``begin_transaction`` as shipped, restored after the test."""
+    from prefect.server.database.configurations import AioSqliteConfiguration
+
+    saved = AioSqliteConfiguration.__dict__["begin_transaction"]
+    yield AioSqliteConfiguration
+    AioSqliteConfiguration.begin_transaction = saved
+    if "_bgtasks_begins_immediate" in AioSqliteConfiguration.__dict__:
+        delattr(AioSqliteConfiguration, "_bgtasks_begins_immediate")
+
+
+@pytest.mark.parametrize("patched", [False, True], ids=["stock", "immediate"])
+async def test_a_transaction_that_reads_then_writes_is_not_refused_by_a_write_in_between(
+    tmp_path: Path, begin_as_shipped, patched: bool
+) -> None:
+    """Stock: Prefect's deferred transaction reads, another connection writes, and its own
+    write is refused at once ("database is locked": the server's 503, the client's 2 s
+    retry). Immediate: the transaction holds the write lock from its BEGIN, so the other
+    writer waits (here, with no busy timeout, it is refused) and the transaction's write goes in."""
+    from prefect.server.database.configurations import AioSqliteConfiguration
+
+    from bgtasks.prefect_server import immediate_write_transactions
+
+    if patched:
+        immediate_write_transactions()
+    path = tmp_path / "prefect.db"
+    with sqlite3.connect(path) as setup:
+        setup.execute("PRAGMA journal_mode = WAL")
+        setup.execute("CREATE TABLE runs (id INTEGER PRIMARY KEY, who TEXT)")
+    config = AioSqliteConfiguration(connection_url=f"sqlite+aiosqlite:///{path}")
+    engine = await config.engine()
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+
+    def other_writes() -> None:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("INSERT INTO runs (who) VALUES ('other')")
+        other.execute("COMMIT")
+
+    try:
+        session = await config.session(engine)
+        async with session:
+            if patched:
+                async with config.begin_transaction(session):
+                    await session.execute(sa.text("SELECT count(*) FROM runs"))
+                    with pytest.raises(sqlite3.OperationalError, match="locked"):
+                        other_writes()
+                    await session.execute(sa.text("INSERT INTO runs (who) VALUES ('server')"))
+            else:
+                with pytest.raises(sa.exc.OperationalError, match="locked"):
+                    async with config.begin_transaction(session):
+                        await session.execute(sa.text("SELECT count(*) FROM runs"))
+                        other_writes()
+                        await session.execute(sa.text("INSERT INTO runs (who) VALUES ('server')"))
+        rows = [r[0] for r in other.execute("SELECT who FROM runs ORDER BY id")]
+        assert rows == (["server"] if patched else ["other"])
+    finally:
+        other.close()
+        await engine.dispose()
