@@ -8,7 +8,7 @@ TSCLIENT := clients/typescript
 CHROMIUM := /usr/bin/chromium
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test test-postgres unit bench install clean openapi browser
+.PHONY: run test test-postgres unit bench install clean openapi browser snapshots
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -65,6 +65,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/workers.py --postgres postgresql://postgres@127.0.0.1:5432
 	$(BIN)/python bench/restart.py
 	$(BIN)/python bench/soak.py --minutes 30
+
+## Regenerate the service-file snapshots after a deliberate change (review the diff).
+snapshots: $(STAMP)
+	$(BIN)/python -m tests.update_snapshots
 
 ## Regenerate the committed OpenAPI document of the REST API.
 openapi: $(STAMP)

@@ -10,7 +10,8 @@ Scopes:
 - ``tasks:write``: create, run, pause, resume, cancel, delete;
 - ``devices:write``: register and remove devices (``mobile_push``);
 - ``devices:report``: a device reports the outcome of its runs. A token bound to a
-  device (``--device``) may report only for that device.
+  device (``--device``, which must be registered) may report only for that device and
+  change only that device's push token; removing the device revokes it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from bgtasks.store import Store
-from bgtasks.store.schema import api_tokens
+from bgtasks.store.schema import api_tokens, devices
+from bgtasks.text import unsafe_char
 
 PREFIX = "bgt_"
 #: ``last_used_at`` is written at most this often per token (a write per request would
@@ -120,6 +122,8 @@ class TokenStore:
             raise ValueError("name: must be 1 to 100 characters")
         if device_id is not None and scopes - {Scope.DEVICES_REPORT}:
             raise ValueError("device: a device-bound token may carry only the devices:report scope")
+        if (found := unsafe_char(name)) is not None:
+            raise ValueError(f"name: must not contain control or bidi-override characters (found {found})")
         secret = PREFIX + secrets.token_urlsafe(32)
         row = {
             "id": uuid.uuid4().hex[:12],
@@ -130,6 +134,9 @@ class TokenStore:
             "created_at": datetime.now(UTC),
         }
         async with self.store.session() as s:
+            if device_id is not None and (await s.execute(
+                    sa.select(devices.c.id).where(devices.c.id == device_id))).first() is None:
+                raise ValueError(f"device: no device {device_id!r} is registered (`bgtasks device add` first)")
             await s.execute(api_tokens.insert().values(**row))
         return ApiToken.from_row(SimpleNamespace(**row, last_used_at=None, revoked_at=None)), secret
 

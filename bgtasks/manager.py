@@ -10,6 +10,7 @@ Errors are those of :mod:`bgtasks.errors`.
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -46,6 +47,7 @@ from bgtasks.models import (
     field_errors,
 )
 from bgtasks.errors import InvalidTask, TaskConflict, TaskError, TaskNotFound
+from bgtasks.settings import Settings
 from deployments import mapping
 from deployments.schedules import prefect_schedules
 from deployments.triggers import automation_for, automation_name
@@ -95,19 +97,39 @@ class TaskManager:
         pool: the work pool tasks run in (``background-tasks``).
     """
 
-    def __init__(self, client: PrefectClient, pool: str, allowed_roots: list[Path] | None = None) -> None:
+    def __init__(self, client: PrefectClient, pool: str, allowed_roots: list[Path] | None = None,
+                 settings: Settings | None = None) -> None:
         self.client = client
         self.pool = pool
         self._allowed_roots = allowed_roots
+        self._settings = settings
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            from bgtasks.settings import load_settings
+
+            self._settings = load_settings()
+        return self._settings
 
     @property
     def allowed_roots(self) -> list[Path]:
         """Where file triggers may watch (the daemon's setting)."""
         if self._allowed_roots is None:
-            from bgtasks.settings import load_settings
-
-            self._allowed_roots = load_settings().daemon.allowed_roots
+            self._allowed_roots = self.settings.daemon.allowed_roots
         return self._allowed_roots
+
+    def check_limits(self, opts: CreateTaskOptions) -> None:
+        """What the settings bound: the size of ``data``; a device task's report URL."""
+        limit = self.settings.task.data_max_bytes
+        size = len(json.dumps(opts.data).encode())
+        if size > limit:
+            raise InvalidTask([{"field": "data", "message": f"is {size} bytes as JSON, over the limit of {limit} "
+                                                             "(BGTASKS_TASK_DATA_MAX_BYTES)"}])
+        if opts.target is not None and not self.settings.push.public_url:
+            raise InvalidTask([{"field": "target", "message": "devices report to the REST API at "
+                                "BGTASKS_PUSH_PUBLIC_URL, which is not set: set it to the https address where "
+                                "devices reach this API (http only on a loopback address, for development)"}])
 
     def check_trigger_path(self, opts: CreateTaskOptions) -> None:
         """A file trigger's path must be an existing directory inside an allowed root."""
@@ -151,6 +173,7 @@ class TaskManager:
     async def create(self, body: dict[str, Any] | CreateTaskOptions) -> BackgroundTask:
         """Validate and create a task; return it. Bad input stores nothing."""
         opts, handler, entrypoint = self.validate(body)
+        self.check_limits(opts)
         self.check_trigger_path(opts)
         now = datetime.now(UTC)
         # Pin the start so that the stored definition says when the task was meant to run.

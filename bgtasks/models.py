@@ -21,10 +21,11 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    AfterValidator,
     AliasChoices,
     AwareDatetime,
     BaseModel,
@@ -35,6 +36,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+
+from bgtasks.text import refuse_unsafe
 
 __all__ = [
     "BackgroundTask",
@@ -67,6 +70,12 @@ MAX_RETRIES = 100
 MIN_INTERVAL_MS = 1000
 #: Longest backoff or timeout we accept: a week.
 MAX_DURATION_MS = 7 * 24 * 3600 * 1000
+
+
+#: A one-line name or label: no control characters, no bidi overrides (see bgtasks.text).
+SafeText = Annotated[str, AfterValidator(refuse_unsafe)]
+#: Free text (descriptions): newlines and tabs allowed, other controls and bidi overrides not.
+SafeMultiline = Annotated[str, AfterValidator(lambda v: refuse_unsafe(v, allow="\n\t"))]
 
 
 class TaskType(StrEnum):
@@ -317,12 +326,28 @@ class TaskConstraints(_SpecModel):
                     or self.requires_device_idle or self.requires_storage_not_low)
 
 
+def compile_pattern(pattern: str) -> Any:
+    """``pattern`` compiled by RE2, whose matching time is linear in the text: a pattern sent
+    by a client cannot stall a worker with catastrophic backtracking. RE2 has no
+    backreferences or lookaround; a ValueError says what it refused."""
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False  # the pattern is user input: not into our stderr
+    try:
+        return re2.compile(pattern, options)
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else exc
+        raise ValueError(reason.decode() if isinstance(reason, bytes) else str(reason)) from None
+
+
 class RetryCondition(_SpecModel):
     """Which failures are retried (beyond the spec). Absent: every failure is.
 
     A failure is retried when its exception type (or any base class) is named in
     ``exceptions`` or its message matches ``messagePattern`` (a regular
-    expression, searched anywhere in the message).
+    expression in RE2's syntax, searched anywhere in the message: no backreferences
+    or lookaround, and matching time linear in the message).
     """
 
     exceptions: list[str] = Field(default_factory=list, max_length=50)
@@ -341,9 +366,9 @@ class RetryCondition(_SpecModel):
     def _compiles(cls, v: str | None) -> str | None:
         if v is not None:
             try:
-                re.compile(v)
-            except re.error as exc:
-                raise ValueError(f"not a valid regular expression: {exc}") from None
+                compile_pattern(v)
+            except ValueError as exc:
+                raise ValueError(f"not a regular expression RE2 accepts: {exc}") from None
         return v
 
     @model_validator(mode="after")
@@ -396,8 +421,8 @@ class TaskTrigger(_SpecModel):
     """
 
     on: Literal[TRIGGER_EVENTS] = Field(description="The event: file.*, network.*, power.*, device.*, storage.*")  # type: ignore[valid-type]
-    path: str | None = Field(None, max_length=4096, description="file.*: the directory to watch (absolute).")
-    pattern: str | None = Field(None, max_length=200, description="file.*: glob of file names, e.g. *.csv.")
+    path: SafeText | None = Field(None, max_length=4096, description="file.*: the directory to watch (absolute).")
+    pattern: SafeText | None = Field(None, max_length=200, description="file.*: glob of file names, e.g. *.csv.")
     recursive: bool = Field(False, description="file.*: also watch subdirectories.")
     debounce_ms: int = Field(1000, ge=0, le=3_600_000, description="file.*: wait for quiet this long, then run "
                              "once for the burst.")
@@ -423,14 +448,14 @@ class TaskTarget(_SpecModel):
     """The devices a task wakes with a silent push instead of running on this host
     (beyond the spec; ``mobile_push``). Every given criterion must hold."""
 
-    device_ids: list[str] | None = Field(None, min_length=1, max_length=10000,
-                                         description="Registered device ids.")
-    labels: list[str] | None = Field(None, min_length=1, max_length=50,
-                                     description="Devices carrying all these labels.")
+    device_ids: list[SafeText] | None = Field(None, min_length=1, max_length=10000,
+                                              description="Registered device ids.")
+    labels: list[SafeText] | None = Field(None, min_length=1, max_length=50,
+                                          description="Devices carrying all these labels.")
     platform: Literal["android", "ios"] | None = Field(None, description="Only this platform.")
     high_priority: bool = Field(False, description="FCM android priority high (deprioritised by FCM when "
                                 "no notification is shown: use it only for urgent work).")
-    collapse_key: str | None = Field(None, max_length=64, description="Newer pushes replace queued older ones.")
+    collapse_key: SafeText | None = Field(None, max_length=64, description="Newer pushes replace queued older ones.")
 
     @model_validator(mode="after")
     def _says_something(self) -> TaskTarget:
@@ -445,15 +470,15 @@ _NAME_FORBIDDEN = set("/%&<>")
 class CreateTaskOptions(_SpecModel):
     """What a client sends to create a task (the spec's shape, plus the extras above)."""
 
-    name: str = Field(min_length=1, max_length=100)
-    description: str | None = Field(None, max_length=2000)
+    name: SafeText = Field(min_length=1, max_length=100)
+    description: SafeMultiline | None = Field(None, max_length=2000)
     schedule: TaskSchedule
     priority: TaskPriority = TaskPriority.NORMAL
     constraints: TaskConstraints = Field(default_factory=TaskConstraints)
     retry_policy: RetryPolicy | None = None
     data: Any = None
     timeout_ms: int | None = Field(None, gt=0, le=MAX_DURATION_MS, description="Per attempt.")
-    handler: str | None = Field(
+    handler: SafeText | None = Field(
         None, min_length=1, max_length=100, description="Registered handler (flow) to run."
     )
     target: TaskTarget | None = Field(

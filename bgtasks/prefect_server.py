@@ -1,7 +1,9 @@
-"""Prefect's server, with two fixes for its embedded SQLite: ``python -m bgtasks.prefect_server server start``.
+"""Prefect's server, locked and with two fixes for its embedded SQLite: ``python -m bgtasks.prefect_server server start``.
 
-It runs Prefect's own CLI (``python -m prefect``) after :func:`close_cursors_in_their_thread`
-and :func:`immediate_write_transactions` (its docstring says what that one fixes).
+It runs Prefect's own CLI (``python -m prefect``) after :func:`guard_server_app` (every
+request needs the auth string, which ``server start`` refuses to run without, and the
+Host and Origin checks of :mod:`bgtasks.guard`), :func:`close_cursors_in_their_thread` and
+:func:`immediate_write_transactions` (its docstring says what that one fixes).
 
 The fault it fixes (measured with the 30-minute soak, docs/scaling.md). SQLAlchemy's
 aiosqlite adapter opens an aiosqlite cursor per statement and closes it only when the
@@ -28,6 +30,7 @@ from typing import Any
 
 _PATCHED = "_bgtasks_closes_cursors"
 _PATCHED_BEGIN = "_bgtasks_begins_immediate"
+_PATCHED_GUARD = "_bgtasks_guarded"
 #: The adapter versions whose cursor this replaces (its attributes and behaviour as read).
 _KNOWN_SQLALCHEMY = "2.0."
 
@@ -138,7 +141,100 @@ def immediate_write_transactions() -> None:
     setattr(AioSqliteConfiguration, _PATCHED_BEGIN, True)
 
 
+class AuthFirst:
+    """401 for an API request without the auth string, before any other middleware runs.
+
+    Prefect checks the auth string too, but after its CSRF middleware, which reads the
+    database for any request that carries CSRF headers: unauthenticated requests should
+    cost nothing and be told 401. Health probes stay open (as in Prefect); websockets
+    authenticate with their first message (Prefect's own check); CORS preflights carry no
+    credentials by design; the UI's files are public (it asks for the string at its login).
+    """
+
+    OPEN = frozenset({"/api/health", "/api/ready"})
+
+    def __init__(self, app: Any, auth_string: str) -> None:
+        import base64
+
+        self.app = app
+        self.expected = ("Basic " + base64.b64encode(auth_string.encode()).decode()).encode()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        import hmac
+
+        from bgtasks.guard import header
+
+        path = scope.get("path", "")
+        method = scope.get("method")
+        if (scope["type"] == "http" and (path == "/api" or path.startswith("/api/")) and method != "OPTIONS"
+                and not (path in self.OPEN and method in ("GET", "HEAD"))):
+            given = (header(scope, b"authorization") or "").encode("latin-1")
+            if not hmac.compare_digest(given, self.expected):
+                body = b'{"exception_message":"Unauthorized"}'
+                await send({"type": "http.response.start", "status": 401,
+                            "headers": [(b"content-type", b"application/json"),
+                                        (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def server_doors() -> tuple[list[str], list[str], str]:
+    """The Host names and browser origins the server answers to, and its auth string, from the
+    settings it runs with.
+
+    Raises ``SystemExit`` when the server would run without its auth string or with every
+    origin allowed: bgtasks never starts an open Prefect server.
+    """
+    from prefect.settings import get_current_settings
+
+    from bgtasks.settings import ServerSettings, allowed_hosts
+
+    api = get_current_settings().server.api
+    if api.auth_string is None or not api.auth_string.get_secret_value():
+        raise SystemExit("bgtasks.prefect_server: refusing to start without an auth string "
+                         "(PREFECT_SERVER_API_AUTH_STRING); `bgtasks up` and `bgtasks service install` set it")
+    origins = [o.strip() for o in api.cors_allowed_origins.split(",") if o.strip()]
+    if not origins or "*" in origins:
+        raise SystemExit("bgtasks.prefect_server: refusing to allow every browser origin "
+                         "(PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS); `bgtasks up` sets the UI's own")
+    return allowed_hosts(api.host, ServerSettings().allowed_hosts), origins, api.auth_string.get_secret_value()
+
+
+def guard_server_app(hosts: list[str], origins: list[str], auth_string: str) -> None:
+    """Put :class:`bgtasks.guard.HostOriginGuard` and :class:`AuthFirst` in front of the app
+    ``prefect server start`` builds.
+
+    ``server start`` imports ``create_app`` from its module when it runs (in the same
+    process, one uvicorn worker), so replacing the module's function wraps what it serves.
+    """
+    import prefect.server.api.server as server
+
+    from bgtasks.guard import HostOriginGuard
+
+    if getattr(server.create_app, _PATCHED_GUARD, False):
+        return
+    build = server.create_app
+
+    def create_app(*args: Any, **kwargs: Any) -> Any:
+        return HostOriginGuard(AuthFirst(build(*args, **kwargs), auth_string), hosts, origins)
+
+    setattr(create_app, _PATCHED_GUARD, True)
+    server.create_app = create_app  # type: ignore[assignment]
+
+
 def main() -> None:
+    import sys
+
+    from bgtasks.home import private_umask
+
+    private_umask()  # the database, its journal and the logs are the owner's alone
+    if sys.argv[1:3] == ["server", "start"]:
+        if any(a.startswith("--workers") for a in sys.argv):
+            # Several uvicorn workers build the app in new processes, without the guard.
+            raise SystemExit("bgtasks.prefect_server: --workers is not supported; run one server per "
+                             "process (several behind a load balancer)")
+        guard_server_app(*server_doors())
     close_cursors_in_their_thread()
     immediate_write_transactions()
     from prefect.cli import app

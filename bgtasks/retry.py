@@ -10,10 +10,9 @@ Jitter only shortens a delay ("within jitter" = in ``[d * (1 - jitter), d]``).
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Sequence
 
-from bgtasks.models import RetryCondition, RetryPolicy
+from bgtasks.models import RetryCondition, RetryPolicy, compile_pattern
 
 #: Prefect refuses longer delay lists.
 PREFECT_MAX_DELAYS = 50
@@ -54,7 +53,7 @@ def should_retry(condition: RetryCondition | None, exc: BaseException | None) ->
         return False
     if set(condition.exceptions) & exception_names(exc):
         return True
-    if condition.message_pattern is not None and re.search(condition.message_pattern, str(exc)):
+    if condition.message_pattern is not None and compile_pattern(condition.message_pattern).search(str(exc)):
         return True
     return False
 

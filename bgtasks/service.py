@@ -120,7 +120,8 @@ import plistlib
 import re
 import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from xml.sax.saxutils import escape as xml_escape
 from pathlib import PurePath, PurePosixPath, PureWindowsPath
 from typing import Literal
 from xml.etree import ElementTree as ET
@@ -150,7 +151,25 @@ _DEFAULT_PATH = {
     "linux": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "macos": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
 }
-_SECRET_KEY = re.compile(r"(PASSWORD|SECRET|TOKEN|API_KEY|_KEY$)")
+_SECRET_KEY = re.compile(r"(PASSWORD|SECRET|TOKEN|API_KEY|_KEY$|AUTH_STRING)")
+#: systemd's sandbox for every part (``systemd-analyze security`` explains each). Writable:
+#: the home, and for the worker the handlers' file roots; the rest of the system and the
+#: users' homes read-only; no capabilities, no new privileges, no devices, no kernel knobs.
+SYSTEMD_SANDBOX = (
+    "UMask=0077", "NoNewPrivileges=yes", "ProtectSystem=strict", "ProtectHome=read-only",
+    "PrivateDevices=yes", "ProtectKernelTunables=yes", "ProtectKernelModules=yes", "ProtectKernelLogs=yes",
+    "ProtectControlGroups=yes", "ProtectClock=yes", "ProtectHostname=yes", "ProtectProc=invisible",
+    "RestrictSUIDSGID=yes", "RestrictRealtime=yes", "RestrictNamespaces=yes", "LockPersonality=yes",
+    "SystemCallArchitectures=native", "SystemCallFilter=@system-service", "SystemCallFilter=~@privileged",
+    "SystemCallErrorNumber=EPERM", "PrivateMounts=yes", "RemoveIPC=yes",
+    "CapabilityBoundingSet=", "AmbientCapabilities=",
+    # AF_NETLINK: the daemon's network doorbell, and every part's interface listing (getifaddrs).
+    "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+)
+#: Where a private /tmp would hide what a part must see.
+_SHARED_TMP = ("/tmp", "/var/tmp")
+#: systemd's EnvironmentFile of the secret variables (under the home).
+SECRETS_ENV = "secrets.env"
 _URL_PASSWORD = re.compile(r"://[^/@:\s]*:[^/@\s]+@")
 
 
@@ -221,6 +240,15 @@ class Plan:
     status: tuple[Step, ...]  # one per part, in start order
     log_files: tuple[str, ...] = ()  # launchd and Windows: <home>/logs/<part>.log per part
     manager: str = ""  # the program that must be on PATH to install
+    secrets: tuple[str, ...] = field(default=(), repr=False)  # secret values in the files (masked in dry runs)
+
+    def masked(self, f: ServiceFile) -> str:
+        """``f``'s text with every secret value replaced by ``<secret, not shown>``."""
+        text = f.text()
+        for value in self.secrets:
+            for form in {value, xml_escape(value), json.dumps(value)[1:-1]}:
+                text = text.replace(form, "<secret, not shown>")
+        return text
 
     def unit_of(self, part: str) -> str:
         return self.units[[p.name for p in self.parts].index(part)]
@@ -296,7 +324,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
     }
     for key, value in (("BGTASKS_SERVER_DATABASE_URL", s.server.database_url),
                        ("BGTASKS_SERVER_API_URL", s.server.api_url),
-                       ("BGTASKS_DATABASE_URL", s.database_url)):
+                       ("BGTASKS_DATABASE_URL", s.database_url),
+                       ("BGTASKS_SERVER_AUTH_STRING",
+                        s.server.auth_string.get_secret_value() if s.server.auth_string else None)):
         if value:
             env[key] = value
     return env
@@ -327,9 +357,53 @@ def service_env(settings: Settings, target: Target, extra_env: Mapping[str, str]
     return dict(sorted(env.items()))
 
 
+def is_secret(key: str, value: str) -> bool:
+    """A credential: a ``*PASSWORD``/``*SECRET``/``*TOKEN``/``*_KEY``/``*AUTH_STRING`` variable, or a
+    URL with a password."""
+    return bool(_SECRET_KEY.search(key) or _URL_PASSWORD.search(value))
+
+
 def has_secret(env: Mapping[str, str]) -> bool:
     """Whether a file holding ``env`` must be private to its owner (mode 0600)."""
-    return any(_SECRET_KEY.search(k) or _URL_PASSWORD.search(v) for k, v in env.items())
+    return any(is_secret(k, v) for k, v in env.items())
+
+
+def split_secrets(env: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """``env`` as (public, secret) variables."""
+    public = {k: v for k, v in env.items() if not is_secret(k, v)}
+    return public, {k: v for k, v in env.items() if k not in public}
+
+
+def environment_file(env: Mapping[str, str]) -> bytes:
+    """systemd's ``EnvironmentFile=`` format, each value single-quoted (taken literally)."""
+    lines = [f"# {HEADER}", "# Secret variables of the bgtasks services (mode 0600; read by systemd)."]
+    for key, value in env.items():
+        if "'" in value:
+            raise ValueError(f"environment variable {key}: a single quote cannot go into a systemd "
+                             "EnvironmentFile value")
+        lines.append(f"{key}='{value}'")
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _inside(path: str, roots: tuple[str, ...]) -> bool:
+    return any(path == r or path.startswith(r + "/") for r in roots)
+
+
+def sandbox(settings: Settings, part: Part) -> list[str]:
+    """The sandbox lines of ``part``'s unit: :data:`SYSTEMD_SANDBOX`, its writable paths and /tmp."""
+    writable = [f"ReadWritePaths={systemd_path_word(str(settings.home))}"]
+    watched: list[str] = []
+    if part.name == "worker":
+        roots = [str(r) for r in settings.handler_roots]
+        # "-": a root that does not exist yet must not stop the worker from starting.
+        writable += [f"ReadWritePaths={systemd_path_word('-' + r)}" for r in roots
+                     if not _inside(r, (str(settings.home),))]
+        watched = roots
+    elif part.name == "daemon":
+        watched = [str(r) for r in settings.daemon.allowed_roots]
+    # A private /tmp would hide the files a worker's handler or a daemon's trigger must see there.
+    shared = any(_inside(r, _SHARED_TMP) for r in watched)
+    return [*SYSTEMD_SANDBOX, *writable, f"PrivateTmp={'no' if shared else 'yes'}"]
 
 
 # --------------------------------------------------------------------------- systemd
@@ -358,6 +432,15 @@ def systemd_path(path: str) -> str:
     return path.replace("%", "%%")
 
 
+def systemd_path_word(path: str) -> str:
+    """One entry of a path list (``ReadWritePaths=``): specifiers escaped, quoted when it has
+    blanks, quotes or backslashes (a prefix such as ``-`` goes inside the quotes)."""
+    s = path.replace("%", "%%")
+    if any(c in s for c in " \t\"'\\"):
+        s = '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return s
+
+
 def _unit(sections: list[tuple[str, list[str]]]) -> bytes:
     out = [f"# {HEADER}"]
     for name, lines in sections:
@@ -367,8 +450,10 @@ def _unit(sections: list[tuple[str, list[str]]]) -> bytes:
 
 def _systemd(settings: Settings, target: Target, extra_env: Mapping[str, str]) -> Plan:
     ps = parts(settings, target)
-    env = service_env(settings, target, extra_env)
-    mode = 0o600 if has_secret(env) else 0o644
+    env, secret_env = split_secrets(service_env(settings, target, extra_env))
+    # Secrets go in a 0600 file systemd reads, never in Environment= (any user can read that
+    # with `systemctl show`).
+    secrets_path = f"{settings.home}/service/{SECRETS_ENV}"
     user = target.scope == "user"
     unit_dir = (f"{target.user_home}/.config/systemd/user" if user else "/etc/systemd/system")
     units = tuple(f"bgtasks-{p.name}.service" for p in ps)
@@ -390,6 +475,9 @@ def _systemd(settings: Settings, target: Target, extra_env: Mapping[str, str]) -
             svc.append(f"User={target.user}")
         svc.append(f"WorkingDirectory={systemd_path(home)}")
         svc += [systemd_env(k, v) for k, v in env.items()]
+        if secret_env:
+            svc.append(f"EnvironmentFile={systemd_path(secrets_path)}")
+        svc += sandbox(settings, p)
         start_timeout = 30
         if p.prepare:
             svc.append("ExecStartPre=" + systemd_command(
@@ -408,17 +496,19 @@ def _systemd(settings: Settings, target: Target, extra_env: Mapping[str, str]) -
             "Restart=on-failure",
             f"RestartSec={RESTART_S}",
         ]
-        files.append(ServiceFile(f"{unit_dir}/{unit}", _unit([("Unit", head), ("Service", svc)]), mode))
+        files.append(ServiceFile(f"{unit_dir}/{unit}", _unit([("Unit", head), ("Service", svc)])))
     wanted_by = "default.target" if user else "multi-user.target"
     files.append(ServiceFile(f"{unit_dir}/{TARGET}", _unit([
         ("Unit", ["Description=bgtasks: Prefect server, worker, trigger daemon and REST API",
                   *[f"Wants={u}" for u in units]]),
         ("Install", [f"WantedBy={wanted_by}"]),
     ])))
+    if secret_env:
+        files.append(ServiceFile(secrets_path, environment_file(secret_env), 0o600))
     ctl = ("systemctl", "--user") if user else ("systemctl",)
     return Plan(
         target=target, parts=ps, units=units, files=tuple(files),
-        dirs=(home, str(settings.home / "logs"), str(settings.prefect_home)),
+        dirs=(home, str(settings.home / "logs"), str(settings.prefect_home), str(settings.home / "service")),
         install=(Step((*ctl, "daemon-reload")), Step((*ctl, "enable", TARGET)),
                  # restart, not start: a reinstall must run the new definitions
                  Step((*ctl, "restart", TARGET))),
@@ -464,6 +554,7 @@ def _launchd(settings: Settings, target: Target, extra_env: Mapping[str, str]) -
             "ExitTimeOut": p.stop_grace_s,
             "StandardOutPath": str(logs / f"{p.name}.log"),
             "StandardErrorPath": str(logs / f"{p.name}.log"),
+            "Umask": 0o077,  # the home's files are the owner's alone
         }
         if not user:
             plist["UserName"] = target.user
@@ -584,7 +675,8 @@ def plan(settings: Settings, target: Target, extra_env: Mapping[str, str] = {}) 
     Raises ``ValueError`` when a setting cannot be written into a service definition.
     """
     make = {"linux": _systemd, "macos": _launchd, "windows": _windows}[target.flavour]
-    return make(settings, target, extra_env)
+    _, secret_env = split_secrets(service_env(settings, target, extra_env))
+    return replace(make(settings, target, extra_env), secrets=tuple(sorted(set(secret_env.values()))))
 
 
 def command_line(argv: Command, flavour: Flavour) -> str:

@@ -10,10 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_POOL = "background-tasks"
+#: Where the generated auth string of the embedded Prefect server is kept (under the home).
+AUTH_STRING_FILE = Path("secrets") / "prefect-auth-string"
 
 
 class ServerSettings(BaseSettings):
@@ -35,6 +39,22 @@ class ServerSettings(BaseSettings):
     )
     start_timeout_s: float = Field(
         120.0, gt=0, le=900, description="How long `bgtasks up` waits for the server to be healthy."
+    )
+    auth_string: SecretStr | None = Field(
+        None,
+        description="The Prefect API's auth string (HTTP basic auth; the UI asks for it). Default: the "
+        "embedded server's, generated on first start into <home>/secrets/prefect-auth-string (mode 0600). "
+        "With api_url: the external server's, if it has one.",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names the embedded server answers to besides loopback and its bind address "
+        "(JSON list); any other Host header is refused (DNS rebinding).",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins allowed besides the UI's own (e.g. https://prefect.example.com behind "
+        "a TLS proxy; JSON list).",
     )
 
     @property
@@ -102,6 +122,38 @@ class ApiSettings(BaseSettings):
         description="`token`: every request but /health needs a bearer token (`bgtasks token create`). "
         "`none`: no authentication, accepted only when the API binds to loopback.",
     )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names the API answers to besides loopback, its bind address and the host of "
+        "BGTASKS_PUSH_PUBLIC_URL (JSON list); any other Host header is refused (DNS rebinding).",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins (front ends) that may call the API (CORS); requests from any other "
+        "origin are refused (JSON list).",
+    )
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, le=64 * 1_048_576, description="Largest request body; larger is refused with 413.")
+    max_json_depth: int = Field(
+        64, ge=4, le=512, description="Deepest nesting of arrays and objects in a JSON body; deeper is a 400.")
+    max_report_data_bytes: int = Field(
+        65_536, ge=0, le=4 * 1_048_576, description="Largest `data` of a device report (JSON-encoded bytes).")
+
+
+class TaskSettings(BaseSettings):
+    """Limits of task definitions, whatever creates them (CLI, REST API, Prefect UI)."""
+
+    model_config = SettingsConfigDict(env_prefix="BGTASKS_TASK_", extra="ignore")
+
+    data_max_bytes: int = Field(
+        262_144, ge=0, le=400_000,
+        description="Largest task `data` (JSON-encoded bytes). Prefect refuses a run's parameters over 512 KiB "
+        "in all, and the definition travels with the data.")
+    file_roots: list[Path] | None = Field(
+        None,
+        description="Directories the built-in handlers may read and write (data-sync's source and destination, "
+        "demo's recordTo; JSON list). Paths are resolved and must lie inside one; symlinks are not followed. "
+        "Default: <home>/sync.")
 
 
 class PushSettings(BaseSettings):
@@ -129,10 +181,22 @@ class PushSettings(BaseSettings):
     max_retry_after_s: float = Field(
         120.0, ge=0, le=3600, description="A Retry-After longer than this ends the retries for the run.")
     public_url: str | None = Field(
-        None, description="The REST API's URL as devices reach it (in the payload's reportUrl); "
-        "default: the local API URL.")
+        None, description="The REST API's URL as devices reach it (in the payload's reportUrl): https, or "
+        "http on a loopback address (development). Device-targeted tasks need it.")
     report_wait_s: float = Field(
         600.0, gt=0, le=86400, description="How long a run waits for device reports when the task has no timeout.")
+
+    @field_validator("public_url")
+    @classmethod
+    def _https(cls, v: str | None) -> str | None:
+        # Devices send their report tokens there: plain HTTP only where nobody else listens.
+        if v is None:
+            return v
+        url = urlsplit(v)
+        if url.hostname and (url.scheme == "https" or (url.scheme == "http" and is_loopback(url.hostname))):
+            return v.rstrip("/")
+        raise ValueError(f"{v!r}: devices send their report tokens to this URL, so it must be https "
+                         "(http only on a loopback address, for development)")
 
 
 def _default_roots() -> list[Path]:
@@ -196,12 +260,56 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    task: TaskSettings = Field(default_factory=TaskSettings)
     push: PushSettings = Field(default_factory=PushSettings)
     daemon: DaemonSettings = Field(default_factory=DaemonSettings)
 
     @property
     def prefect_home(self) -> Path:
         return self.home / "prefect"
+
+    @property
+    def auth_string_file(self) -> Path:
+        """Where the embedded server's generated auth string is kept (mode 0600)."""
+        return self.home / AUTH_STRING_FILE
+
+    @property
+    def handler_roots(self) -> list[Path]:
+        """Where the built-in handlers may touch files (``BGTASKS_TASK_FILE_ROOTS``)."""
+        return list(self.task.file_roots) if self.task.file_roots is not None else [self.home / "sync"]
+
+    def load_auth_string(self) -> None:
+        """Take the embedded server's auth string from the home, if it has one yet.
+
+        An auth string the user gave (``BGTASKS_SERVER_AUTH_STRING``) is kept; with an external
+        Prefect API (``api_url``) nothing is read: that server's own credentials apply
+        (``BGTASKS_SERVER_AUTH_STRING``, or ``PREFECT_API_AUTH_STRING``/``PREFECT_API_KEY`` as
+        Prefect reads them).
+        """
+        if self.server.auth_string is not None or self.server.api_url or not self.auth_string_file.exists():
+            return
+        from bgtasks.home import read_or_create_secret
+
+        self.server.auth_string = SecretStr(read_or_create_secret(self.auth_string_file))
+
+    def ensure_auth_string(self) -> None:
+        """:meth:`load_auth_string`, generating the secret (0600, in a 0700 home) on first use:
+        what ``bgtasks up`` and ``bgtasks service install`` do before the server starts."""
+        self.load_auth_string()
+        if self.server.auth_string is not None or self.server.api_url:
+            return
+        from bgtasks.home import ensure_home, read_or_create_secret
+
+        ensure_home(self.home)
+        self.server.auth_string = SecretStr(read_or_create_secret(self.auth_string_file))
+
+    def server_allowed_hosts(self) -> list[str]:
+        """Host names the embedded Prefect server answers to (see :func:`allowed_hosts`)."""
+        return allowed_hosts(self.server.host, self.server.allowed_hosts)
+
+    def server_origins(self) -> list[str]:
+        """Browser origins of the Prefect UI: each allowed host on the server's port, and the extras."""
+        return origins(self.server_allowed_hosts(), self.server.port, self.server.allowed_origins)
 
     @property
     def store_url(self) -> str:
@@ -244,6 +352,17 @@ class Settings(BaseSettings):
             # The CLI owns its terminal; Prefect's own prompts would hang `bgtasks up`.
             "PREFECT_CLI_PROMPT": "false",
         }
+        if self.server.auth_string is not None:
+            secret = self.server.auth_string.get_secret_value()
+            env["PREFECT_API_AUTH_STRING"] = secret
+            if not self.server.api_url:
+                env["PREFECT_SERVER_API_AUTH_STRING"] = secret
+        if not self.server.api_url:
+            # Browsers cannot act for a page: state changes need a CSRF token, and only the
+            # UI's own origins may read answers (Prefect's defaults: CSRF off, CORS "*").
+            # The Host and Origin checks are bgtasks.prefect_server's.
+            env["PREFECT_SERVER_CSRF_PROTECTION_ENABLED"] = "true"
+            env["PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS"] = ",".join(self.server_origins())
         if self.server.database_url:
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.server.database_url
         if self.server.on_sqlite:
@@ -257,5 +376,69 @@ class Settings(BaseSettings):
 
 
 def load_settings() -> Settings:
-    """Read the settings from the environment (``BGTASKS_*``) once."""
-    return Settings()
+    """Read the settings from the environment (``BGTASKS_*``) once, and the embedded server's
+    auth string from the home (``bgtasks up`` generates it there on first start)."""
+    settings = Settings()
+    settings.load_auth_string()
+    return settings
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) only reaches this machine."""
+    import ipaddress
+
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def is_wildcard(host: str) -> bool:
+    """``0.0.0.0`` or ``::``: every address of the machine."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return False
+
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+
+
+def allowed_hosts(bind_host: str, extra: list[str]) -> list[str]:
+    """The Host header names a server bound to ``bind_host`` answers to.
+
+    Loopback names always; the bind address itself; for a wildcard bind, the machine's
+    names and addresses; and ``extra`` (public names behind a proxy). Anything else is a
+    DNS-rebinding attempt or a misdirected request.
+    """
+    names = [*LOOPBACK_NAMES]
+    if is_wildcard(bind_host):
+        import socket
+
+        names += [socket.gethostname(), socket.getfqdn()]
+        try:
+            import psutil
+
+            names += [a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs
+                      if a.family in (socket.AF_INET, socket.AF_INET6)]
+        except Exception:  # noqa: BLE001 - the names above still hold
+            pass
+    else:
+        names.append(bind_host.strip("[]"))
+    names += extra
+    out: list[str] = []
+    for name in names:
+        name = name.lower()
+        if name and name not in out:
+            out.append(name)
+    return out
+
+
+def origins(hosts: list[str], port: int, extra: list[str]) -> list[str]:
+    """``http://host:port`` for each host (IPv6 in brackets), then ``extra``."""
+    out = [f"http://[{h}]:{port}" if ":" in h else f"http://{h}:{port}" for h in hosts]
+    return out + [o.rstrip("/") for o in extra if o.rstrip("/") not in out]

@@ -5,9 +5,12 @@ Each part is a child process of ours, started with the settings' Prefect
 environment, its output in ``<home>/logs/<part>.log``. Start order: server, wait
 until ``/api/health`` answers, create the pool and its queues, worker, wait until
 the worker has registered with the pool, the trigger daemon (until it has written its
-first snapshots), REST API. Stop order is the reverse, as
-../shared/FACTS.md says: an idle Prefect worker often ignores its first SIGINT,
-so it gets a second one, then SIGKILL after a grace; the server gets SIGTERM.
+first snapshots), REST API. Stop order is the reverse: an idle Prefect worker
+often ignores its first SIGINT, so it gets a second one, then SIGKILL after a
+grace; the server gets SIGTERM.
+
+Every part runs with umask 077 in a home of mode 0700 (:mod:`bgtasks.home`), and the
+embedded server with its auth string: nothing the stack writes or serves is open.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import httpx
 
+from bgtasks.home import ensure_home, open_private, private_umask
 from bgtasks.settings import Settings
 
 
@@ -47,8 +51,8 @@ class Part:
         return self.proc is not None and self.proc.poll() is None
 
     def start(self, env: dict[str, str], cwd: Path) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab", buffering=0)
+        self.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        log = os.fdopen(open_private(self.log_path), "ab", buffering=0)
         self._log = log
         self.proc = subprocess.Popen(
             self.argv,
@@ -148,6 +152,7 @@ class Stack:
     """Start, supervise and stop the embedded server and worker."""
 
     def __init__(self, settings: Settings, with_server: bool = True) -> None:
+        settings.ensure_auth_string()
         self.settings = settings
         self.env = _child_env(settings)
         logs = settings.home / "logs"
@@ -179,6 +184,8 @@ class Stack:
 
     def start(self, progress: Callable[[str], None] = lambda s: None) -> None:
         s = self.settings
+        private_umask()  # inherited by every part
+        ensure_home(s.home)
         s.prefect_home.mkdir(parents=True, exist_ok=True)
         try:
             if self.with_server:

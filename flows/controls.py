@@ -47,8 +47,9 @@ async def _with_manager(op: Any) -> Any:
     from bgtasks.manager import TaskManager
     from bgtasks.settings import load_settings
 
+    settings = load_settings()
     async with get_client() as client:
-        return await op(TaskManager(client, load_settings().worker.pool))
+        return await op(TaskManager(client, settings.worker.pool, settings=settings))
 
 
 def _stamp() -> str:

@@ -12,13 +12,18 @@
 - ``blockSignals``: block SIGALRM while sleeping, as a C extension stuck in a call
   would, so only a process-level timeout can stop it;
 - ``recordTo``: append one JSON line per attempt (``attempt``, ``pid``, ``ppid``, ``at``, ``run``)
-  to this file, so a demo can show when and where each attempt ran;
+  to this file, so a demo can show when and where each attempt ran. The file must lie
+  inside the allowed roots (``BGTASKS_TASK_FILE_ROOTS``) and is never opened through a
+  symlink (:mod:`flows._confined`);
 - ``exitCode``: end the run's process at once with ``os._exit(exitCode)``, as a
   crashing native library would (the run ends Crashed);
 - ``message``: echoed in the result.
 
 A triggered run also gets the triggering ``event`` (name, id, occurred, payload):
 it is recorded and returned under ``event``.
+
+Every knob is bounded (:data:`LIMITS`): a value outside its bounds fails the run at
+once, without retries.
 
 Returns ``{"message", "timestamp", "attempt"}`` like the spec's demo task.
 """
@@ -34,6 +39,7 @@ from typing import Any
 
 from prefect.runtime import flow_run, task_run
 
+from flows._confined import append_line
 from flows._handler import background_handler
 
 _ERRORS: dict[str, type[Exception]] = {
@@ -45,16 +51,44 @@ _ERRORS: dict[str, type[Exception]] = {
 }
 
 
+#: Bounds of the numeric knobs (inclusive) and the longest texts.
+LIMITS: dict[str, tuple[float, float]] = {
+    "sleepSeconds": (0, 3600), "sleepRuns": (0, 1000), "failTimes": (0, 100), "exitCode": (0, 255),
+}
+MAX_TEXT = 1000
+
+
+class InvalidData(ValueError):
+    """The task's data is out of bounds: no retry can fix it."""
+
+    retryable = False
+
+
+def check_data(opts: dict[str, Any]) -> None:
+    """Refuse knobs outside :data:`LIMITS` and texts longer than :data:`MAX_TEXT`."""
+    for key, (low, high) in LIMITS.items():
+        value = opts.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+            raise InvalidData(f"data.{key}: must be a number from {low:g} to {high:g}")
+    for key in ("message", "errorMessage", "recordTo", "errorType"):
+        if opts.get(key) is not None and (not isinstance(opts[key], str) or len(opts[key]) > MAX_TEXT):
+            raise InvalidData(f"data.{key}: must be a text of at most {MAX_TEXT} characters")
+
+
 @background_handler("demo")
 def demo(data: Any = None, event: dict[str, Any] | None = None) -> dict[str, Any]:
     """A demo task: succeed, fail on demand, or sleep for N seconds."""
     opts = data if isinstance(data, dict) else {}
+    check_data(opts)
     attempt = int(task_run.run_count or 1)
     if opts.get("recordTo"):
-        with open(opts["recordTo"], "a", encoding="utf-8") as fh:
-            line = {"attempt": attempt, "pid": os.getpid(), "ppid": os.getppid(), "at": datetime.now(UTC).isoformat(), "run": flow_run.id,
-                    "event": event}
-            fh.write(json.dumps(line) + "\n")
+        from bgtasks.settings import load_settings
+
+        line = {"attempt": attempt, "pid": os.getpid(), "ppid": os.getppid(), "at": datetime.now(UTC).isoformat(),
+                "run": flow_run.id, "event": event}
+        append_line(opts["recordTo"], load_settings().handler_roots, "data.recordTo", json.dumps(line) + "\n")
     if opts.get("exitCode") is not None:
         os._exit(int(opts["exitCode"]))
     sleep_s = float(opts.get("sleepSeconds", 0))

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic.alias_generators import to_camel
 
 from bgtasks.store import Store
-from bgtasks.store.schema import devices
+from bgtasks.store.schema import api_tokens, devices
 from mobile_push.types import Platform, PushTarget, Transport
 
 _ID = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
@@ -211,10 +211,14 @@ class DeviceRegistry:
         return [d for d in found if label is None or label in d.labels]
 
     async def remove(self, device_id: str) -> None:
+        """Remove the device and revoke the API tokens bound to it, in one transaction."""
         async with self.store.session() as s:
             result = await s.execute(devices.delete().where(devices.c.id == device_id))
-        if result.rowcount == 0:
-            raise DeviceNotFound(device_id)
+            if result.rowcount == 0:
+                raise DeviceNotFound(device_id)
+            await s.execute(api_tokens.update().where(
+                api_tokens.c.device_id == device_id, api_tokens.c.revoked_at.is_(None),
+            ).values(revoked_at=datetime.now(UTC)))
 
     async def update(self, device_id: str, change: DeviceUpdate) -> Device:
         """A new token makes the device active again (the app re-registered)."""

@@ -45,7 +45,7 @@ class ReportIn(BaseModel):
 
 
 class ReportRejected(Exception):
-    """``status`` 403 (wrong token, another device's run) / 404 (no such run for this device) / 409 (reused)."""
+    """``status`` 403 (no push of this run to this device with this token) / 409 (already reported)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -152,10 +152,10 @@ class RunLedger:
         async with self.store.session() as s:
             row = (await s.execute(sa.select(device_reports).where(
                 device_reports.c.run_id == run_id, device_reports.c.device_id == device_id))).first()
-            if row is None:
-                raise ReportRejected(404, f"run {run_id} did not push to device {device_id}")
-            if not hmac.compare_digest(row.token_hash, _hash(report.report_token)):
-                raise ReportRejected(403, "reportToken does not match this device's push for this run")
+            # One answer whether the run did not push to this device or the token is wrong, so a
+            # token cannot be used to learn which runs pushed to which devices.
+            if row is None or not hmac.compare_digest(row.token_hash, _hash(report.report_token)):
+                raise ReportRejected(403, f"no push of run {run_id} to device {device_id} carried this reportToken")
             # Only the first report counts: the UPDATE races safely on reported_at IS NULL.
             result = await s.execute(device_reports.update().where(
                 device_reports.c.run_id == run_id, device_reports.c.device_id == device_id,

@@ -14,6 +14,7 @@ the session's server are collected (the others do not touch a database).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -50,9 +51,14 @@ if DATABASE == "postgresql":
     _PG_URL = create_database("bgtasks_suite")
     os.environ["BGTASKS_SERVER_DATABASE_URL"] = _PG_URL.replace("postgresql://", "postgresql+asyncpg://", 1)
 
+# Built-in handlers may touch files under the temp directory (tests record attempts there).
+os.environ["BGTASKS_TASK_FILE_ROOTS"] = json.dumps([tempfile.gettempdir()])
+
 from bgtasks.settings import load_settings  # noqa: E402
 
-os.environ.update(load_settings().prefect_env())
+_settings = load_settings()
+_settings.ensure_auth_string()  # the session's Prefect server and every client share it
+os.environ.update(_settings.prefect_env())
 
 pytest_plugins = ["tests.fixtures"]
 

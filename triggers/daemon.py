@@ -77,12 +77,24 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def rule_for(task_id: str, trigger: Any) -> FileRule:
-    """The file rule of a triggered task's file trigger."""
+def inside_roots(path: str, roots: list[Path]) -> str | None:
+    """``path`` with every symlink resolved, if that lies inside one of ``roots`` (also resolved);
+    else None. Rules can come from deployments made through the Prefect API or ``prefect
+    deploy``, which skip the REST API's check, so the daemon checks again before it watches."""
+    resolved = Path(os.path.realpath(path))
+    for root in roots:
+        real_root = Path(os.path.realpath(root))
+        if resolved == real_root or resolved.is_relative_to(real_root):
+            return str(resolved)
+    return None
+
+
+def rule_for(task_id: str, trigger: Any, root: str | None = None) -> FileRule:
+    """The file rule of a triggered task's file trigger (watching ``root``, default its path)."""
     debounce_s = trigger.debounce_ms / 1000.0
     return FileRule(
         rule_id=task_id,
-        root=trigger.path,
+        root=root or trigger.path,
         recursive=trigger.recursive,
         patterns=(trigger.pattern or "*",),
         kinds=frozenset({trigger.on.split(".", 1)[1]}),
@@ -97,7 +109,10 @@ class TriggerDaemon:
     def __init__(self, settings: Settings, emit: Emitter | None = None,
                  state_path: Path | None = None) -> None:
         self.settings = settings
-        self.api = PrefectApi(settings.api_url)
+        auth = settings.server.auth_string
+        self.api = PrefectApi(settings.api_url,
+                              auth_string=auth.get_secret_value() if auth else os.environ.get("PREFECT_API_AUTH_STRING"),
+                              api_key=os.environ.get("PREFECT_API_KEY"))
         self.emit: Emitter = emit or (lambda event: self.api.emit(**event))
         self.host = host_name()
         self.state_path = state_path or settings.home / "daemon-state.json"
@@ -108,6 +123,7 @@ class TriggerDaemon:
         if self.files is not None:
             self.mechanisms["file"] = self.files.mechanism
         self._rule_specs: dict[str, FileRule] = {}
+        self._refused: dict[str, str] = {}  # task id -> the path it may not watch (logged once)
         self._release_wanted = asyncio.Event()
         self.emitted = 0
 
@@ -166,7 +182,15 @@ class TriggerDaemon:
                 logger.warning("task %s: unreadable definition; its trigger is ignored", dep.get("name"))
                 continue
             if opts is not None and opts.trigger is not None and opts.trigger.on.startswith("file."):
-                rules[dep["id"]] = rule_for(dep["id"], opts.trigger)
+                root = inside_roots(opts.trigger.path or "", self.settings.daemon.allowed_roots)
+                if root is None:
+                    if self._refused.get(dep["id"]) != opts.trigger.path:
+                        logger.warning("task %s: not watching %s: outside BGTASKS_DAEMON_ALLOWED_ROOTS (symlinks "
+                                       "resolved)", dep.get("name"), opts.trigger.path)
+                    self._refused[dep["id"]] = opts.trigger.path or ""
+                    continue
+                self._refused.pop(dep["id"], None)
+                rules[dep["id"]] = rule_for(dep["id"], opts.trigger, root)
         return rules
 
     async def refresh_rules(self) -> None:
@@ -327,9 +351,12 @@ def main() -> int:
     process carries neither the CLI nor Prefect (smaller RSS). One daemon per host."""
     import signal
 
+    from bgtasks.home import ensure_home, private_umask
     from bgtasks.settings import load_settings
 
+    private_umask()
     settings = load_settings()
+    ensure_home(settings.home)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpcore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -12,6 +12,11 @@ Events go through an outbox: emitting never blocks a sensor; a sender task
 posts batches and, while the server does not answer, keeps them (bounded) and
 retries with capped backoff. Each event carries its own id, so a batch posted
 twice is recognised by the server's de-duplication.
+
+Every request carries the server's credentials (its auth string as HTTP basic
+auth, or a Prefect Cloud API key), and every POST a CSRF token, fetched from
+``/csrf-token`` as Prefect's own client does (skipped when the server has CSRF
+protection off).
 """
 
 from __future__ import annotations
@@ -20,9 +25,8 @@ import asyncio
 import base64
 import collections
 import logging
-import os
 import random
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
@@ -35,24 +39,61 @@ OUTBOX_LIMIT = 10_000
 BATCH = 200
 
 
-def _headers() -> dict[str, str]:
-    headers = {"Content-Type": "application/json"}
-    if key := os.environ.get("PREFECT_API_KEY"):
-        headers["Authorization"] = f"Bearer {key}"
-    elif auth := os.environ.get("PREFECT_API_AUTH_STRING"):
-        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
-    return headers
+#: A CSRF token is renewed this long before it expires.
+CSRF_MARGIN = timedelta(minutes=1)
+
+
+def auth_headers(auth_string: str | None = None, api_key: str | None = None) -> dict[str, str]:
+    """The ``Authorization`` header Prefect's client would send (an API key wins, as in Prefect)."""
+    if api_key:
+        return {"Authorization": f"Bearer {api_key}"}
+    if auth_string:
+        return {"Authorization": "Basic " + base64.b64encode(auth_string.encode()).decode()}
+    return {}
 
 
 class PrefectApi:
-    """A small async client of the Prefect API with an event outbox."""
+    """A small async client of the Prefect API with an event outbox.
 
-    def __init__(self, api_url: str, timeout_s: float = 10.0) -> None:
+    ``auth_string`` / ``api_key``: the server's credentials (see :func:`auth_headers`).
+    """
+
+    def __init__(self, api_url: str, timeout_s: float = 10.0, *, auth_string: str | None = None,
+                 api_key: str | None = None) -> None:
         self.api_url = api_url.rstrip("/")
-        self._http = httpx.AsyncClient(base_url=self.api_url, headers=_headers(), timeout=timeout_s)
+        headers = {"Content-Type": "application/json", **auth_headers(auth_string, api_key)}
+        self._http = httpx.AsyncClient(base_url=self.api_url, headers=headers, timeout=timeout_s)
         self.outbox: collections.deque[dict[str, Any]] = collections.deque(maxlen=OUTBOX_LIMIT)
         self._pending = asyncio.Event()
         self.sent = 0
+        self._csrf_client = str(uuid4())
+        self._csrf_token: str | None = None
+        self._csrf_expires = datetime.min.replace(tzinfo=UTC)
+        self._csrf_on = True
+
+    async def _csrf_headers(self) -> dict[str, str]:
+        if not self._csrf_on:
+            return {}
+        if self._csrf_token is None or datetime.now(UTC) > self._csrf_expires - CSRF_MARGIN:
+            resp = await self._http.get("/csrf-token", params={"client": self._csrf_client})
+            if resp.status_code == 422 and "CSRF protection is disabled" in resp.text:
+                self._csrf_on = False
+                return {}
+            resp.raise_for_status()
+            body = resp.json()
+            self._csrf_token = body["token"]
+            self._csrf_expires = datetime.fromisoformat(body["expiration"])
+        return {"Prefect-Csrf-Token": self._csrf_token or "", "Prefect-Csrf-Client": self._csrf_client}
+
+    async def post(self, path: str, body: Any) -> httpx.Response:
+        """``POST path`` with its CSRF token (renewed once when the server no longer knows it);
+        raises ``httpx.HTTPStatusError`` for an error answer."""
+        resp = await self._http.post(path, json=body, headers=await self._csrf_headers())
+        if resp.status_code == 403 and self._csrf_on and "CSRF" in resp.text:
+            self._csrf_token = None
+            resp = await self._http.post(path, json=body, headers=await self._csrf_headers())
+        resp.raise_for_status()
+        return resp
 
     def emit(self, event: str, resource: dict[str, str], related: list[dict[str, str]] | None = None,
              payload: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -69,8 +110,7 @@ class PrefectApi:
         """Post everything queued; raises httpx errors (the events stay queued)."""
         while self.outbox:
             batch = [self.outbox[i] for i in range(min(BATCH, len(self.outbox)))]
-            resp = await self._http.post("/events", json=batch)
-            resp.raise_for_status()
+            await self.post("/events", batch)
             for _ in batch:
                 self.outbox.popleft()
             self.sent += len(batch)
@@ -109,9 +149,8 @@ class PrefectApi:
         out: list[dict[str, Any]] = []
         offset = 0
         while True:
-            resp = await self._http.post("/deployments/filter", json={
+            resp = await self.post("/deployments/filter", {
                 "deployments": {"tags": {"all_": tags}}, "limit": 200, "offset": offset})
-            resp.raise_for_status()
             page = resp.json()
             out.extend(page)
             if len(page) < 200:
@@ -120,15 +159,11 @@ class PrefectApi:
 
     async def flow_runs(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         """``POST /flow_runs/filter`` with ``body``."""
-        resp = await self._http.post("/flow_runs/filter", json=body)
-        resp.raise_for_status()
-        return resp.json()
+        return (await self.post("/flow_runs/filter", body)).json()
 
     async def set_state(self, flow_run_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """``POST /flow_runs/{id}/set_state``; the orchestration result."""
-        resp = await self._http.post(f"/flow_runs/{flow_run_id}/set_state", json=body)
-        resp.raise_for_status()
-        return resp.json()
+        return (await self.post(f"/flow_runs/{flow_run_id}/set_state", body)).json()
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -8,14 +8,17 @@ JSON bodies are the spec's shapes (``CreateTaskOptions`` in, ``BackgroundTask``,
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from http import HTTPStatus
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 from fastapi import Body, Depends, FastAPI, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -36,12 +39,15 @@ from bgtasks.models import (
     errors_from,
     nul_path,
 )
-from bgtasks.settings import Settings
+from bgtasks.api.middleware import BodyLimits, TokenAuth
+from bgtasks.guard import HostOriginGuard
+from bgtasks.settings import Settings, allowed_hosts, is_loopback, origins
 from mobile_push.registry import Device, DeviceConflict, DeviceIn, DeviceNotFound, DeviceUpdate
 from mobile_push.reports import ReportIn, ReportRejected
 from mobile_push.types import Platform
 
 PROBLEM = "application/problem+json"
+logger = logging.getLogger("bgtasks.api")
 
 
 class FieldError(BaseModel):
@@ -144,7 +150,7 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
         app.state.ledger = RunLedger(db)
         try:
             async with get_client() as client:
-                app.state.manager = TaskManager(client, settings.worker.pool)
+                app.state.manager = TaskManager(client, settings.worker.pool, settings=settings)
                 yield
         finally:
             if own:
@@ -189,6 +195,7 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    install_doors(app, settings)
 
     @app.exception_handler(InvalidTask)
     async def _invalid(request: Request, exc: InvalidTask) -> JSONResponse:
@@ -213,7 +220,7 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
 
     @app.exception_handler(ReportRejected)
     async def _report_rejected(request: Request, exc: ReportRejected) -> JSONResponse:
-        title = {403: "Forbidden", 404: "Not found", 409: "Conflict"}[exc.status]
+        title = {403: "Forbidden", 409: "Conflict"}[exc.status]
         return problem(exc.status, title, str(exc))
 
     @app.exception_handler(AuthError)
@@ -239,7 +246,11 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
     async def _prefect_error(request: Request, exc: PrefectHTTPStatusError) -> JSONResponse:
         status = exc.response.status_code
         if status < 500:
-            raise exc  # a request of ours Prefect refused: a bug, reported as a 500
+            # A request of ours Prefect refused: a bug of bgtasks. Logged without the request or
+            # the answer, which carry task data (and whatever secrets a user put there).
+            logger.error("the Prefect server refused %s %s with %d", exc.request.method, exc.request.url.path, status)
+            return problem(500, "Internal Server Error",
+                           f"the Prefect server refused a request of bgtasks ({status}); see the API's log")
         # 503 is Prefect's answer to a database that is busy (nothing was written): retryable.
         return unavailable(f"the Prefect server answered {status}; retry later")
 
@@ -254,22 +265,16 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
         errors = errors_from(exc.errors(), skip=("body", "query", "path"))
         return problem(422, "Invalid input", "; ".join(f"{e['field']}: {e['message']}" for e in errors), errors)
 
-    async def authenticate(request: Request, creds: HTTPAuthorizationCredentials | None) -> ApiToken | None:
-        """The caller's token (None when auth is off); 401 without a live one."""
-        if settings.api.auth == "none":
-            return None
-        if creds is None:
-            raise AuthError(401, "send a bearer token: Authorization: Bearer <token> "
-                                 "(create one with `bgtasks token create`)")
-        token = await request.app.state.tokens.verify(creds.credentials)
-        if token is None:
-            raise AuthError(401, "the bearer token is unknown or revoked")
-        return token
+    def authenticated(request: Request) -> ApiToken | None:
+        """The caller's token, checked by :class:`TokenAuth` before anything else (None when
+        authentication is off)."""
+        return getattr(request.state, "token", None)
 
     def requires(scope: Scope) -> Callable[..., Awaitable[ApiToken | None]]:
+        # ``creds`` is read by TokenAuth; it is declared here so OpenAPI documents the bearer scheme.
         async def check(request: Request,
                         creds: HTTPAuthorizationCredentials | None = Security(bearer)) -> ApiToken | None:
-            token = await authenticate(request, creds)
+            token = authenticated(request)
             if token is None:
                 return None
             if scope not in token.scopes:
@@ -384,10 +389,14 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
     async def update_device(request: Request, device_id: str, body: DeviceUpdate = Body(...),
                             creds: HTTPAuthorizationCredentials | None = Security(bearer)) -> Any:
         """A new push token (tokens rotate) or labels. A device's own token may update it."""
-        token = await authenticate(request, creds)
+        token = authenticated(request)
         if token is not None and Scope.DEVICES_WRITE not in token.scopes:
             if Scope.DEVICES_REPORT not in token.scopes or token.device_id != device_id:
                 raise AuthError(403, "updating a device needs devices:write, or the device's own token",
+                                Scope.DEVICES_WRITE.value)
+            if body.labels is not None:
+                # Labels decide which tasks push to a device (and hand it their data): only an admin sets them.
+                raise AuthError(403, "a device's own token may change only its push token; labels need devices:write",
                                 Scope.DEVICES_WRITE.value)
         try:
             device = await request.app.state.devices.update(device_id, body)
@@ -410,6 +419,11 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
         if token is not None and token.device_id is not None and token.device_id != device_id:
             raise AuthError(403, f"this token belongs to device {token.device_id!r}: "
                                  "a device can only report its own runs")
+        size = len(json.dumps(body.data).encode())
+        if size > settings.api.max_report_data_bytes:
+            return problem(422, "Invalid input", "data: too large", [{"field": "data", "message": (
+                f"is {size} bytes as JSON, over the limit of {settings.api.max_report_data_bytes} "
+                "(BGTASKS_API_MAX_REPORT_DATA_BYTES)")}])
         report = await request.app.state.ledger.submit(device_id, run_id, body)
         await request.app.state.devices.touch(device_id)
         return JSONResponse(report.to_json_dict(), status_code=201)
@@ -417,15 +431,28 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
     return app
 
 
-def is_loopback(host: str) -> bool:
-    import ipaddress
+def api_hosts(settings: Settings) -> list[str]:
+    """Host names the API answers to: loopback, its bind address, the public URL's host, the extras."""
+    extra = list(settings.api.allowed_hosts)
+    if settings.push.public_url and (public := urlsplit(settings.push.public_url).hostname):
+        extra.append(public)
+    return allowed_hosts(settings.api.host, extra)
 
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+
+def install_doors(app: FastAPI, settings: Settings) -> None:
+    """The checks of :mod:`bgtasks.api.middleware`, outermost last (Starlette's order)."""
+    async def verify(scope: Any, secret: str) -> ApiToken | None:
+        return await scope["app"].state.tokens.verify(secret)
+
+    app.add_middleware(BodyLimits, max_bytes=settings.api.max_body_bytes, max_depth=settings.api.max_json_depth)
+    app.add_middleware(TokenAuth, verify=verify, enabled=settings.api.auth != "none")
+    if settings.api.allowed_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.api.allowed_origins,
+                           allow_methods=["GET", "POST", "PUT", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type"], max_age=600)
+    hosts = api_hosts(settings)
+    app.add_middleware(HostOriginGuard, hosts=hosts,
+                       origins=origins(hosts, settings.api.port, settings.api.allowed_origins))
 
 
 __all__ = ["create_app", "is_loopback"]

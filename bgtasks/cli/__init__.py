@@ -15,6 +15,7 @@ from typing import Annotated
 
 import cyclopts
 from rich.console import Console
+from rich.markup import escape
 
 from bgtasks.settings import Settings, load_settings
 
@@ -54,6 +55,17 @@ def fail(message: str) -> None:
     raise CliError(message)
 
 
+def shown(value: object) -> str:
+    """``value`` as text for Rich: markup escaped, control and bidi characters made visible.
+
+    Every name, message or datum that came from a user or a run goes through this
+    before it is printed: ``[red]`` in a task name is text, ``ESC[2J`` is ``\\x1b[2J``.
+    """
+    from bgtasks.text import printable
+
+    return escape(printable(str(value)))
+
+
 from bgtasks.cli import daemon_cmds, device_cmds, init_cmds, service_cmds, stack_cmds, task_cmds, token_cmds  # noqa: E402  (registers the commands)
 
 app.command(task_cmds.task_app)
@@ -63,25 +75,38 @@ app.command(device_cmds.device_app)
 app.command(token_cmds.token_app)
 app.command(stack_cmds.up)
 app.command(stack_cmds.env)
+app.command(stack_cmds.ui)
 app.command(stack_cmds.api)
 app.command(init_cmds.init)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
-    from bgtasks.errors import InvalidTask, TaskError
+    from pydantic import ValidationError
 
+    from bgtasks.errors import InvalidTask, TaskError
+    from bgtasks.home import private_umask
+
+    private_umask()  # what bgtasks writes in its home (databases, secrets, logs) is private
     try:
         result = app(argv if argv is not None else sys.argv[1:], exit_on_error=False, result_action="return_value")
     except InvalidTask as exc:
         for e in exc.errors:
-            err_console.print(f"[red]Invalid {e['field'] or 'input'}: {e['message']}[/red]")
+            err_console.print(f"[red]Invalid {shown(e['field'] or 'input')}: {shown(e['message'])}[/red]")
         return 1
     except (CliError, TaskError) as exc:
-        err_console.print(f"[red]{exc}[/red]")
+        err_console.print(f"[red]{shown(str(exc))}[/red]")
         return 1
     except cyclopts.CycloptsError as exc:
-        err_console.print(f"[red]{exc}[/red]")
+        err_console.print(f"[red]{shown(str(exc))}[/red]")
+        return 1
+    except ValidationError as exc:  # a setting (BGTASKS_*) out of its bounds
+        for e in exc.errors():
+            where = "_".join(str(p).upper() for p in e["loc"])
+            err_console.print(f"[red]Invalid setting {shown(where)}: {shown(e['msg'])}[/red]")
+        return 1
+    except PermissionError as exc:  # a secret or credential file open to others
+        err_console.print(f"[red]{shown(str(exc))}[/red]")
         return 1
     except KeyboardInterrupt:
         return 130

@@ -60,5 +60,5 @@ def status(*, output: Output = "table") -> None:
                       + (f"[green]running[/] (PID {running})" if running else "[yellow]not running[/]"))
     table = Table("SENSOR", "STATE")
     for name, value in snap.items():
-        table.add_row(name, json.dumps(value, default=str))
+        table.add_row(cli.shown(name), cli.shown(json.dumps(value, default=str)))
     cli.console.print(table)

@@ -60,7 +60,7 @@ def add(
     if output == "json":
         _print_json(device.public())
     else:
-        cli.console.print(f"Device {device.id} registered ({device.platform.value}, {device.transport.value}).")
+        cli.console.print(f"Device {cli.shown(device.id)} registered ({device.platform.value}, {device.transport.value}).")
 
 
 @device_app.command(name="ls")
@@ -82,8 +82,9 @@ def list_devices(
     table = Table("ID", "PLATFORM", "TRANSPORT", "TOKEN", "LABELS", "STATE", "LAST SEEN")
     for d in found:
         pub = d.public()
-        state_text = "[green]active[/]" if d.state == "active" else f"[red]invalid[/] ({d.invalid_reason})"
-        table.add_row(d.id, d.platform.value, d.transport.value, pub["token"], ", ".join(d.labels) or "-",
+        state_text = "[green]active[/]" if d.state == "active" else f"[red]invalid[/] ({cli.shown(d.invalid_reason)})"
+        table.add_row(cli.shown(d.id), d.platform.value, d.transport.value, cli.shown(pub["token"]),
+                      cli.shown(", ".join(d.labels) or "-"),
                       state_text, _when(d.last_seen_at))
     cli.console.print(table)
 
@@ -98,7 +99,7 @@ def remove(device_id: str) -> None:
         _registry(lambda r: r.remove(device_id))
     except DeviceNotFound as exc:
         cli.fail(str(exc))
-    cli.console.print(f"Device {device_id} removed.")
+    cli.console.print(f"Device {cli.shown(device_id)} removed.")
 
 
 @device_app.command
@@ -116,8 +117,8 @@ def test(device_id: str, *, output: Output = "table") -> None:
         return
     colour = "green" if result["outcome"] == "delivered" else "red"
     cli.console.print(f"[{colour}]{result['outcome']}[/] after {result['attempts']} attempt(s)"
-                      + (f": {result['error']}" if result.get("error") else "")
-                      + (f" (message {result['messageId']})" if result.get("messageId") else ""))
+                      + (f": {cli.shown(result['error'])}" if result.get("error") else "")
+                      + (f" (message {cli.shown(result['messageId'])})" if result.get("messageId") else ""))
     if result["outcome"] != "delivered":
         raise SystemExit(1)
 

@@ -25,6 +25,7 @@ import asyncio
 import getpass
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -105,19 +106,43 @@ def _home_of(user: str) -> str:
         return str(Path.home())
 
 
-def _plan(flavour: Flavour | None, scope: Scope, run_as: str | None = None) -> tuple[Plan, Settings]:
-    """This machine's inputs to :func:`bgtasks.service.plan`."""
+#: Shown instead of a secret the dry run would generate at install.
+PLACEHOLDER_SECRET = "<generated at install>"
+
+
+def _plan(flavour: Flavour | None, scope: Scope, run_as: str | None = None,
+          create_secret: bool = False) -> tuple[Plan, Settings]:
+    """This machine's inputs to :func:`bgtasks.service.plan`.
+
+    ``create_secret``: generate the server's auth string in the home if it has none (an
+    install); otherwise a placeholder stands in for it (dry runs, status).
+    """
+    from pydantic import SecretStr
+
     from bgtasks import cli
     from bgtasks.service import Target, plan
 
     flavour = flavour or current_platform()
-    s = cli.settings()
+    s = cli.settings().model_copy(deep=True)
     me = getpass.getuser()
     user = run_as or (os.environ.get("SUDO_USER") if scope == "system" and _is_root() else None) or me
+    if scope == "system" and flavour != "windows" and user == "root":
+        cli.fail("--system: the services would run as root. Create a user for them (sudo useradd --system "
+                 "--create-home --shell /usr/sbin/nologin bgtasks) and pass --run-as bgtasks")
     user_home = _home_of(user) if user != me else str(Path.home())
     if user != me and "BGTASKS_HOME" not in os.environ:
         # `sudo bgtasks service install --system`: the home is the run-as user's, not root's.
-        s = s.model_copy(update={"home": Path(user_home) / ".bgtasks"})
+        s.home = Path(user_home) / ".bgtasks"
+        if "BGTASKS_SERVER_AUTH_STRING" not in os.environ:
+            s.server.auth_string = None  # the run-as user's home has its own
+            s.load_auth_string()
+    if s.server.auth_string is None and not s.server.api_url:
+        if create_secret:
+            s.ensure_auth_string()
+            for path in (s.home, s.auth_string_file.parent, s.auth_string_file):
+                _chown(path, user)
+        else:
+            s.server.auth_string = SecretStr(PLACEHOLDER_SECRET)
     target = Target(
         flavour=flavour, scope=scope, python=str(Path(sys.executable).absolute()), user=user,
         user_home=user_home, hostname=socket.gethostname().split(".")[0],
@@ -185,14 +210,14 @@ def _run_steps(steps: tuple[Step, ...], flavour: Flavour) -> None:
 
 
 def _print_plan(p: Plan, sections: list[tuple[str, Any]], output: str) -> None:
-    """A dry run: every file with its content, every command, in order."""
+    """A dry run: every file with its content (secrets masked), every command, in order."""
     from bgtasks.service import command_line
 
     if output == "json":
         doc: dict[str, Any] = {"platform": p.target.flavour, "scope": p.target.scope}
         for title, body in sections:
             if title == "files":
-                doc["files"] = [{"path": f.path, "mode": f"{f.mode:04o}", "content": f.text()} for f in body]
+                doc["files"] = [{"path": f.path, "mode": f"{f.mode:04o}", "content": p.masked(f)} for f in body]
             elif title == "remove":
                 doc["remove"] = [f.path for f in body]
             else:
@@ -203,7 +228,8 @@ def _print_plan(p: Plan, sections: list[tuple[str, Any]], output: str) -> None:
         if title == "files":
             for f in body:
                 print(f"# {f.path} (mode {f.mode:04o})")
-                print(f.text().replace("\r\n", "\n"), end="" if f.text().endswith("\n") else "\n")
+                text = p.masked(f)
+                print(text.replace("\r\n", "\n"), end="" if text.endswith("\n") else "\n")
                 print()
         elif title == "remove":
             print("# Files to remove:")
@@ -235,10 +261,13 @@ def _write(p: Plan) -> None:
     for f in p.files:
         path = Path(f.path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(f.content)
-        if os.name == "posix":
-            os.chmod(tmp, f.mode)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+        # The final mode from the first byte: created 0600, widened only once written.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(f.content)
+            if os.name == "posix":
+                os.fchmod(fh.fileno(), f.mode)
         os.replace(tmp, path)
 
 
@@ -261,6 +290,7 @@ def install(
         _print_plan(p, [("files", p.files), ("install", p.install)], output)
         return
     _require_manager(p, "install")
+    p, s = _plan(platform, scope, run_as, create_secret=True)  # the server's auth string, made now
     _write(p)
     _run_steps(p.install, p.target.flavour)
     kind = {"linux": "systemd units", "macos": "launchd jobs", "windows": "scheduled tasks"}[p.target.flavour]

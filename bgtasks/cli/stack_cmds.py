@@ -9,6 +9,9 @@ import time
 from typing import Annotated
 
 from cyclopts import Parameter
+from rich.markup import escape
+
+from bgtasks.settings import Settings
 
 
 def up(
@@ -22,13 +25,15 @@ def up(
     from bgtasks import cli
     from bgtasks.settings import load_settings
 
+    # The flags are settings: put them in the environment, so every part reads the same.
+    for key, value in (("BGTASKS_SERVER_PORT", port), ("BGTASKS_SERVER_DATABASE_URL", database),
+                       ("BGTASKS_API_PORT", api_port)):
+        if value is not None:
+            os.environ[key] = str(value)
     s = load_settings()
-    if port is not None:
-        s.server.port = port
-    if database is not None:
-        s.server.database_url = database
-    if api_port is not None:
-        s.api.port = api_port
+    for problem in exposure_problems(s):
+        cli.fail(problem)
+    s.ensure_auth_string()  # generated on the first start; the server and every part share it
     for key, value in s.prefect_env().items():
         os.environ[key] = value  # `up` owns these: its children must agree with it
     cli._settings = s
@@ -49,9 +54,11 @@ def up(
             stack.start(progress=lambda msg: status.update(f"bgtasks: {msg}..."))
     except StackError as exc:
         cli.fail(f"{exc}. See the logs in {s.home / 'logs'}.")
+    for warning in exposure_warnings(s):
+        cli.err_console.print(f"[yellow]{escape(warning)}[/]")
     cli.console.print(
         f"[green]bgtasks is up[/] in {time.monotonic() - started:.1f}s.\n"
-        f"  Prefect UI:  [bold]{s.ui_url}[/]\n"
+        f"  Prefect UI:  [bold]{s.ui_url}[/] ({ui_login_hint(s)})\n"
         f"  Prefect API: {s.api_url}\n"
         f"  REST API:    {stack.api_url} (OpenAPI at /docs; "
         + ("no authentication" if s.api.auth == "none" else "tokens from `bgtasks token create NAME`") + ")\n"
@@ -74,6 +81,55 @@ def up(
     return code
 
 
+def ui_login_hint(s: Settings) -> str:
+    if s.server.api_url:
+        return "the external server's own login"
+    return f"log in with the auth string in {s.auth_string_file}; `bgtasks ui` prints it"
+
+
+def exposure_problems(s: Settings) -> list[str]:
+    """Settings that would open a door to the network: refused."""
+    from bgtasks.settings import is_loopback
+
+    out = []
+    if s.api.auth == "none" and not is_loopback(s.api.host):
+        out.append(f"BGTASKS_API_HOST={s.api.host}: BGTASKS_API_AUTH=none is accepted only on loopback "
+                   "(127.0.0.1); use tokens (`bgtasks token create`) to serve other hosts")
+    return out
+
+
+def exposure_warnings(s: Settings) -> list[str]:
+    """Doors open to the network over plain HTTP: allowed (they need a key) but said."""
+    from bgtasks.settings import is_loopback
+
+    out = []
+    if not s.server.api_url and not is_loopback(s.server.host):
+        out.append(f"The Prefect server listens on {s.server.host} over plain HTTP: its auth string crosses the "
+                   "network in clear. Put TLS in front of it (docs/scaling.md).")
+    if not is_loopback(s.api.host):
+        out.append(f"The REST API listens on {s.api.host} over plain HTTP: tokens cross the network in clear. "
+                   "Put TLS in front of it (docs/scaling.md).")
+    return out
+
+
+def ui(*, secret: Annotated[bool, Parameter(help="Print the auth string itself (to this terminal only).")] = False,
+       open_browser: Annotated[bool, Parameter(name="--open", help="Open the UI in a browser too.")] = False) -> None:
+    """Where the Prefect UI is and how to log in to it (its auth string)."""
+    from bgtasks import cli
+
+    s = cli.settings()
+    if secret:
+        if s.server.auth_string is None:
+            cli.fail("no auth string is configured for this Prefect API (BGTASKS_SERVER_AUTH_STRING)")
+        print(s.server.auth_string.get_secret_value())
+        return
+    cli.console.print(f"Prefect UI: {s.ui_url}\nLog in: {escape(ui_login_hint(s))}.")
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(s.ui_url)
+
+
 def env(*, shell: bool = True) -> None:
     """Print the Prefect environment of this bgtasks (for `prefect deploy`, `prefect worker start`)."""
     from bgtasks import cli
@@ -86,14 +142,15 @@ def env(*, shell: bool = True) -> None:
 def api(*, host: str | None = None, port: int | None = None) -> int:
     """Serve bgtasks' REST API (the spec's JSON shapes) against the Prefect API."""
     from bgtasks import cli
-    from bgtasks.api.app import is_loopback
+    from bgtasks.home import private_umask
 
     s = cli.settings()
-    host = host or s.api.host
-    port = port or s.api.port
-    if s.api.auth == "none" and not is_loopback(host):
-        cli.fail(f"--host {host}: BGTASKS_API_AUTH=none is accepted only on loopback (127.0.0.1); "
-                 "use tokens (`bgtasks token create`) to serve other hosts")
+    s.api.host = host or s.api.host
+    s.api.port = port or s.api.port
+    host, port = s.api.host, s.api.port
+    for problem in exposure_problems(s):
+        cli.fail(problem)
+    private_umask()
     import uvicorn
 
     from bgtasks.api import create_app

@@ -35,7 +35,7 @@ def _run(op: Callable[[Any], Awaitable[T]]) -> T:
         from bgtasks.manager import TaskManager
 
         async with get_client() as client:
-            return await op(TaskManager(client, s.worker.pool))
+            return await op(TaskManager(client, s.worker.pool, settings=s))
 
     return asyncio.run(go())
 
@@ -43,7 +43,14 @@ def _run(op: Callable[[Any], Awaitable[T]]) -> T:
 def _print_json(value: Any) -> None:
     from bgtasks.cli import console
 
-    console.print_json(json.dumps(value))
+    # ASCII only: a bidi override in a task's data cannot reorder what the terminal shows.
+    console.print_json(json.dumps(value), ensure_ascii=True)
+
+
+def shown(value: object) -> str:
+    from bgtasks.cli import shown as _shown
+
+    return _shown(value)
 
 
 def _when(t: datetime | None) -> str:
@@ -66,7 +73,7 @@ def _result_text(t: BackgroundTask | TaskRun) -> str:
         return "-"
     if r.success:
         return f"[green]ok[/] {r.duration} ms"
-    return f"[red]{(r.error or 'failed')[:60]}[/]"
+    return f"[red]{shown((r.error or 'failed')[:60])}[/]"
 
 
 def _aware(text: str, field: str) -> datetime:
@@ -227,7 +234,7 @@ def create(
     if output == "json":
         _print_json(task.to_json_dict())
         return
-    console.print(f"Created task [bold]{task.name}[/] ({task.id}), {task.type.value}, next run {_when(task.next_run)}.")
+    console.print(f"Created task [bold]{shown(task.name)}[/] ({task.id}), {task.type.value}, next run {_when(task.next_run)}.")
     console.print(f"[dim]Watch it: bgtasks task show {task.id}[/]")
 
 
@@ -252,7 +259,7 @@ def list_tasks(
     for col in ("Name", "Type", "Status", "Priority", "Next run", "Last run", "Last result"):
         table.add_column(col, overflow="fold")
     for t in tasks:
-        table.add_row(t.id, t.name, t.type.value, _status(t), t.priority.value, _when(t.next_run), _when(t.last_run), _result_text(t))
+        table.add_row(t.id, shown(t.name), t.type.value, _status(t), t.priority.value, _when(t.next_run), _when(t.last_run), _result_text(t))
     console.print(table)
 
 
@@ -282,22 +289,22 @@ def show(ref: str, *, output: Output = "table") -> None:
     info.add_column(style="bold")
     info.add_column()
     info.add_row("id", task.id)
-    info.add_row("name", task.name)
+    info.add_row("name", shown(task.name))
     if task.description:
-        info.add_row("description", task.description)
+        info.add_row("description", shown(task.description))
     info.add_row("type / priority", f"{task.type.value} / {task.priority.value}")
     info.add_row("status", _status(task))
-    info.add_row("handler", task.handler or "-")
+    info.add_row("handler", shown(task.handler or "-"))
     if task.schedule:
         from deployments.mapping import describe_schedule
 
-        info.add_row("schedule", describe_schedule(task.schedule))
+        info.add_row("schedule", shown(describe_schedule(task.schedule)))
     if task.trigger:
-        info.add_row("trigger", json.dumps(task.trigger.to_json_dict()))
+        info.add_row("trigger", shown(json.dumps(task.trigger.to_json_dict())))
     if task.target:
-        info.add_row("wakes devices", json.dumps(task.target.to_json_dict()))
+        info.add_row("wakes devices", shown(json.dumps(task.target.to_json_dict())))
     for w in task.waiting or []:
-        info.add_row("[yellow]waiting[/]", f"run {w.run_id} since {_when(w.since)}: {w.reason}")
+        info.add_row("[yellow]waiting[/]", f"run {w.run_id} since {_when(w.since)}: {shown(w.reason)}")
     if task.retry_policy:
         info.add_row("retry policy", json.dumps(task.retry_policy.to_json_dict()))
     if task.constraints and task.constraints.to_json_dict():
@@ -309,18 +316,18 @@ def show(ref: str, *, output: Output = "table") -> None:
     info.add_row("last run", _when(task.last_run))
     if task.result:
         r = task.result
-        info.add_row("last result", f"{'success' if r.success else 'failure'} ({r.state}), {r.duration} ms, attempts {r.attempts or 1}")
+        info.add_row("last result", f"{'success' if r.success else 'failure'} ({shown(r.state)}), {r.duration} ms, attempts {r.attempts or 1}")
         if r.error:
-            info.add_row("error", f"[red]{r.error}[/]")
+            info.add_row("error", f"[red]{shown(r.error)}[/]")
         if r.data is not None:
-            info.add_row("data", json.dumps(r.data))
+            info.add_row("data", shown(json.dumps(r.data)))
     console.print(info)
     if runs:
         table = Table(title="History")
         for col in ("Run", "State", "Scheduled", "Started", "Attempts", "Result"):
             table.add_column(col, overflow="fold")
         for r in runs:
-            table.add_row(r.id, r.state, _when(r.scheduled_for), _when(r.started_at), str(r.attempts or "-"), _result_text(r))
+            table.add_row(r.id, shown(r.state), _when(r.scheduled_for), _when(r.started_at), str(r.attempts or "-"), _result_text(r))
         console.print(table)
 
 
@@ -340,7 +347,7 @@ def history(ref: str, *, limit: int = 50, output: Output = "table") -> None:
     for col in ("Run", "State", "Scheduled", "Started", "Ended", "Attempts", "Result"):
         table.add_column(col, overflow="fold")
     for r in runs:
-        table.add_row(r.id, r.state, _when(r.scheduled_for), _when(r.started_at), _when(r.ended_at), str(r.attempts or "-"), _result_text(r))
+        table.add_row(r.id, shown(r.state), _when(r.scheduled_for), _when(r.started_at), _when(r.ended_at), str(r.attempts or "-"), _result_text(r))
     console.print(table)
 
 
@@ -355,7 +362,7 @@ def _control(ref: str, action: str, output: str) -> None:
         _print_json(task.to_json_dict())
         return
     past = {"pause": "Paused", "resume": "Resumed", "cancel": "Cancelled"}[action]
-    console.print(f"{past} task [bold]{task.name}[/] ({task.id}).")
+    console.print(f"{past} task [bold]{shown(task.name)}[/] ({task.id}).")
     if action == "pause":
         console.print(f"[dim]Resume it: bgtasks task resume {task.id}[/]")
 
@@ -396,7 +403,8 @@ def run(ref: str, *, wait: Annotated[bool, Parameter(help="Wait for the run to f
     else:
         console.print(f"Started run {run_id}.")
         if result is not None:
-            console.print(f"Result: {'success' if result.success else 'failure'} ({result.state}) {json.dumps(result.data) if result.success else result.error}")
+            detail = json.dumps(result.data) if result.success else result.error
+            console.print(f"Result: {'success' if result.success else 'failure'} ({shown(result.state)}) {shown(detail)}")
     return 0 if result is None or result.success else 1
 
 
@@ -406,7 +414,7 @@ def remove(ref: str, *, yes: Annotated[bool, Parameter(name=["--yes", "-y"], hel
     from bgtasks.cli import console, fail
 
     if not yes and sys.stdin.isatty():
-        answer = console.input(f"Delete task {ref!r}? [y/N] ")
+        answer = console.input(f"Delete task {shown(repr(ref))}? \\[y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             fail("Not deleted.")
 

@@ -48,7 +48,7 @@ def create(
     if output == "json":
         _print_json(record.to_json_dict() | {"token": secret})
         return
-    cli.console.print(f"Token {record.id} ({record.name}), scopes {' '.join(sorted(record.scopes))}:")
+    cli.console.print(f"Token {record.id} ({cli.shown(record.name)}), scopes {' '.join(sorted(record.scopes))}:")
     print(secret)
     cli.console.print("[dim]Shown only now: store it where your app keeps secrets. "
                       "Send it as `Authorization: Bearer <token>`.[/]")
@@ -67,7 +67,7 @@ def list_tokens(*, output: Output = "table") -> None:
     table.columns.insert(0, Table("ID").columns[0])
     table.columns[0].no_wrap = True
     for t in tokens:
-        table.add_row(t.id, t.name, " ".join(sorted(t.scopes)), t.device_id or "-", _when(t.created_at),
+        table.add_row(t.id, cli.shown(t.name), " ".join(sorted(t.scopes)), cli.shown(t.device_id or "-"), _when(t.created_at),
                       _when(t.last_used_at), _when(t.revoked_at))
     cli.console.print(table)
 
@@ -81,4 +81,4 @@ def revoke(token_id: str) -> None:
         record = _with_tokens(lambda t: t.revoke(token_id))
     except KeyError:
         cli.fail(f"No token with id {token_id!r} (see `bgtasks token ls`)")
-    cli.console.print(f"Token {record.id} ({record.name}) revoked.")
+    cli.console.print(f"Token {record.id} ({cli.shown(record.name)}) revoked.")

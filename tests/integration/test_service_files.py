@@ -70,7 +70,8 @@ def verify(p: service.Plan, tmp_path: Path) -> None:
     units = tmp_path / f"units-{p.target.scope}"
     units.mkdir()
     for f in p.files:
-        (units / Path(f.path).name).write_bytes(f.content)
+        if f.path.endswith((".service", ".target")):
+            (units / Path(f.path).name).write_bytes(f.content)
     runtime = tmp_path / "runtime"
     runtime.mkdir(mode=0o700, exist_ok=True)
     cmd = [systemd_analyze(), *(["--user"] if p.target.scope == "user" else []), "verify", "--man=no",
@@ -105,7 +106,10 @@ def test_units_with_awkward_paths_and_values_pass_verify(tmp_path: Path, clean_e
                  server=ServerSettings(database_url="postgresql+asyncpg://bg:p%40ss$word@db:5432/prefect"))
     p = service.plan(s, real_target("system", tmp_path, python=str(venv / "python")),
                      {"BGTASKS_PUSH_FCM_URL": "http://fake:1/v1/%s?a=1&b=\"2\""})
-    assert {f.mode for f in p.files if f.path.endswith(".service")} == {0o600}  # a password in a URL
+    # The password in the URL goes to the 0600 EnvironmentFile, not into the units.
+    assert {f.mode for f in p.files if f.path.endswith(".service")} == {0o644}
+    assert next(f for f in p.files if f.path.endswith("secrets.env")).mode == 0o600
+    assert not any("p%40ss" in f.text() for f in p.files if f.path.endswith(".service"))
     verify(p, tmp_path)
 
 
@@ -256,7 +260,7 @@ def test_install_refuses_another_platform_and_a_missing_launchctl(sandbox: Path,
     monkeypatch.setenv("PATH", str(sandbox / "empty"))
     monkeypatch.setattr(service_cmds, "current_platform", lambda: "macos")
     with pytest.raises(cli.CliError, match="^launchctl not found: .*needs launchd"):
-        call("install", "--platform", "macos")
+        call("install", "--user", "--platform", "macos")
     assert files_under(sandbox) == []
 
 
@@ -269,15 +273,18 @@ def test_user_and_system_exclude_each_other(sandbox: Path) -> None:
 @pytest.mark.parametrize("scope", ["--user", "--system"])
 def test_dry_run_prints_everything_and_writes_nothing(platform: str, scope: str, sandbox: Path,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    call("install", scope, "--platform", platform, "--dry-run")
+    run_as = ["--run-as", "alice"] if scope == "--system" else []  # never root
+    call("install", scope, *run_as, "--platform", platform, "--dry-run")
     text = capsys.readouterr().out
-    call("install", scope, "--platform", platform, "--dry-run", "-o", "json")
+    call("install", scope, *run_as, "--platform", platform, "--dry-run", "-o", "json")
     doc = json.loads(capsys.readouterr().out)
-    call("uninstall", scope, "--platform", platform, "--dry-run")
+    call("uninstall", scope, *run_as, "--platform", platform, "--dry-run")
     removal = capsys.readouterr().out
     assert files_under(sandbox) == [] and not (sandbox / "bg").exists()
     assert doc["platform"] == platform and doc["scope"] == scope[2:]
-    assert len(doc["files"]) == {"linux": 5, "macos": 4, "windows": 5}[platform]
+    assert len(doc["files"]) == {"linux": 6, "macos": 4, "windows": 5}[platform]
+    # No auth string was generated, and the secrets' places are masked.
+    assert "<secret, not shown>" in text
     for f in doc["files"]:
         assert f"# {f['path']} (mode {f['mode']})" in text
         assert f["content"].replace("\r\n", "\n").strip() in text
@@ -295,6 +302,14 @@ def test_install_status_uninstall_with_a_fake_systemctl(sandbox: Path, monkeypat
              "bgtasks-worker.service", "bgtasks.target"]
     assert sorted(x.name for x in unit_dir.iterdir()) == names
     assert all(oct((unit_dir / n).stat().st_mode & 0o777) == "0o644" for n in names)
+    # The server's auth string: generated into the home (0600) and given to the units only
+    # through their 0600 EnvironmentFile, never in a unit.
+    secret = (sandbox / "bg" / "secrets" / "prefect-auth-string").read_text().strip()
+    env_file = sandbox / "bg" / "service" / "secrets.env"
+    assert (sandbox / "bg" / "secrets" / "prefect-auth-string").stat().st_mode & 0o777 == 0o600
+    assert env_file.stat().st_mode & 0o777 == 0o600 and f"PREFECT_API_AUTH_STRING='{secret}'" in env_file.read_text()
+    assert all(secret not in (unit_dir / n).read_text() for n in names)
+    assert all(f"EnvironmentFile={env_file}" in (unit_dir / n).read_text() for n in names[:4])
     assert (sandbox / "bg" / "logs").is_dir() and (sandbox / "bg" / "prefect").is_dir()
     assert log.read_text().splitlines() == [
         "--user daemon-reload", "--user enable bgtasks.target", "--user restart bgtasks.target"]

@@ -57,10 +57,13 @@ def test_data_sync_copies_changed_files_only(tmp_path: Path) -> None:
     (src / "sub").mkdir(parents=True)
     (src / "a.txt").write_text("one")
     (src / "sub" / "b.txt").write_text("two")
-    assert sync_tree(src, dst) == {"copied": 2, "skipped": 0, "deleted": 0, "bytes": 6}
+    roots = [tmp_path]
+    assert sync_tree(src, dst, roots) == {"copied": 2, "skipped": 0, "deleted": 0, "ignored": 0, "bytes": 6}
     assert (dst / "sub" / "b.txt").read_text() == "two"
     (src / "a.txt").write_text("uno")
     (dst / "stale.txt").write_text("x")
-    assert sync_tree(src, dst, delete=True) == {"copied": 1, "skipped": 1, "deleted": 1, "bytes": 3}
+    assert sync_tree(src, dst, roots, delete=True) == {"copied": 1, "skipped": 1, "deleted": 1, "ignored": 0,
+                                                       "bytes": 3}
+    assert sorted(p.name for p in dst.iterdir()) == ["a.txt", "sub"]  # no temporary file left
     with pytest.raises(FileNotFoundError):
-        sync_tree(tmp_path / "missing", dst)
+        sync_tree(tmp_path / "missing", dst, roots)

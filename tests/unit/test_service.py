@@ -2,8 +2,9 @@
 plists, Task Scheduler XML and the commands around them, plus snapshots of every file.
 
 Snapshots live in tests/snapshots/service/<platform>-<scope>/, generated from fixed,
-fake inputs (home, Python path, user, host) so they are the same on every machine.
-Regenerate them after a deliberate change with ``BGTASKS_UPDATE_SNAPSHOTS=1``.
+fake inputs (home, Python path, user, host, auth string) so they are the same on every
+machine. The tests only compare; after a deliberate change regenerate them with
+``make snapshots`` (tests/update_snapshots.py), never from inside ``make test``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from bgtasks.service import Plan, Target, plan
 from bgtasks.settings import ServerSettings, Settings
 
 SNAPSHOTS = Path(__file__).resolve().parents[1] / "snapshots" / "service"
-UPDATE = bool(os.environ.get("BGTASKS_UPDATE_SNAPSHOTS"))
+#: A fixed, fake auth string: the snapshots show where the secret goes.
+SNAPSHOT_AUTH = "snapshot-auth-string"
+FLAVOURS = ("linux", "macos", "windows")
+SCOPES = ("user", "system")
 NS = {"t": service.TASK_NS}
 
 POSIX_HOME = "/home/alice/.bgtasks"
@@ -217,9 +221,17 @@ def test_control_characters_are_refused() -> None:
 
 def test_files_with_secrets_are_private() -> None:
     assert {f.mode for f in make().files} == {0o644}
-    secret = make(database_url="postgresql+asyncpg://bg:s3cret@db:5432/prefect")
-    assert {f.mode for f in secret.files if f.path.endswith(".service")} == {0o600}
-    assert service.has_secret({"PREFECT_API_KEY": "x"})
+    secret = make(database_url="postgresql+asyncpg://bg:s3cret@db:5432/prefect", auth_string="the-auth-string")
+    # Secrets go in the 0600 EnvironmentFile only: `systemctl show` prints Environment= to anyone.
+    units = [f for f in secret.files if f.path.endswith(".service")]
+    assert {f.mode for f in units} == {0o644}
+    assert not any("s3cret" in f.text() or "the-auth-string" in f.text() for f in units)
+    env_file = next(f for f in secret.files if f.path.endswith("/service/secrets.env"))
+    assert env_file.mode == 0o600
+    assert "BGTASKS_SERVER_DATABASE_URL='postgresql+asyncpg://bg:s3cret@db:5432/prefect'" in env_file.text()
+    assert "PREFECT_SERVER_API_AUTH_STRING='the-auth-string'" in env_file.text()
+    assert all(values(f.text(), "EnvironmentFile") == ["/home/alice/.bgtasks/service/secrets.env"] for f in units)
+    assert service.has_secret({"PREFECT_API_AUTH_STRING": "x"}) and service.has_secret({"PREFECT_API_KEY": "x"})
     assert service.has_secret({"BGTASKS_SERVER_DATABASE_URL": "postgresql://u:pw@h/db"})
     assert not service.has_secret({"BGTASKS_PUSH_APNS_KEY_FILE": "/k.p8", "PREFECT_HOME": "/h"})
     assert not service.has_secret({"PREFECT_API_URL": "http://127.0.0.1:4200/api"})
@@ -375,23 +387,23 @@ def _commands(p: Plan) -> str:
     return "\n".join(out) + "\n"
 
 
-@pytest.mark.parametrize("flavour", ["linux", "macos", "windows"])
-@pytest.mark.parametrize("scope", ["user", "system"])
-def test_snapshots(flavour: service.Flavour, scope: service.Scope) -> None:
-    p = make(flavour, scope, extra_env={"BGTASKS_PUSH_SENDER": "memory"})
+def expected_snapshots(flavour: service.Flavour, scope: service.Scope) -> dict[str, bytes]:
+    """The snapshot files of one platform and scope, by name."""
+    p = make(flavour, scope, extra_env={"BGTASKS_PUSH_SENDER": "memory"}, auth_string=SNAPSHOT_AUTH)
     expected = {_snapshot_name(f.path, flavour): f.content for f in p.files}
     expected["commands.txt"] = _commands(p).encode()
+    return expected
+
+
+@pytest.mark.parametrize("flavour", FLAVOURS)
+@pytest.mark.parametrize("scope", SCOPES)
+def test_snapshots(flavour: service.Flavour, scope: service.Scope) -> None:
+    expected = expected_snapshots(flavour, scope)
     directory = SNAPSHOTS / f"{flavour}-{scope}"
-    if UPDATE:
-        directory.mkdir(parents=True, exist_ok=True)
-        for stale in set(x.name for x in directory.iterdir()) - set(expected):
-            (directory / stale).unlink()
-        for name, content in expected.items():
-            (directory / name).write_bytes(content)
     have = {x.name for x in directory.iterdir()} if directory.is_dir() else set()
     assert have == set(expected), (f"snapshot files differ in {directory}; after a deliberate change "
-                                   "regenerate with BGTASKS_UPDATE_SNAPSHOTS=1")
+                                   "regenerate with `make snapshots`")
     for name, content in expected.items():
         assert (directory / name).read_bytes() == content, (
             f"{directory / name} differs from the generated file; after a deliberate change regenerate "
-            "with BGTASKS_UPDATE_SNAPSHOTS=1")
+            "with `make snapshots`")

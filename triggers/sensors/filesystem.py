@@ -160,8 +160,10 @@ _Control = str  # "reconcile" | "rescan"
 
 
 def _identity(path: str) -> tuple[int, int] | None:
+    """The directory's (device, inode); None when it is missing or a symlink (never followed:
+    a root replaced by a link to elsewhere is not re-armed)."""
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
     except OSError:
         return None
     return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None

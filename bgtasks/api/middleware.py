@@ -1,0 +1,139 @@
+"""What every request to the REST API passes before a route sees it, outermost first.
+
+1. :class:`bgtasks.guard.HostOriginGuard`: the Host is one of ours, the Origin (if any)
+   is allowed (DNS rebinding; pages of other sites).
+2. CORS, only for the front ends named in ``BGTASKS_API_ALLOWED_ORIGINS``.
+3. :class:`TokenAuth`: a live bearer token, checked before a byte of the body is read
+   (401 otherwise); routes then check its scope (403).
+4. :class:`BodyLimits`: at most ``max_body_bytes`` (413), and a JSON body no deeper than
+   ``max_json_depth`` with only finite numbers (400). Python's parser would answer a
+   thousand nested brackets with a RecursionError (a 500), and takes ``NaN``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from bgtasks.guard import App, Receive, Scope, Send, header
+
+#: Routes anyone may call: liveness and the API's own description.
+PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+PROBLEM = b"application/problem+json"
+
+#: A JSON string, a bracket, or a non-finite number outside strings (a JSON tokenizer's view,
+#: enough to count nesting; the parser still checks everything else).
+_JSON_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]|-?Infinity|NaN')
+
+
+def json_problem(body: bytes, max_depth: int) -> str | None:
+    """Why ``body`` is refused before parsing (too deep, non-finite numbers), or None."""
+    depth = 0
+    for match in _JSON_TOKENS.finditer(body):
+        token = match.group()
+        if token in (b"[", b"{"):
+            depth += 1
+            if depth > max_depth:
+                return f"JSON nested deeper than {max_depth} levels"
+        elif token in (b"]", b"}"):
+            depth -= 1
+        elif not token.startswith(b'"'):
+            return "NaN and Infinity are not JSON numbers"
+    return None
+
+
+async def send_problem(send: Send, status: int, title: str, detail: str,
+                       headers: dict[str, str] | None = None) -> None:
+    body = json.dumps({"type": "about:blank", "title": title, "status": status, "detail": detail}).encode()
+    raw = [(b"content-type", PROBLEM), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+Verify = Callable[[Scope, str], Awaitable[Any]]
+
+
+class TokenAuth:
+    """401 for a request without a live bearer token, before its body is read.
+
+    ``verify(scope, secret)`` returns the token's record or None; the record is put in
+    ``scope["state"]["token"]`` for the routes' scope checks. ``enabled=False``
+    (``BGTASKS_API_AUTH=none``) lets every request through with no token.
+    """
+
+    def __init__(self, app: App, verify: Verify, enabled: bool = True) -> None:
+        self.app = app
+        self.verify = verify
+        self.enabled = enabled
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.enabled or scope["path"] in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        auth = header(scope, b"authorization") or ""
+        scheme, _, secret = auth.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            await send_problem(send, 401, "Unauthorized", "send a bearer token: Authorization: Bearer <token> "
+                               "(create one with `bgtasks token create`)",
+                               {"WWW-Authenticate": 'Bearer realm="bgtasks"'})
+            return
+        token = await self.verify(scope, secret.strip())
+        if token is None:
+            await send_problem(send, 401, "Unauthorized", "the bearer token is unknown or revoked",
+                               {"WWW-Authenticate": 'Bearer realm="bgtasks", error="invalid_token"'})
+            return
+        scope.setdefault("state", {})["token"] = token
+        await self.app(scope, receive, send)
+
+
+class BodyLimits:
+    """413 for a body over ``max_bytes``; 400 for JSON too deep or with NaN/Infinity."""
+
+    def __init__(self, app: App, max_bytes: int, max_depth: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.max_depth = max_depth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        too_large = f"the request body is larger than {self.max_bytes} bytes"
+        declared = header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await send_problem(send, 413, "Content Too Large", too_large)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await send_problem(send, 413, "Content Too Large", too_large)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        if "json" in (header(scope, b"content-type") or "") and (why := json_problem(body, self.max_depth)):
+            await send_problem(send, 400, "Bad Request", why)
+            return
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if replayed:
+                return await receive()  # the app waits for the disconnect
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+__all__ = ["PUBLIC_PATHS", "TokenAuth", "BodyLimits", "json_problem", "send_problem"]
