@@ -265,6 +265,7 @@ class WarmWorker(ProcessWorker):
         self._running: dict[Any, FlowRun] = {}  # runs whose process is alive, for constraint checks
         self._stopping: dict[Any, str] = {}  # runs stopped because a constraint was lost -> why
         self._overridden: set[Any] = set()  # runs started at their constraint deadline
+        self._proposed: set[Any] = set()  # runs whose submission got as far as proposing Pending
         self._recovering: set[str] = set()  # crashed runs being looked at now
         self._caught_up_at: float | None = None  # end of the last catch-up pass (monotonic)
         self._caught_up_once = False  # the start-up pass (with unscheduled occurrences) is done
@@ -305,6 +306,22 @@ class WarmWorker(ProcessWorker):
             self._host = HostSensors(load_settings())
         return self._host.snapshot()
 
+    async def _submit_run(self, flow_run: FlowRun) -> None:
+        """Prefect's, and the concurrency slot its "deployment no longer exists" path keeps.
+
+        Prefect 3.9's ``BaseWorker._submit_run`` returns early for a run whose deployment
+        was deleted without releasing the slot taken for it: a worker with ``--limit 1``
+        then never takes a run again. Every other path proposes Pending first (which is
+        recorded here), so a run that was not proposed holds a slot nothing will release.
+        """
+        self._proposed.discard(flow_run.id)
+        try:
+            await super()._submit_run(flow_run)
+        finally:
+            if flow_run.id not in self._proposed:
+                self._release_limit_slot(flow_run.id)  # idempotent
+            self._proposed.discard(flow_run.id)
+
     async def _propose_pending_state(self, flow_run: FlowRun) -> bool:
         """Start a run only when its constraints hold on this host; otherwise it waits,
         Scheduled as ``AwaitingConstraints`` with the reasons in its message (no retry used).
@@ -312,6 +329,8 @@ class WarmWorker(ProcessWorker):
         from prefect.states import Failed, Scheduled
 
         from triggers.constraints import describe, unmet
+
+        self._proposed.add(flow_run.id)
         from triggers.waiting import (
             AWAITING,
             OVERRIDDEN_TAG,

@@ -47,7 +47,7 @@ async def _attempt(spec_json: dict[str, Any], data: Any) -> dict[str, Any]:
 
     from bgtasks.settings import load_settings
     from bgtasks.store import open_store
-    from mobile_push.dispatch import run_attempt
+    from mobile_push.dispatch import PushConfigError, run_attempt
     from mobile_push.registry import DeviceRegistry
     from mobile_push.reports import RunLedger
     from mobile_push.senders import make_senders
@@ -56,8 +56,11 @@ async def _attempt(spec_json: dict[str, Any], data: Any) -> dict[str, Any]:
     assert spec.target is not None, "device-task runs only tasks with a target"
     settings = load_settings()
     wait_s = spec.timeout_ms / 1000.0 if spec.timeout_ms else settings.push.report_wait_s
+    try:
+        senders = make_senders(settings.push)
+    except ValueError as exc:  # a credentials file unreadable, wrong, or open to others
+        raise PushConfigError(str(exc)) from None
     store = await open_store(settings.store_url)
-    senders = make_senders(settings.push)
     try:
         outcome = await run_attempt(
             settings=settings, registry=DeviceRegistry(store), ledger=RunLedger(store), senders=senders,

@@ -100,7 +100,12 @@ class DeviceRunOutcome:
 
 
 def report_base_url(settings: Settings) -> str:
-    return (settings.push.public_url or f"http://{settings.api.host}:{settings.api.port}").rstrip("/")
+    """Where devices report (``BGTASKS_PUSH_PUBLIC_URL``); a CONFIG error when it is not set: a
+    device sends its report token there, so bgtasks never guesses an address."""
+    if not settings.push.public_url:
+        raise PushConfigError("BGTASKS_PUSH_PUBLIC_URL is not set: set it to the https address where devices "
+                              "reach the REST API (http only on a loopback address, for development)")
+    return settings.push.public_url.rstrip("/")
 
 
 async def run_attempt(

@@ -121,12 +121,14 @@ async def client(prefect_server: ServerHandle) -> AsyncIterator[Any]:
 
 @pytest.fixture
 async def manager(client: Any, settings: Settings) -> AsyncIterator[Any]:
-    """A TaskManager that deletes every task the test created."""
+    """A TaskManager that deletes every task the test created (and the ids a test adds to
+    ``mgr.created_ids``: tasks it made another way)."""
     from bgtasks.errors import TaskNotFound
     from bgtasks.manager import TaskManager
 
     mgr = TaskManager(client, settings.worker.pool)
     created: list[str] = []
+    mgr.created_ids = created  # type: ignore[attr-defined]
     original = mgr.create
 
     async def create(body: Any) -> Any:
@@ -141,6 +143,15 @@ async def manager(client: Any, settings: Settings) -> AsyncIterator[Any]:
             await mgr.delete(tid)
         except TaskNotFound:
             pass
+
+
+async def runs_of(client: Any, task_id: str) -> list[Any]:
+    """Every flow run of a task's deployment, in any state."""
+    from uuid import UUID
+
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    return await client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[UUID(task_id)])))
 
 
 def records(path: Path) -> list[dict[str, Any]]:
@@ -191,7 +202,7 @@ def make_token(settings: Settings, *scopes: str, name: str = "test", device: str
 
 
 class ApiProcess:
-    """``bgtasks api`` as a child process on a free port; stopped by PID."""
+    """``bgtasks api`` as a child process on a free port, its output in ``log_path``; stopped by PID."""
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
         import subprocess
@@ -201,10 +212,13 @@ class ApiProcess:
 
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "bgtasks"), "api", "--port", str(self.port)],
-            env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        self.log_path = load_settings().home / "logs" / f"api-{self.port}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(Path(sys.executable).parent / "bgtasks"), "api", "--port", str(self.port)],
+                env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+            )
 
     def wait_healthy(self) -> None:
         import httpx
@@ -226,6 +240,20 @@ class ApiProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def up_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """One `bgtasks up` on a new home, shared by the tests that look at a running stack from outside
+    (its UI, its doors, its files); stopped with Ctrl-C at the end."""
+    from tests.e2e.up import Up
+
+    up = Up(tmp_path_factory.mktemp("up") / "home")
+    try:
+        up.start()
+        yield up
+    finally:
+        assert up.stop() == 0
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +278,7 @@ class DaemonProcess:
         self.env = {**os.environ, **env, "BGTASKS_HOME": str(home)}
         self.state = home / "daemon-state.json"
         self.state.unlink(missing_ok=True)
+        self.log_path = log
         self.argv = wrap([str(Path(sys.executable).parent / "bgtasks"), "daemon"])
         log.parent.mkdir(parents=True, exist_ok=True)
         self.log = open(log, "ab")

@@ -303,7 +303,7 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
         return {"status": "ok"}
 
     @app.post("/tasks", status_code=201, dependencies=write, response_class=JSONResponse,
-              responses=_ok(BackgroundTask, 201) | denied | _problems(400, 409, 422))
+              responses=_ok(BackgroundTask, 201) | denied | _problems(400, 409, 413, 422))
     async def create_task(request: Request, body: CreateTaskOptions = Body(...)) -> Any:
         """Create a task from a CreateTaskOptions body; returns the BackgroundTask."""
         return JSONResponse((await mgr(request).create(body)).to_json_dict(), status_code=201)
@@ -336,7 +336,7 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
         return JSONResponse(task.result.to_json_dict())
 
     @app.post("/tasks/{task_id}/run", status_code=202, dependencies=write,
-              responses=_ok(RunStarted, 202) | denied | _problems(400, 404, 409, 422))
+              responses=_ok(RunStarted, 202) | denied | _problems(400, 404, 409, 413, 422))
     async def run_task(request: Request, task_id: str, body: RunOptions | None = Body(None)) -> Any:
         """Run the task now, or ``delaySeconds`` from now; returns the run id."""
         delay = body.delay_seconds if body else 0
@@ -369,7 +369,7 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
     manage_devices = [Depends(requires(Scope.DEVICES_WRITE))]
 
     @app.post("/devices", status_code=201, dependencies=manage_devices,
-              responses=_ok(Device, 201) | denied | _problems(400, 409, 422))
+              responses=_ok(Device, 201) | denied | _problems(400, 409, 413, 422))
     async def register_device(request: Request, body: DeviceIn = Body(...)) -> Any:
         """Register a device to wake with silent pushes; its token is checked for shape."""
         device = await request.app.state.devices.add(body)
@@ -385,7 +385,7 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
     async def get_device(request: Request, device_id: str) -> Any:
         return JSONResponse((await request.app.state.devices.get(device_id)).public())
 
-    @app.put("/devices/{device_id}", responses=_ok(Device) | denied | _problems(400, 404, 409, 422))
+    @app.put("/devices/{device_id}", responses=_ok(Device) | denied | _problems(400, 404, 409, 413, 422))
     async def update_device(request: Request, device_id: str, body: DeviceUpdate = Body(...),
                             creds: HTTPAuthorizationCredentials | None = Security(bearer)) -> Any:
         """A new push token (tokens rotate) or labels. A device's own token may update it."""
@@ -412,7 +412,7 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
         return Response(status_code=204)
 
     @app.post("/devices/{device_id}/runs/{run_id}/report", status_code=201,
-              responses=_ok(DeviceReport, 201) | denied | _problems(400, 404, 409, 422))
+              responses=_ok(DeviceReport, 201) | denied | _problems(400, 409, 413, 422))
     async def report_run(request: Request, device_id: str, run_id: str, body: ReportIn = Body(...),
                          token: ApiToken | None = Depends(requires(Scope.DEVICES_REPORT))) -> Any:
         """A device reports what it did for a run, with the run's reportToken from the push."""

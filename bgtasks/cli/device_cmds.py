@@ -128,7 +128,7 @@ async def _test_push(store: Any, device_id: str) -> dict[str, Any]:
 
     from bgtasks.cli import settings
     from mobile_push.delivery import send_with_retries
-    from mobile_push.dispatch import invalid_reason, report_base_url
+    from mobile_push.dispatch import PushConfigError, invalid_reason, report_base_url
     from mobile_push.payload import build_payload, check_size
     from mobile_push.registry import DeviceRegistry
     from mobile_push.reports import RunLedger
@@ -139,7 +139,11 @@ async def _test_push(store: Any, device_id: str) -> dict[str, Any]:
     registry, ledger = DeviceRegistry(store), RunLedger(store)
     device = await registry.get(device_id)
     run_id = f"test-{uuid.uuid4().hex[:12]}"
-    senders = make_senders(s.push)
+    try:
+        base = report_base_url(s)
+        senders = make_senders(s.push)
+    except (PushConfigError, ValueError) as exc:  # the public URL, or a credentials file
+        return {"deviceId": device.id, "outcome": "config", "attempts": 0, "error": str(exc)}
     try:
         sender = senders.get(device.transport)
         if sender is None:
@@ -147,7 +151,7 @@ async def _test_push(store: Any, device_id: str) -> dict[str, Any]:
                     "error": missing_credentials_error(device.transport, s.push)}
         payload = build_payload(task_id="", run_id=run_id, task_name="bgtasks device test", handler="test",
                                 constraints={}, data=None, report_token=await ledger.issue_token(run_id, device.id, None),
-                                report_base_url=report_base_url(s), device_id=device.id)
+                                report_base_url=base, device_id=device.id)
         check_size(payload, device.transport, platform=device.platform)
         [(result, attempts)] = await send_with_retries(
             sender, [PushMessage(target=device.target(), payload=payload, ttl_s=300)],

@@ -7,13 +7,16 @@
 ``make_senders`` imports the network modules only when their credentials are
 set (firebase-admin is slow to import). A transport without credentials is
 absent from the result; the dispatcher reports the runs that need it as
-CONFIG failures with :func:`missing_credentials_error`.
+CONFIG failures with :func:`missing_credentials_error`. A credentials file
+that its group or others may read is refused (a ValueError naming the setting).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bgtasks.home import check_private
 from mobile_push.senders.memory import RecordingSender
 from mobile_push.types import Sender, Transport
 
@@ -50,6 +53,18 @@ def missing_credentials_error(transport: Transport | str, push: PushSettings) ->
             "or BGTASKS_PUSH_SENDER=memory to record pushes without sending")
 
 
+def _refuse_shared(path: Path | None, setting: str) -> None:
+    """A credentials file that group or others may read is refused: it may have leaked."""
+    if path is None:
+        return
+    try:
+        check_private(Path(path), f"{setting}:")
+    except FileNotFoundError:
+        return  # the sender says it cannot read it
+    except PermissionError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def make_senders(push: PushSettings) -> dict[Transport, Sender]:
     """One sender per configured transport (both recording senders when ``push.sender == 'memory'``).
 
@@ -59,6 +74,9 @@ def make_senders(push: PushSettings) -> dict[Transport, Sender]:
     """
     if push.sender == "memory":
         return {Transport.FCM: RecordingSender(Transport.FCM), Transport.APNS: RecordingSender(Transport.APNS)}
+    for path, setting in ((push.fcm_credentials_file, "BGTASKS_PUSH_FCM_CREDENTIALS_FILE"),
+                          (push.apns_key_file, "BGTASKS_PUSH_APNS_KEY_FILE")):
+        _refuse_shared(path, setting)
     senders: dict[Transport, Sender] = {}
     if not missing_settings(Transport.FCM, push):
         from mobile_push.senders.fcm import FcmSender

@@ -26,13 +26,17 @@ STEP_MS = 120_000
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
-    up = Up(tmp_path_factory.mktemp("ui") / "home")
-    try:
-        up.start()
-        yield up
-    finally:
-        assert up.stop() == 0
+def stack(up_stack: Up) -> Up:
+    return up_stack
+
+
+def log_in(page: object, stack: Up) -> None:
+    """The UI's login page: the server's auth string, as `bgtasks ui --secret` prints it."""
+    page.goto(stack.ui)  # type: ignore[attr-defined]
+    field = page.get_by_placeholder("admin:pass")  # type: ignore[attr-defined]
+    field.wait_for()
+    field.fill(stack.cli("ui", "--secret").strip())
+    page.get_by_role("button", name="Login").click()  # type: ignore[attr-defined]
 
 
 def _field(page: object, label: str, inner: str) -> object:
@@ -69,6 +73,8 @@ def test_create_background_task_from_the_prefect_ui_form(stack: Up) -> None:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.set_default_timeout(STEP_MS)
 
+            log_in(page, stack)
+            page.screenshot(path=ARTIFACTS / "0-logged-in.png")
             page.goto(f"{stack.ui}/v2/deployments")
             control = page.get_by_role("link", name="create-background-task").first
             control.wait_for()

@@ -8,6 +8,7 @@ import queue
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -27,7 +28,10 @@ class Up:
         self.port, self.api_port = free_port(), free_port()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "BGTASKS_"))}
         self.env.update({"BGTASKS_HOME": str(home), "BGTASKS_SERVER_PORT": str(self.port),
-                         "BGTASKS_API_PORT": str(self.api_port), "COLUMNS": "200"})
+                         "BGTASKS_API_PORT": str(self.api_port), "COLUMNS": "200",
+                         # the demo handler records attempts under the temp directory
+                         "BGTASKS_TASK_FILE_ROOTS": json.dumps([tempfile.gettempdir()])})
+        self.home = home
         self.ui = f"http://127.0.0.1:{self.port}"
         self.api = f"http://127.0.0.1:{self.api_port}"
         self.proc: subprocess.Popen[str] | None = None
@@ -59,6 +63,11 @@ class Up:
                 self.children = psutil.Process(self.proc.pid).children(recursive=True)
                 return
         raise AssertionError(f"bgtasks up not ready within {timeout_s}s: {''.join(self.output)}")
+
+    @property
+    def auth_string(self) -> str:
+        """The Prefect server's auth string, as `bgtasks up` generated it in the home."""
+        return (self.home / "secrets" / "prefect-auth-string").read_text().strip()
 
     def cli(self, *args: str) -> str:
         p = subprocess.run([str(BIN / "bgtasks"), *args], env=self.env, capture_output=True, text=True, timeout=300)

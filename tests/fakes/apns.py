@@ -285,6 +285,7 @@ class FakeAPNs(LoopThreadServer):
             raise RuntimeError("constructed with a public key: there is no private key to write")
         path = Path(directory) / f"AuthKey_{self.key_id}.p8"
         path.write_bytes(self.private_key_pem)
+        path.chmod(0o600)  # bgtasks refuses a key others may read, as it should
         return path
 
     def _check_jwt(self, token: str) -> _JwtCheck:
