@@ -1,14 +1,34 @@
 """What every benchmark sets up the same way: a fresh home, a free port, SQLite or a
-fresh PostgreSQL database (dropped afterwards), and the Prefect environment."""
+fresh PostgreSQL database (dropped afterwards), the Prefect environment with the
+server's auth string, and a plain HTTP client of the Prefect API."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import json
 import os
+import uuid
 import tempfile
 from pathlib import Path
 from typing import Any
+
+
+def prefect_http(settings: Any, timeout_s: float = 120) -> Any:
+    """An ``httpx.Client`` of the Prefect API with its auth string and a CSRF token (for POSTs)."""
+    import httpx
+
+    headers = {}
+    if settings.server.auth_string is not None:
+        secret = settings.server.auth_string.get_secret_value()
+        headers["Authorization"] = "Basic " + base64.b64encode(secret.encode()).decode()
+    client = httpx.Client(base_url=settings.api_url, timeout=timeout_s, headers=headers)
+    client_id = str(uuid.uuid4())
+    token = client.get("/csrf-token", params={"client": client_id})
+    if token.status_code == 200:
+        client.headers.update({"Prefect-Csrf-Token": token.json()["token"], "Prefect-Csrf-Client": client_id})
+    return client
 
 
 def add_postgres_option(ap: argparse.ArgumentParser) -> None:
@@ -44,9 +64,12 @@ class BenchHome:
             asyncio.run(pg_admin(postgres, f'CREATE DATABASE "{self.dbname}"'))
             base = postgres.replace("postgresql://", "postgresql+asyncpg://").rstrip("/")
             os.environ["BGTASKS_SERVER_DATABASE_URL"] = f"{base}/{self.dbname}"
+        # The demo handler records attempts under the temp directory.
+        os.environ["BGTASKS_TASK_FILE_ROOTS"] = json.dumps([tempfile.gettempdir()])
         from bgtasks.settings import load_settings
 
         self.settings: Any = load_settings()
+        self.settings.ensure_auth_string()  # the stack started next reads the same one
         os.environ.update(self.settings.prefect_env())
 
     @property

@@ -30,7 +30,10 @@ Lost = an expected run (or slot, or file) that did not end in its expected state
 (Completed; Failed for broken) with its expected attempts by the end of the drain.
 Duplicated = a flow run whose handler ran the same attempt more than once, a
 periodic slot with more than one run, or a file with more than one run. Lateness
-= flow run ``start_time`` - ``expected_start_time`` of the periodic runs.
+= flow run ``start_time`` - ``expected_start_time`` of the periodic runs. A
+run-now request the REST API refused (a 5xx, a reset connection) is an expected
+run that was lost. The soak passes (exit 0) only with nothing lost, nothing
+duplicated and no REST API error.
 
 RSS (psutil) every ``--sample-every`` s of: the server (``prefect server start`` and
 its descendants), the worker (the worker process and its zygote; not the forked
@@ -272,6 +275,7 @@ class Ledger:
     runs: dict[str, list[tuple[str, float]]] = field(default_factory=lambda: defaultdict(list))  # kind -> (id, t)
     drops: list[tuple[str, float]] = field(default_factory=list)                               # (file name, t)
     api_errors: list[str] = field(default_factory=list)
+    refused: Counter[str] = field(default_factory=Counter)  # kind -> run-now requests answered with an error
     unsent: int = 0  # run-now requests still queued in the bench when the load ended (cancelled)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -279,9 +283,12 @@ class Ledger:
         with self.lock:
             self.runs[kind].append((run_id, time.time()))
 
-    def error(self, what: str) -> None:
+    def error(self, what: str, kind: str | None = None) -> None:
+        """A REST API error; ``kind``: a run-now of that kind was asked for and not made."""
         with self.lock:
             self.api_errors.append(what)
+            if kind is not None:
+                self.refused[kind] += 1
 
 
 class Api:
@@ -301,10 +308,10 @@ class Api:
         try:
             r = self.http.post(f"/tasks/{task.id}/run")
         except httpx.HTTPError as exc:
-            ledger.error(f"run {task.kind}: {type(exc).__name__}: {exc}")
+            ledger.error(f"run {task.kind}: {type(exc).__name__}: {exc}", task.kind)
             return
         if r.status_code != 202:
-            ledger.error(f"run {task.kind}: {r.status_code} {r.text[:200]}")
+            ledger.error(f"run {task.kind}: {r.status_code} {r.text[:200]}", task.kind)
             return
         ledger.run_created(task.kind, r.json()["runId"])
 
@@ -419,11 +426,13 @@ def parse_time(s: str | None) -> datetime | None:
     return datetime.fromisoformat(s.replace("Z", "+00:00")) if s else None
 
 
-def read_runs(prefect_api: str, deployment_id: str, before: datetime) -> list[dict[str, Any]]:
+def read_runs(settings: Any, deployment_id: str, before: datetime) -> list[dict[str, Any]]:
     """Flow runs of a deployment expected to start before ``before`` (deduplicated by id)."""
+    from bench.common import prefect_http
+
     runs: dict[str, dict[str, Any]] = {}
     offset = 0
-    with httpx.Client(base_url=prefect_api, timeout=120) as http:
+    with prefect_http(settings) as http:
         while True:
             body = {"flow_runs": {"deployment_id": {"any_": [deployment_id]},
                                   "expected_start_time": {"before_": iso(before)}},
@@ -766,8 +775,16 @@ def print_report(rep: dict[str, Any]) -> None:
             print(f"      {ex}")
     print(f"\nhome (logs, records, database): {rep['home']}")
     print(f"plot: {rep['png']}\nnumbers: {rep['json']}")
-    verdict = "OK" if not t["lost"] and not t["duplicated"] else "FAIL"
-    print(f"\n{verdict}: {t['lost']} lost, {t['duplicated']} duplicated of {t['expected']} expected runs")
+    verdict = "OK" if passed(rep) else "FAIL"
+    print(f"\n{verdict}: {t['lost']} lost, {t['duplicated']} duplicated of {t['expected']} expected runs, "
+          f"{len(rep['api_errors'])} REST API errors")
+
+
+def passed(rep: dict[str, Any]) -> bool:
+    """Nothing lost, nothing duplicated, and the REST API answered every request (an error, a 5xx
+    above all, is a failure even when the client could retry it)."""
+    t = rep["totals"]
+    return not t["lost"] and not t["duplicated"] and not rep["api_errors"]
 
 
 # ---- main ------------------------------------------------------------------------
@@ -843,7 +860,7 @@ def main() -> int:
 
         def collect_all() -> dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
             try:
-                return collect(settings.api_url, tasks, cutoff)
+                return collect(settings, tasks, cutoff)
             except httpx.TransportError:
                 time.sleep(2)
                 up.check()  # the server is gone because the stack stopped: say so
@@ -904,6 +921,9 @@ def main() -> int:
                 "broken": ("FAILED", BROKEN_RETRIES + 1, f"broken (Failed after {BROKEN_RETRIES + 1} attempts)"),
             }[t.kind]
             c = count_asked(ids, runs, records, want_state, want_att)
+            # A run-now the API refused was asked for and never made: lost, not "not expected".
+            c.expected += ledger.refused[t.kind]
+            c.lost += ledger.refused[t.kind]
             if t.kind == "burst":
                 by_id = {r["id"]: r for r in runs}
                 lat = []
@@ -944,17 +964,17 @@ def main() -> int:
          f"{totals['lost']} lost, {totals['duplicated']} duplicated")
     out_json.write_text(json.dumps(rep, indent=1, default=str))
     print_report(rep)
-    return 1 if totals["lost"] or totals["duplicated"] else 0
+    return 0 if passed(rep) else 1
 
 
-def collect(prefect_api: str, tasks: list[Task],
+def collect(settings: Any, tasks: list[Task],
             cutoff: datetime) -> dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
     """Per task: its flow runs expected to start by the end of the load (periodic) or soon after
     (the rest), and its handler's records."""
     out = {}
     for t in tasks:
         before = cutoff + timedelta(seconds=t.interval_s / 2) if t.kind == "periodic" else cutoff + timedelta(hours=1)
-        out[t.id] = (read_runs(prefect_api, t.id, before), read_records(t.record))
+        out[t.id] = (read_runs(settings, t.id, before), read_records(t.record))
     return out
 
 

@@ -203,24 +203,27 @@ def server_doors() -> tuple[list[str], list[str], str]:
 
 def guard_server_app(hosts: list[str], origins: list[str], auth_string: str) -> None:
     """Put :class:`bgtasks.guard.HostOriginGuard` and :class:`AuthFirst` in front of the app
-    ``prefect server start`` builds.
+    ``prefect server start`` serves.
 
-    ``server start`` imports ``create_app`` from its module when it runs (in the same
-    process, one uvicorn worker), so replacing the module's function wraps what it serves.
+    The wrapping is at ``uvicorn.run``, which ``server start`` calls in this process with the
+    app it built: the server's own in-process clients (automation actions, which call the
+    API through an in-memory transport with the Host ``prefect-in-memory``) keep the bare app.
     """
-    import prefect.server.api.server as server
+    import uvicorn
 
     from bgtasks.guard import HostOriginGuard
 
-    if getattr(server.create_app, _PATCHED_GUARD, False):
+    if getattr(uvicorn.run, _PATCHED_GUARD, False):
         return
-    build = server.create_app
+    serve = uvicorn.run
 
-    def create_app(*args: Any, **kwargs: Any) -> Any:
-        return HostOriginGuard(AuthFirst(build(*args, **kwargs), auth_string), hosts, origins)
+    def run(app: Any, *args: Any, **kwargs: Any) -> Any:
+        if not isinstance(app, str):  # an app object, not a factory path (those are refused above)
+            app = HostOriginGuard(AuthFirst(app, auth_string), hosts, origins)
+        return serve(app, *args, **kwargs)
 
-    setattr(create_app, _PATCHED_GUARD, True)
-    server.create_app = create_app  # type: ignore[assignment]
+    setattr(run, _PATCHED_GUARD, True)
+    uvicorn.run = run  # type: ignore[assignment]
 
 
 def main() -> None:

@@ -221,6 +221,8 @@ class DaemonSettings(BaseSettings):
     network_poll_s: float = Field(30.0, gt=0, le=3600, description="Safety poll of the network (netlink wakes it).")
     network_portable_poll_s: float = Field(
         5.0, gt=0, le=3600, description="Poll interval of the network without netlink (network_mode poll).")
+    network_sysfs: Path = Field(
+        Path("/sys/class/net"), description="Where interface classes (wifi, cellular, ethernet) are read.")
     power_mode: Literal["auto", "sysfs", "psutil"] = Field(
         "auto", description="Where power is read: `sysfs` (power_root, Linux), `psutil` "
         "(psutil.sensors_battery, any platform) or `auto` (sysfs where power_root is a directory).")
@@ -230,6 +232,8 @@ class DaemonSettings(BaseSettings):
         "auto", description="What counts for device idle: `psi` (CPU percent and Linux CPU pressure), `cpu` "
         "(CPU percent alone, any platform) or `auto` (psi where /proc/pressure/cpu reads).")
     idle_poll_s: float = Field(30.0, gt=0, le=3600)
+    idle_cpu_percent: float = Field(
+        10.0, gt=0, le=100, description="Device idle: CPU use (of all CPUs together) below this for three samples.")
     file_observer: Literal["auto", "native", "polling"] = Field(
         "auto", description="How file triggers see changes: `native` (inotify, FSEvents, ReadDirectoryChangesW, "
         "kqueue), `polling` (a walk every file_poll_s, any filesystem) or `auto` (native where available).")

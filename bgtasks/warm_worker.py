@@ -63,7 +63,7 @@ CONSTRAINT_RECHECK_S = float(os.environ.get("BGTASKS_WORKER_CONSTRAINT_RECHECK_S
 #: How often running runs with constraints are checked (stopped when a constraint is lost).
 RUNNING_CHECK_S = 1.0
 #: How often the pool's crashed runs are looked for (a Crashed event is acted on at once).
-CRASH_SCAN_S = 60.0
+CRASH_SCAN_S = float(os.environ.get("BGTASKS_WORKER_CRASH_SCAN_S", "60"))
 #: Crashed runs looked at per scan, the most recent first.
 CRASH_SCAN_LIMIT = 200
 #: How far back each scan looks for trigger actions that failed (the scan runs with the

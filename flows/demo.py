@@ -5,6 +5,8 @@
 - ``sleepSeconds``: sleep this long first (a blocking ``time.sleep``);
 - ``sleepRuns``: sleep only in the first N runs of the flow run (a run retried after
   a crash runs again: its second run then goes straight on);
+- ``sleepAttempts``: sleep only in the first N attempts (a timed-out attempt's retry
+  then goes straight on);
 - ``fail``: ``true`` fails every attempt; ``failTimes``: fail the first N attempts;
 - ``errorType``: the exception raised on failure (``RuntimeError`` by default;
   ``ValueError``, ``TimeoutError``, ``ConnectionError``, ``PermissionError``);
@@ -53,7 +55,8 @@ _ERRORS: dict[str, type[Exception]] = {
 
 #: Bounds of the numeric knobs (inclusive) and the longest texts.
 LIMITS: dict[str, tuple[float, float]] = {
-    "sleepSeconds": (0, 3600), "sleepRuns": (0, 1000), "failTimes": (0, 100), "exitCode": (0, 255),
+    "sleepSeconds": (0, 3600), "sleepRuns": (0, 1000), "sleepAttempts": (0, 100), "failTimes": (0, 100),
+    "exitCode": (0, 255),
 }
 MAX_TEXT = 1000
 
@@ -93,6 +96,8 @@ def demo(data: Any = None, event: dict[str, Any] | None = None) -> dict[str, Any
         os._exit(int(opts["exitCode"]))
     sleep_s = float(opts.get("sleepSeconds", 0))
     if opts.get("sleepRuns") is not None and int(flow_run.run_count or 1) > int(opts["sleepRuns"]):
+        sleep_s = 0
+    if opts.get("sleepAttempts") is not None and attempt > int(opts["sleepAttempts"]):
         sleep_s = 0
     if sleep_s > 0:
         if opts.get("blockSignals"):

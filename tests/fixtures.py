@@ -177,16 +177,14 @@ def pid_alive(pid: int) -> bool:
 
 
 
-def make_token(settings: Settings, *scopes: str, name: str = "test", device: str | None = None) -> str:
-    """A real API token in the settings' bgtasks database; returns its secret."""
-    from bgtasks.auth import TokenStore, parse_scopes
+def _in_store(settings: Settings, op: Callable[[Any], Awaitable[T]]) -> T:
+    """``op(store)`` on the settings' bgtasks database, from sync or async test code."""
     from bgtasks.store import open_store
 
-    async def go() -> str:
+    async def go() -> T:
         store = await open_store(settings.store_url)
         try:
-            _, secret = await TokenStore(store).create(name, parse_scopes(list(scopes)), device)
-            return secret
+            return await op(store)
         finally:
             await store.close()
 
@@ -199,6 +197,37 @@ def make_token(settings: Settings, *scopes: str, name: str = "test", device: str
 
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, go()).result()
+
+
+def make_token(settings: Settings, *scopes: str, name: str = "test", device: str | None = None) -> str:
+    """A real API token in the settings' bgtasks database; returns its secret. A ``device`` that
+    is not registered yet is registered first (an iOS device with a random token)."""
+    from bgtasks.auth import TokenStore, parse_scopes
+
+    if device is not None:
+        make_device(settings, device)
+
+    async def go(store: Any) -> str:
+        return (await TokenStore(store).create(name, parse_scopes(list(scopes)), device))[1]
+
+    return _in_store(settings, go)
+
+
+def make_device(settings: Settings, device_id: str) -> None:
+    """Register an iOS device (random token) under ``device_id`` unless it exists."""
+    import secrets
+
+    from mobile_push.registry import DeviceIn, DeviceNotFound, DeviceRegistry
+
+    async def go(store: Any) -> None:
+        registry = DeviceRegistry(store)
+        try:
+            await registry.get(device_id)
+        except DeviceNotFound:
+            await registry.add(DeviceIn(id=device_id, platform="ios", token=secrets.token_hex(32),
+                                        topic="com.example.app"))
+
+    _in_store(settings, go)
 
 
 class ApiProcess:
@@ -217,7 +246,9 @@ class ApiProcess:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [str(Path(sys.executable).parent / "bgtasks"), "api", "--port", str(self.port)],
-                env={**os.environ, **(env or {})}, stdout=log, stderr=subprocess.STDOUT,
+                # Devices report to this API (a device-targeted task needs the address).
+                env={**os.environ, "BGTASKS_PUSH_PUBLIC_URL": self.base, **(env or {})},
+                stdout=log, stderr=subprocess.STDOUT,
             )
 
     def wait_healthy(self) -> None:

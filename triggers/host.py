@@ -21,7 +21,7 @@ from dataclasses import asdict, is_dataclass
 from typing import Any
 
 from bgtasks.settings import Settings
-from triggers.sensors import FileSensor, IdleSensor, NetworkSensor, PowerSensor, StorageSensor, Tracker
+from triggers.sensors import FileSensor, IdleSensor, IdleThresholds, NetworkSensor, PowerSensor, StorageSensor, Tracker
 from triggers.sensors._mechanism import MechanismUnavailable
 
 STATE_SENSORS = ("network", "power", "idle", "storage")
@@ -79,9 +79,10 @@ class HostSensors:
         d = settings.daemon
         makers: dict[str, Callable[[], Any]] = {
             "network": lambda: NetworkSensor(mode=d.network_mode, poll_s=d.network_poll_s,
-                                             portable_poll_s=d.network_portable_poll_s),
+                                             portable_poll_s=d.network_portable_poll_s, sysfs_net=d.network_sysfs),
             "power": lambda: PowerSensor(mode=d.power_mode, root=d.power_root, poll_s=d.power_poll_s),
-            "idle": lambda: IdleSensor(mode=d.idle_mode, poll_s=d.idle_poll_s),
+            "idle": lambda: IdleSensor(mode=d.idle_mode, poll_s=d.idle_poll_s,
+                                       thresholds=IdleThresholds(cpu_percent=d.idle_cpu_percent)),
             "storage": lambda: StorageSensor(str(d.storage_path or settings.home), poll_s=d.storage_poll_s),
         }
         self.trackers: dict[str, Tracker[Any]] = {

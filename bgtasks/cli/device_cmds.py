@@ -140,15 +140,18 @@ async def _test_push(store: Any, device_id: str) -> dict[str, Any]:
     device = await registry.get(device_id)
     run_id = f"test-{uuid.uuid4().hex[:12]}"
     try:
-        base = report_base_url(s)
         senders = make_senders(s.push)
-    except (PushConfigError, ValueError) as exc:  # the public URL, or a credentials file
+    except ValueError as exc:  # a credentials file unreadable, wrong, or open to others
         return {"deviceId": device.id, "outcome": "config", "attempts": 0, "error": str(exc)}
     try:
         sender = senders.get(device.transport)
         if sender is None:
             return {"deviceId": device.id, "outcome": "config", "attempts": 0,
                     "error": missing_credentials_error(device.transport, s.push)}
+        try:
+            base = report_base_url(s)
+        except PushConfigError as exc:
+            return {"deviceId": device.id, "outcome": "config", "attempts": 0, "error": str(exc)}
         payload = build_payload(task_id="", run_id=run_id, task_name="bgtasks device test", handler="test",
                                 constraints={}, data=None, report_token=await ledger.issue_token(run_id, device.id, None),
                                 report_base_url=base, device_id=device.id)

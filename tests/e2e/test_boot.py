@@ -1,10 +1,13 @@
 """Restore on boot, from the service files themselves: the systemd units that
-``bgtasks service install --user`` writes are run the way systemd runs them
-(their Environment=, WorkingDirectory=, ExecStartPre/ExecStart/ExecStartPost, in
-the units' After= order; stopped in reverse with their KillSignal= and
-TimeoutStopSec=), then stopped and started again as a reboot would. systemd
-itself does not run here (no PID 1 systemd in the sandbox); the units'
-syntax is checked by ``systemd-analyze verify`` in tests/integration/test_service_files.py.
+``bgtasks service install --user`` writes are run by a small runner that reads, of
+each unit, only Environment=, EnvironmentFile= (the 0600 file of secrets),
+WorkingDirectory=, UMask=, ExecStartPre/ExecStart/ExecStartPost (in the units'
+After= order) and, to stop them in reverse, KillSignal= and TimeoutStopSec=; then
+they are stopped and started again as a reboot would. What it does not prove:
+systemd itself does not run here (no PID 1 systemd in the sandbox), so Type=,
+Restart=, Wants=/PartOf=, User= and the sandbox options (ProtectSystem=, ...) are
+not exercised; ``systemd-analyze verify`` and ``security`` check their syntax and
+rating (tests/integration/test_service_files.py, tests/security/).
 
 After the "reboot": paused tasks stay paused, a run waiting for its constraints
 keeps waiting, a periodic task's missed runs follow its catch-up policy, and the
@@ -49,12 +52,20 @@ class Unit:
         self.post: list[list[str]] = []
         self.start_argv: list[str] = []
         self.cwd = "/"
+        self.umask = 0o022
         self.kill_signal, self.stop_timeout = signal.SIGTERM, 30.0
         for line in text.splitlines():
             key, _, value = line.partition("=")
             if key == "Environment":
                 k, _, v = shlex.split(value)[0].partition("=")
                 self.env[k] = v.replace("%%", "%")
+            elif key == "EnvironmentFile":
+                for assignment in Path(value.replace("%%", "%")).read_text().splitlines():
+                    if "=" in assignment and not assignment.startswith("#"):
+                        k, _, v = assignment.partition("=")
+                        self.env[k] = shlex.split(v)[0]
+            elif key == "UMask":
+                self.umask = int(value, 8)
             elif key == "ExecStartPre":
                 self.pre.append(shlex.split(value))
             elif key == "ExecStart":
@@ -70,7 +81,7 @@ class Unit:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def _run(self, argv: list[str]) -> None:
-        subprocess.run(argv, env=self.env, cwd=self.cwd, check=True, timeout=300,
+        subprocess.run(argv, env=self.env, cwd=self.cwd, check=True, timeout=300, umask=self.umask,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def start(self) -> None:
@@ -78,7 +89,8 @@ class Unit:
             self._run(argv)
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(self.start_argv, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                         umask=self.umask)
         for argv in self.post:
             self._run(argv)
 
@@ -105,6 +117,10 @@ class Machine:
         logs.mkdir(parents=True, exist_ok=True)
         for d in plan.dirs:  # as `bgtasks service install` makes them
             Path(d).mkdir(parents=True, exist_ok=True)
+        for f in plan.files:  # the environment file of secrets; units are read from the plan
+            if not f.path.endswith((".service", ".target")):
+                Path(f.path).write_bytes(f.content)
+                os.chmod(f.path, f.mode)
         by_name = {Path(f.path).name: f.text() for f in plan.files}
         self.units = [Unit(u, by_name[u], logs / f"{u}.log") for u in plan.units]
 
@@ -144,12 +160,15 @@ def test_the_installed_services_restore_everything_after_a_reboot(tmp_path: Path
         "BGTASKS_HOME": str(home), "BGTASKS_SERVER_PORT": str(port), "BGTASKS_API_PORT": str(api_port),
         "BGTASKS_WORKER_MISFIRE_GRACE_S": "2", "BGTASKS_DAEMON_POWER_ROOT": str(power),
         "BGTASKS_DAEMON_ALLOWED_ROOTS": json.dumps([str(tmp_path)]),
+        "BGTASKS_TASK_FILE_ROOTS": json.dumps([str(tmp_path)]),
     }
     for k, v in installing_shell.items():
         monkeypatch.setenv(k, v)
     target = service.Target(flavour="linux", scope="user", python=sys.executable, user=getpass.getuser(),
                             user_home=str(tmp_path), hostname="boot-test")
-    plan = service.plan(Settings(), target, installing_shell)
+    settings = Settings()
+    settings.ensure_auth_string()  # as `bgtasks service install` does before writing the units
+    plan = service.plan(settings, target, installing_shell)
     machine = Machine(plan, tmp_path / "journal")
     rec_periodic, rec_file = tmp_path / "periodic.jsonl", tmp_path / "file.jsonl"
     try:

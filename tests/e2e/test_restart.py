@@ -9,6 +9,7 @@ restore on boot: the service files start the same processes as `bgtasks up`;
 from __future__ import annotations
 
 import math
+import re
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -96,12 +97,14 @@ def test_stack_restart_restores_every_task_and_applies_catch_up(tmp_path: Path) 
         # Runs certainly missed: due after the stop and before the restart's misfire cut-off.
         cut = launched - timedelta(seconds=GRACE_S + 1)
 
-        def started_while_down(policy: str) -> list[datetime]:
+        def started_while_down(policy: str, until: datetime = cut) -> list[datetime]:
             return sorted(_t(r["scheduledFor"]) for r in hist[policy]
-                          if r.get("startedAt") and stopped < _t(r["scheduledFor"]) < cut)
+                          if r.get("startedAt") and stopped < _t(r["scheduledFor"]) < until)
 
-        assert started_while_down("skip") == []
-        assert len(started_while_down("run-once")) <= 1
+        # Every run due while the stack was down had misfired by the worker's first pass (the
+        # server alone takes longer to start than the grace): skip runs none, run-once exactly one.
+        assert started_while_down("skip", launched) == []
+        assert len(started_while_down("run-once", launched)) == 1, hist["run-once"]
         # run-all: every occurrence in the window runs, once. The occurrences are the task's
         # 5 s grid (any run's time is on it). They start in parallel (worker limit 4), so
         # wait for all of them, not for a count: one can start after a later one.
@@ -118,8 +121,9 @@ def test_stack_restart_restores_every_task_and_applies_catch_up(tmp_path: Path) 
 
         assert _wait("every missed run of every-run-all", all_ran) == grid
         log = (tmp_path / "home" / "logs" / "worker.log").read_text()
-        assert f"Missed runs of task {ids['run-once']}: catch-up run-once" in log and ", 1 kept," in log
-        assert f"Missed runs of task {ids['skip']}: catch-up skip" in log
+        dropped = re.search(rf"Missed runs of task {ids['run-once']}: catch-up run-once: (\d+) dropped, 1 kept,", log)
+        assert dropped and int(dropped.group(1)) >= 1, log[-3000:]
+        assert re.search(rf"Missed runs of task {ids['skip']}: catch-up skip: [1-9]\d* dropped, 0 kept,", log)
         # Nothing ran twice: each execution is a different flow run.
         for policy in ("skip", "run-once", "run-all"):
             runs = [r["run"] for r in records(recs[policy])]

@@ -216,3 +216,84 @@ def test_a_prefect_server_that_is_down_is_a_503_problem_to_retry(prefect_server:
         assert httpx.get(open_api.base + "/tasks", timeout=60).status_code == 200  # back with the server
     finally:
         open_api.stop()
+
+
+class FaultyPrefect:
+    """A relay to the session's Prefect server that, while ``failing``, answers every request
+    as Prefect does when its database is busy (503) instead of passing it on."""
+
+    def __init__(self, upstream: str) -> None:
+        import http.server
+        import threading
+
+        from tests.conftest import free_port
+
+        relay = self
+        self.failing = False
+        self.refused = 0
+        client = httpx.Client(base_url=upstream, timeout=120)
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _relay(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if relay.failing:
+                    relay.refused += 1
+                    status, content, headers = 503, b'{"exception_message":"Service Unavailable"}', {
+                        "content-type": "application/json"}
+                else:
+                    up = client.request(self.command, self.path, content=body, headers={
+                        k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")})
+                    status, content = up.status_code, up.content
+                    headers = {k: v for k, v in up.headers.items()
+                               if k.lower() not in ("content-length", "transfer-encoding", "content-encoding")}
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _relay
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self._client = client
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self._client.close()
+
+
+def test_a_prefect_5xx_is_a_503_problem_to_retry_and_stores_nothing(prefect_server: ServerHandle,
+                                                                     settings: Settings) -> None:
+    """Prefect answers 503 when its database is busy; the API passes that on as 503 with
+    Retry-After (after the Prefect client's own retries, turned off here), not a 500."""
+    faulty = FaultyPrefect(settings.api_url.removesuffix("/api"))
+    open_api = ApiProcess(env={"BGTASKS_API_AUTH": "none", "PREFECT_API_URL": faulty.url + "/api",
+                               "PREFECT_CLIENT_MAX_RETRIES": "0"})
+    try:
+        open_api.wait_healthy()
+        assert httpx.get(open_api.base + "/tasks", timeout=60).status_code == 200  # through the relay
+        faulty.failing = True
+        for answer in (httpx.get(open_api.base + "/tasks", timeout=60),
+                       httpx.post(open_api.base + "/tasks", timeout=60, json={
+                           "name": "made-during-a-5xx", "handler": "demo", "schedule": {"type": "one-time"}})):
+            assert answer.status_code == 503, answer.text
+            assert answer.headers["retry-after"] == "5"
+            assert answer.headers["content-type"].startswith("application/problem+json")
+            assert answer.json()["detail"] == "the Prefect server answered 503; retry later"
+        assert faulty.refused >= 2
+        faulty.failing = False
+        names = {t["name"] for t in httpx.get(open_api.base + "/tasks", timeout=60).json()}
+        assert "made-during-a-5xx" not in names
+    finally:
+        open_api.stop()
+        faulty.stop()

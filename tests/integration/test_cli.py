@@ -71,3 +71,40 @@ def test_cli_reports_an_unreachable_server(tmp_path: Path) -> None:
     env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"}
     proc = subprocess.run([BGTASKS, "task", "ls"], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 1 and "bgtasks up" in proc.stderr
+
+
+def test_cli_tokens_never_print_a_secret_and_revoke_takes_effect(api_process: Any) -> None:
+    import httpx
+
+    from bgtasks.auth import hash_token
+
+    made = json.loads(cli("token", "create", "cli-token", "--scope", "tasks:read", "-o", "json").stdout)
+    secret, token_id = made["token"], made["id"]
+    headers = {"Authorization": f"Bearer {secret}"}
+    assert httpx.get(f"{api_process.base}/tasks", headers=headers, timeout=60).status_code == 200
+    for args in (("token", "ls"), ("token", "ls", "-o", "json")):
+        out = cli(*args).stdout
+        assert token_id in out and secret not in out and hash_token(secret) not in out
+        assert secret[4:16] not in out  # not even a part of it
+    revoked = cli("token", "revoke", token_id)
+    assert token_id in revoked.stdout and secret not in revoked.stdout
+    assert httpx.get(f"{api_process.base}/tasks", headers=headers, timeout=60).status_code == 401
+    listed = {t["id"]: t for t in json.loads(cli("token", "ls", "-o", "json").stdout)}
+    assert "revokedAt" in listed[token_id]
+
+
+def test_cli_prints_markup_and_escapes_from_task_data_as_text(prefect_server: Any) -> None:
+    """A task's data and description come from whoever created the task: the CLI shows them,
+    it does not let them style or drive the terminal."""
+    message = "[red]not red[/red] \x1b[2J\u202egpj.exe"
+    created = json.loads(cli("task", "create", "cli-escapes", "--handler", "demo", "--data",
+                             json.dumps({"message": message}), "-o", "json").stdout)
+    cli("task", "run", created["id"], "--wait")
+    shown = cli("task", "show", created["id"]).stdout
+    assert "[red]not red[/red]" in shown  # markup stays text
+    assert "\x1b" not in shown and "\u202e" not in shown  # control and bidi characters are made visible
+    assert "\\x1b[2J" in shown or "\\u001b[2J" in shown
+    as_json = cli("task", "show", created["id"], "-o", "json").stdout
+    assert "\x1b" not in as_json and "\u202e" not in as_json
+    assert json.loads(as_json)["result"]["data"]["message"] == message  # the JSON is still exact
+    cli("task", "rm", created["id"], "--yes")

@@ -118,6 +118,26 @@ async def test_a_charging_task_waits_unplugged_and_runs_once_plugged_without_usi
     write_power_tree(power, percent=40, plugged=False)
 
 
+async def test_a_battery_not_low_task_waits_while_low_and_runs_once_charged_above_the_hysteresis(
+    manager: Any, gated_worker: WorkerHandle, daemon: Any, host: tuple[Path, Path], tmp_path: Path
+) -> None:
+    power = host[0]
+    write_power_tree(power, percent=10, plugged=False)  # low: unplugged at 15% or less
+    log = tmp_path / "runs.jsonl"
+    try:
+        task = await manager.create({
+            "name": "needs-battery", "handler": "demo", "schedule": {"type": "one-time"},
+            "constraints": {"requiresBatteryNotLow": True}, "data": {"recordTo": str(log)},
+        })
+        waiting = await _waiting(manager, task.id, "requiresBatteryNotLow")
+        assert "10%" in waiting.waiting[0].reason and records(log) == []
+        write_power_tree(power, percent=30, plugged=False)  # above 15 + 5: ok again
+        done = await _done(manager, task.id)
+        assert done.status.value == "completed" and done.result.attempts == 1 and len(records(log)) == 1
+    finally:
+        write_power_tree(power, percent=40, plugged=False)
+
+
 async def test_a_storage_task_waits_while_the_disk_is_full_and_runs_after_space_is_freed(
     manager: Any, gated_worker: WorkerHandle, daemon: Any, host: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -134,6 +154,31 @@ async def test_a_storage_task_waits_while_the_disk_is_full_and_runs_after_space_
     filler.unlink()
     done = await _done(manager, task.id)
     assert done.status.value == "completed" and done.result.attempts == 1
+
+
+async def test_storage_low_and_ok_events_start_their_triggered_tasks(
+    manager: Any, gated_worker: WorkerHandle, daemon: Any, host: tuple[Path, Path], tmp_path: Path
+) -> None:
+    disk = host[1]
+    low_log, ok_log = tmp_path / "low.jsonl", tmp_path / "ok.jsonl"
+    await manager.create({"name": "on-storage-low", "handler": "demo", "schedule": {"type": "triggered"},
+                          "trigger": {"on": "storage.low"}, "data": {"recordTo": str(low_log)}})
+    await manager.create({"name": "on-storage-ok", "handler": "demo", "schedule": {"type": "triggered"},
+                          "trigger": {"on": "storage.ok"}, "data": {"recordTo": str(ok_log)}})
+    filler = disk / "filler-trigger"
+    filler.write_bytes(b"\0" * (8 * 2**20 - 256 * 2**10))
+    try:
+        [low] = await wait_for(lambda: _ready(records(low_log)), DEADLINE_S, "the storage-low run")
+        assert low["event"]["name"] == "bgtasks.storage.low" and low["event"]["payload"]["path"] == str(disk)
+    finally:
+        filler.unlink()
+    [ok] = await wait_for(lambda: _ready(records(ok_log)), DEADLINE_S, "the storage-ok run")
+    assert ok["event"]["name"] == "bgtasks.storage.ok"
+    assert len(records(low_log)) == 1
+
+
+async def _ready(value: Any) -> Any:
+    return value
 
 
 async def test_released_runs_keep_their_priority_order(

@@ -149,8 +149,93 @@ async def test_server_killed_mid_run_the_run_ends_right_and_nothing_is_lost(
         result = await manager.wait_for_run(run_id, timeout_s=settings.worker.crash_after_s + 240)
         assert result.success, result
         states = await _states(client, run_id)
-        print(f"\nserver kill -9 mid-run: states {states}, handler ran {len(records(rec))} time(s)")
-        assert states.count("Completed") == 1, states
+        # Ended right: Completed once, never Crashed, and the handler ran once (a crash
+        # followed by a re-run would also end "Completed once").
+        assert states.count("Completed") == 1 and "Crashed" not in states, states
+        assert len(records(rec)) == 1, records(rec)
         assert {t.id for t in await manager.list()} == before
     finally:
         w.stop()
+
+
+# ---- a live worker, told by the Crashed event ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def event_worker(prefect_server: ServerHandle, settings: Settings) -> Any:
+    """A worker whose crashed-runs scan runs only at its start: whatever it does to a crash
+    after that, it does because it was told by the Crashed event."""
+    w = start_worker(settings, limit=2, env={"BGTASKS_WORKER_CRASH_SCAN_S": "3600"})
+    yield w
+    w.stop()
+
+
+async def _final(manager: Any, client: Any, run_id: str) -> tuple[Any, list[str]]:
+    result = await manager.wait_for_run(run_id, timeout_s=180)
+    return result, await _states(client, run_id)
+
+
+async def test_a_live_worker_retries_a_crashed_run_when_told_by_the_event(
+    event_worker: Any, manager: Any, client: Any, tmp_path: Path
+) -> None:
+    """The run's process is killed, its worker lives: Crashed at once, then put back by the
+    same worker (its periodic scan is an hour away) and completed by the policy's second try."""
+    rec = tmp_path / "rec"
+    task = await manager.create({
+        "name": "crash-child-alone", "handler": "demo", "schedule": ONCE,
+        "retryPolicy": {"maxRetries": 1, "initialBackoffMs": 200, "maxBackoffMs": 200, "jitter": 0},
+        "data": {"sleepSeconds": 600, "sleepRuns": 1, "recordTo": str(rec)},
+    })
+    run_id = await manager.run_now(task.id)
+    [first] = await wait_for(lambda: _attempts_started(rec, 1), 120, "the handler to start")
+    os.kill(first["pid"], signal.SIGKILL)
+    result, states = await _final(manager, client, run_id)
+    assert result.success, result
+    assert states.count("Crashed") == 1 and states.index("Crashed") < states.index("AwaitingRetry"), states
+    assert [r["run"] for r in records(rec)] == [run_id, run_id]  # the same run, twice: the crash and the re-run
+    log = event_worker.part.log_path.read_text()
+    assert "Crashed: attempt 2 of 2 by the task's retry policy" in log
+
+
+async def test_a_crash_before_the_handler_started_uses_no_try(
+    event_worker: Any, manager: Any, client: Any, tmp_path: Path
+) -> None:
+    """No retries in the policy: a crash that used the only try would end the run Crashed."""
+    from prefect.states import Crashed, Pending
+
+    rec = tmp_path / "rec"
+    task = await manager.create({"name": "crash-at-start", "handler": "demo", "schedule": ONCE,
+                                 "retryPolicy": {"maxRetries": 0}, "data": {"recordTo": str(rec)}})
+    run_id = await manager.run_now(task.id, delay_s=3600)  # no worker takes it on its own
+    # What a process that died at start-up leaves: Pending, then Crashed, no task run.
+    await client.set_flow_run_state(UUID(run_id), Pending(), force=True)
+    await client.set_flow_run_state(UUID(run_id), Crashed(message="process died at start-up"), force=True)
+    result, states = await _final(manager, client, run_id)
+    assert result.success and result.attempts == 1, result
+    assert "Crashed" in states and len(records(rec)) == 1
+    assert "crashed before its handler started: restarted" in event_worker.part.log_path.read_text()
+
+
+async def test_a_crash_after_the_handler_completed_is_marked_completed(
+    event_worker: Any, manager: Any, client: Any, tmp_path: Path
+) -> None:
+    from prefect.states import Crashed, Running
+
+    rec = tmp_path / "rec"
+    task = await manager.create({"name": "crash-after-work", "handler": "demo", "schedule": ONCE,
+                                 "retryPolicy": POLICY, "data": {"recordTo": str(rec)}})
+    run_id = await manager.run_now(task.id)
+    await manager.wait_for_run(run_id, timeout_s=120)
+    # What a process that died after its handler returned leaves: the handler's task run
+    # Completed, the flow run Running, then Crashed.
+    await client.set_flow_run_state(UUID(run_id), Running(), force=True)
+    await client.set_flow_run_state(UUID(run_id), Crashed(message="died after the work"), force=True)
+
+    async def completed_again() -> list[str] | None:
+        states = await _states(client, run_id)
+        return states if states[-1] == "Completed" and "Crashed" in states else None
+
+    states = await wait_for(completed_again, 120, "the run to be marked Completed")
+    assert states.count("Running") == 2  # the first run, and the forced one: never a re-run
+    assert len(records(rec)) == 1
+    assert "Crashed after its handler completed: marked Completed" in event_worker.part.log_path.read_text()

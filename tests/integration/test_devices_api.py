@@ -86,6 +86,30 @@ def test_register_rotate_and_remove(admin: httpx.Client, api_process: ApiProcess
     assert admin.delete("/devices/iphone-rot").status_code == 404
 
 
+async def test_a_new_push_token_reactivates_an_invalid_device(admin: httpx.Client, settings: Settings) -> None:
+    """A device whose token the push service rejected is skipped until its app registers a new one."""
+    from tests.fixtures import _in_store
+    from mobile_push.registry import DeviceRegistry
+
+    created = admin.post("/devices", json={"id": "iphone-dead", "platform": "ios", "token": secrets.token_hex(32),
+                                           "topic": "com.example.app"})
+    assert created.status_code == 201, created.text
+
+    async def invalidate(store: object) -> None:
+        await DeviceRegistry(store).mark_invalid("iphone-dead", "BadDeviceToken (APNs 400)")  # type: ignore[arg-type]
+
+    _in_store(settings, invalidate)
+    dead = admin.get("/devices/iphone-dead").json()
+    assert dead["state"] == "invalid" and dead["invalidReason"].startswith("BadDeviceToken")
+    assert [d["id"] for d in admin.get("/devices", params={"state": "invalid"}).json()] == ["iphone-dead"]
+    revived = admin.put("/devices/iphone-dead", json={"token": secrets.token_hex(32)})
+    assert revived.status_code == 200, revived.text
+    body = revived.json()
+    assert body["state"] == "active" and "invalidReason" not in body and "invalidAt" not in body
+    assert "iphone-dead" not in [d["id"] for d in admin.get("/devices", params={"state": "invalid"}).json()]
+    assert admin.delete("/devices/iphone-dead").status_code == 204
+
+
 def test_cli_device_commands(prefect_server: object, tmp_path: Path) -> None:
     env = os.environ.copy()
 

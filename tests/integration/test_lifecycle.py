@@ -73,18 +73,22 @@ async def test_a_periodic_task_first_runs_at_its_start_time(manager: Any, client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterDeploymentId
 
     rec = tmp_path / "rec"
-    start = (datetime.now(UTC) + timedelta(seconds=12)).replace(microsecond=0)
+    # 20 s ahead with a 4 s interval: Prefect's anchored schedule makes several runs before the
+    # start (up to five), however slow this machine is.
+    start = (datetime.now(UTC) + timedelta(seconds=20)).replace(microsecond=0)
     task = await manager.create({"name": "starts-later", "handler": "demo", "data": {"recordTo": str(rec)},
                                  "schedule": {"type": "periodic", "interval": 4000, "startTime": start.isoformat()}})
     assert (await manager.get(task.id)).next_run >= start
     flt = FlowRunFilter(deployment_id=FlowRunFilterDeploymentId(any_=[UUID(task.id)]))
     early = [r for r in await client.read_flow_runs(flow_run_filter=flt) if r.expected_start_time < start]
+    assert early, "Prefect made no run before the start: this test would prove nothing"
     first = await wait_for(lambda: _ready(records(rec)), 120, "the first run")
     run = await client.read_flow_run(UUID(first[0]["run"]))
     assert run.expected_start_time >= start and datetime.fromisoformat(first[0]["at"]) >= start
-    if early:  # Prefect made some (it does unless its scheduler was slow): they are gone
-        gone = {str(r.id) for r in early} - {str(r.id) for r in await client.read_flow_runs(flow_run_filter=flt)}
-        assert gone == {str(r.id) for r in early}
+    # The ones before the start never ran: the worker deleted them.
+    gone = {str(r.id) for r in early} - {str(r.id) for r in await client.read_flow_runs(flow_run_filter=flt)}
+    assert gone == {str(r.id) for r in early}
+    assert all(datetime.fromisoformat(r["at"]) >= start for r in records(rec))
 
 
 async def _ready(value: Any) -> Any:
@@ -139,8 +143,12 @@ async def test_pause_stops_scheduled_runs_and_resume_restores_them(manager: Any,
     task = await manager.create(
         {"name": "pausable", "handler": "demo", "schedule": {"type": "periodic", "interval": 2000}}
     )
+    witness = await manager.create(  # runs on the same grid all along: time and the worker move on
+        {"name": "pause-witness", "handler": "demo", "schedule": {"type": "periodic", "interval": 2000}}
+    )
     await _finished(manager, task.id, n=1)
     paused = await manager.pause(task.id)
+    paused_at = datetime.now(UTC)
     assert paused.paused and paused.next_run is None
     scheduled = await client.read_flow_runs(
         deployment_filter=_dep_filter(task.id),
@@ -149,16 +157,27 @@ async def test_pause_stops_scheduled_runs_and_resume_restores_them(manager: Any,
     assert scheduled == []  # nothing left that a worker could start
     with pytest.raises(TaskConflict):
         await manager.run_now(task.id)
-    seen = {r.id for r in await manager.history(task.id)}
+
+    # Three of the witness's 2 s slots pass and run while the task is paused.
+    async def witness_ran() -> Any:
+        runs = [r for r in await manager.history(witness.id)
+                if r.result is not None and r.scheduled_for is not None and r.scheduled_for > paused_at]
+        return len(runs) >= 3 and runs
+
+    await wait_for(witness_ran, 120, "three witness runs during the pause")
+    resumed_at = datetime.now(UTC)
+    started_while_paused = [r for r in await manager.history(task.id)
+                            if r.started_at is not None and paused_at < r.started_at < resumed_at]
+    assert started_while_paused == [], started_while_paused
 
     resumed = await manager.resume(task.id)
     assert not resumed.paused and resumed.next_run is not None
 
     async def new_run() -> Any:
-        runs = [r for r in await manager.history(task.id) if r.id not in seen and r.result is not None]
-        return runs
+        return [r for r in await manager.history(task.id)
+                if r.result is not None and r.started_at is not None and r.started_at > resumed_at]
 
-    [*_] = await wait_for(new_run, 120, "a run after resume")
+    await wait_for(new_run, 120, "a run after resume")
 
 
 def _scheduled() -> Any:
@@ -166,6 +185,24 @@ def _scheduled() -> Any:
     from prefect.client.schemas.objects import StateType
 
     return FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])))
+
+
+async def test_a_one_time_task_resumed_after_its_start_time_runs_now(manager: Any, tmp_path: Path) -> None:
+    """Paused before its time, resumed after it: it runs at once (not never, not at the old time)."""
+    rec = tmp_path / "rec"
+    at = datetime.now(UTC) + timedelta(seconds=3)
+    task = await manager.create({"name": "resume-late", "handler": "demo", "data": {"recordTo": str(rec)},
+                                 "schedule": {"type": "one-time", "startTime": at.isoformat()}})
+    await manager.pause(task.id)
+    await wait_for(lambda: _async(datetime.now(UTC) > at + timedelta(seconds=2)), 60, "the start time to pass")
+    assert records(rec) == [] and (await manager.history(task.id)) == []  # it did not run while paused
+    resumed_at = datetime.now(UTC)
+    resumed = await manager.resume(task.id)
+    assert resumed.next_run is not None and resumed.next_run >= at
+    [run] = await _finished(manager, task.id)
+    assert run.result.success
+    [record] = records(rec)
+    assert datetime.fromisoformat(record["at"]) >= resumed_at
 
 
 async def test_paused_one_time_task_waits_and_runs_after_resume(manager: Any) -> None:
@@ -198,3 +235,36 @@ async def test_cleanup_deletes_completed_runs_older_than_n_days(manager: Any, cl
         await client.read_flow_run(UUID(old_run))
     # The cleanup run itself is kept.
     assert (await manager.get(cleanup.id)).status == TaskStatus.COMPLETED
+
+
+async def test_the_worker_drops_runs_the_scheduler_makes_for_a_paused_task(
+    manager: Any, client: Any, worker: Any, tmp_path: Path
+) -> None:
+    """Prefect's scheduler can make runs just after a pause deleted the scheduled ones (its
+    loop read the deployment before the pause). Made here on purpose with the scheduler's own
+    endpoint: the worker deletes each one as it falls due, and none runs."""
+    from prefect.exceptions import ObjectNotFound
+
+    rec = tmp_path / "rec"
+    task = await manager.create({"name": "paused-but-scheduled", "handler": "demo", "data": {"recordTo": str(rec)},
+                                 "schedule": {"type": "periodic", "interval": 2000}})
+    await manager.pause(task.id)
+    await client.request("POST", "/deployments/{id}/schedule", path_params={"id": UUID(task.id)},
+                         json={"min_runs": 3, "max_runs": 3})
+    made = [r for r in await client.read_flow_runs(deployment_filter=_dep_filter(task.id),
+                                                   flow_run_filter=_scheduled()) if r.auto_scheduled]
+    assert made, "the scheduler's endpoint made no run: this test would prove nothing"
+
+    async def all_dropped() -> bool:
+        for run in made:
+            try:
+                await client.read_flow_run(run.id)
+                return False
+            except ObjectNotFound:
+                pass
+        return True
+
+    await wait_for(all_dropped, 120, "the worker to drop the paused task's runs")
+    assert records(rec) == [] and (await manager.history(task.id)) == []
+    log = worker.part.log_path.read_text()
+    assert all(f"Dropped run {run.id}: its task is paused" in log for run in made)

@@ -122,18 +122,36 @@ async def test_failure_matching_retry_on_message_is_retried(manager: Any) -> Non
     assert task.status == TaskStatus.COMPLETED and task.result.attempts == 2
 
 
+#: Generous: the handler must have started (and recorded its attempt) well before it.
+TIMEOUT_MS = 8000
+
+
 @pytest.mark.parametrize("block_signals", [False, True], ids=["interruptible", "signals-blocked"])
 async def test_timeout_stops_the_handler(manager: Any, tmp_path: Path, block_signals: bool) -> None:
     rec = tmp_path / "rec"
     task = await _run_once(manager, {
         "name": f"too-slow-{block_signals}",
-        "timeoutMs": 1500,
+        "timeoutMs": TIMEOUT_MS,
         "data": {"sleepSeconds": 600, "blockSignals": block_signals, "recordTo": str(rec)},
     }, settle=False)
     assert task.status == TaskStatus.FAILED
     assert task.result.state == "TimedOut" and not task.result.success
     [attempt] = records(rec)
     await wait_for(lambda: _false(pid_alive(attempt["pid"])), 60, "the handler's process to be gone")
+
+
+async def test_a_timed_out_attempt_is_retried_by_the_policy(manager: Any, tmp_path: Path) -> None:
+    """The timeout is per attempt and a timeout is a failure the policy retries."""
+    rec = tmp_path / "rec"
+    task = await _run_once(manager, {
+        "name": "slow-once",
+        "timeoutMs": TIMEOUT_MS,
+        "retryPolicy": {"maxRetries": 2, "initialBackoffMs": 100, "maxBackoffMs": 100},
+        "data": {"sleepSeconds": 600, "sleepAttempts": 1, "recordTo": str(rec)},
+    })
+    assert task.status == TaskStatus.COMPLETED and task.result.success
+    assert task.result.attempts == 2 and task.result.data["attempt"] == 2
+    assert [r["attempt"] for r in records(rec)] == [1, 2]
 
 
 async def _false(value: bool) -> bool:

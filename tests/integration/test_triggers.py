@@ -165,10 +165,24 @@ async def test_battery_low_and_ok_events_start_their_tasks(
     low = await _records(low_log, 1, "the battery-low run")
     assert low[0]["event"]["payload"]["percent"] == 12
     emitted = await daemon.emitted_more_than(before)
+    log_from = daemon.log_path.stat().st_size
     write_power_tree(power, percent=20, plugged=False)  # within the hysteresis: nothing
+
+    async def seen_at_20() -> bool:  # the daemon has sampled 20% (its state file has its snapshot)
+        try:
+            return json.loads(daemon.state.read_text()).get("power", {}).get("percent") == 20
+        except (OSError, ValueError):
+            return False
+
+    await wait_for(seen_at_20, DEADLINE_S, "the daemon to sample 20%")
     write_power_tree(power, percent=21, plugged=False)  # above 15 + 5: ok
     ok = await _records(ok_log, 1, "the battery-ok run")
     assert ok[0]["event"]["payload"]["percent"] == 21
+    # The daemon sampled 20% and emitted battery-ok once, at 21%.
+    with open(daemon.log_path, "rb") as fh:
+        fh.seek(log_from)
+        oks = [line for line in fh.read().decode(errors="replace").splitlines() if "bgtasks.power.battery-ok" in line]
+    assert len(oks) == 1 and '"percent": 21' in oks[0], oks
     assert len(records(low_log)) == 1
     assert emitted >= before + 1
 

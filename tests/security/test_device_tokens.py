@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from bgtasks.settings import Settings
-from tests.fixtures import ApiProcess, make_token
+from tests.fixtures import ApiProcess, _in_store, make_token
 
 pytestmark = pytest.mark.integration
 
@@ -109,5 +109,10 @@ def test_deleting_a_device_revokes_its_tokens(admin: httpx.Client, api_process: 
 
 
 def test_a_device_token_needs_its_device(settings: Settings) -> None:
+    from bgtasks.auth import Scope, TokenStore
+
+    async def create(store: Any) -> Any:
+        return await TokenStore(store).create("orphan", frozenset({Scope.DEVICES_REPORT}), "never-registered")
+
     with pytest.raises(ValueError, match="no device 'never-registered' is registered"):
-        make_token(settings, "devices:report", device="never-registered")
+        _in_store(settings, create)
