@@ -38,14 +38,14 @@ run: $(STAMP)
 	$(BIN)/bgtasks up
 
 ## The whole suite: unit, integration (real Prefect server), e2e (bgtasks up).
-## Then the integration tests again with the Prefect server and bgtasks' tables on
-## PostgreSQL (127.0.0.1:5432; the run creates and drops its own database).
+## Then the integration and security tests again with the Prefect server and bgtasks'
+## tables on PostgreSQL (127.0.0.1:5432; the run creates and drops its own database).
 test: $(STAMP) $(SYSDEPS) $(TSCLIENT)/node_modules/.package-lock.json
 	$(BIN)/python -m pytest -p no:cacheprovider -ra $(PYTEST_ARGS)
-	BGTASKS_TEST_DATABASE=postgresql $(BIN)/python -m pytest -p no:cacheprovider -ra tests/integration $(PYTEST_ARGS)
+	BGTASKS_TEST_DATABASE=postgresql $(BIN)/python -m pytest -p no:cacheprovider -ra tests/integration tests/security $(PYTEST_ARGS)
 
 test-postgres: $(STAMP) $(SYSDEPS) $(TSCLIENT)/node_modules/.package-lock.json
-	BGTASKS_TEST_DATABASE=postgresql $(BIN)/python -m pytest -p no:cacheprovider -ra tests/integration $(PYTEST_ARGS)
+	BGTASKS_TEST_DATABASE=postgresql $(BIN)/python -m pytest -p no:cacheprovider -ra tests/integration tests/security $(PYTEST_ARGS)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider tests/unit

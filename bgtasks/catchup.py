@@ -45,7 +45,11 @@ CATCH_UP_TAG = "bgtasks:catch-up"
 class Plan:
     delete: list[str] = field(default_factory=list)  # run ids
     create: list[datetime] = field(default_factory=list)  # occurrences to run
-    kept: int = 0  # missed runs left to run
+    keep: list[str] = field(default_factory=list)  # missed runs left to run (ids, oldest first)
+
+    @property
+    def kept(self) -> int:
+        return len(self.keep)
 
 
 def plan(policy: str | None, missed: list[tuple[str, datetime]], unscheduled: list[datetime] = ()) -> Plan:  # type: ignore[assignment]
@@ -64,13 +68,13 @@ def plan(policy: str | None, missed: list[tuple[str, datetime]], unscheduled: li
         latest_gap = unscheduled[-1] if unscheduled else None
         if latest_gap is not None and (latest_existing is None or latest_gap > latest_existing):
             return Plan(delete=[rid for rid, _ in missed], create=[latest_gap])
-        return Plan(delete=[rid for rid, _ in missed[:-1]], kept=1 if missed else 0)
+        return Plan(delete=[rid for rid, _ in missed[:-1]], keep=[rid for rid, _ in missed[-1:]])
     # run-all: every occurrence, the most recent MAX_RUN_ALL.
     everything = sorted([(t, rid) for rid, t in missed] + [(t, None) for t in unscheduled])
     dropped, runs = everything[:-MAX_RUN_ALL], everything[-MAX_RUN_ALL:]
     return Plan(delete=[rid for _, rid in dropped if rid is not None],
                 create=[t for t, rid in runs if rid is None],
-                kept=sum(1 for _, rid in runs if rid is not None))
+                keep=[rid for _, rid in runs if rid is not None])
 
 
 def policy_of(parameters: dict[str, Any] | None) -> str:
@@ -210,8 +214,9 @@ async def apply(client: Any, pool: str, grace_s: float, now: datetime, logger: l
                 dep_id, state=Scheduled(scheduled_time=at), tags=[CATCH_UP_TAG],
                 idempotency_key=f"{CATCH_UP_TAG}:{dep_id}:{at.isoformat()}")
         if p.delete or p.create:
-            logger.info("Missed runs of task %s: catch-up %s: %d dropped, %d kept, %d created",
-                        dep_id, policy, len(p.delete), p.kept, len(p.create))
+            shown = ", ".join(p.keep[:3]) + (", ..." if len(p.keep) > 3 else "")
+            logger.info("Missed runs of task %s: catch-up %s: %d dropped, %d kept, %d created%s",
+                        dep_id, policy, len(p.delete), p.kept, len(p.create), f" (kept {shown})" if p.keep else "")
         totals["deleted"] += len(p.delete)
         totals["created"] += len(p.create)
         totals["kept"] += p.kept

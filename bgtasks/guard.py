@@ -6,6 +6,7 @@ sees anything:
 
 - a ``Host`` header that is not one of the server's names (DNS rebinding: a page of
   ``evil.example`` whose name now resolves to 127.0.0.1 sends ``Host: evil.example``);
+  an allowed name may be a network (``10.0.0.0/8``): any address in it is accepted;
 - an ``Origin`` that is not one of the allowed origins (a page of another site calling
   the API from the user's browser: browsers send ``Origin`` on every cross-origin
   request, websocket handshakes and form posts included);
@@ -18,6 +19,7 @@ or 403 (origin) with a small JSON body; a refused websocket handshake is closed 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
@@ -26,6 +28,16 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def _network(name: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """``name`` as an IP network when it is written as one (``10.0.0.0/8``), else None."""
+    if "/" not in name:
+        return None
+    try:
+        return ipaddress.ip_network(name, strict=False)
+    except ValueError:
+        return None
 
 
 def host_name(host_header: str) -> str:
@@ -63,13 +75,24 @@ class HostOriginGuard:
 
     def __init__(self, app: App, hosts: Iterable[str], origins: Iterable[str]) -> None:
         self.app = app
-        self.hosts = frozenset(h.lower().strip("[]") for h in hosts)
+        names = [h.lower().strip("[]") for h in hosts]
+        self.networks = [net for net in map(_network, names) if net is not None]
+        self.hosts = frozenset(n for n in names if _network(n) is None)
         self.origins = frozenset(o.rstrip("/").lower() for o in origins)
+
+    def host_allowed(self, name: str) -> bool:
+        if name in self.hosts:
+            return True
+        try:
+            address = ipaddress.ip_address(name)
+        except ValueError:
+            return False
+        return any(address in net for net in self.networks)
 
     def problem(self, scope: Scope) -> tuple[int, str] | None:
         """Why this request is refused, or None."""
         host = header(scope, b"host")
-        if host is None or host_name(host) not in self.hosts:
+        if host is None or not self.host_allowed(host_name(host)):
             return 400, "this server does not answer to that Host name"
         origin = header(scope, b"origin")
         if origin is not None and origin.rstrip("/").lower() not in self.origins:

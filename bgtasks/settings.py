@@ -49,7 +49,8 @@ class ServerSettings(BaseSettings):
     allowed_hosts: list[str] = Field(
         default_factory=list,
         description="Host names the embedded server answers to besides loopback and its bind address "
-        "(JSON list); any other Host header is refused (DNS rebinding).",
+        "(JSON list; an IP network such as 10.0.0.0/8 allows its addresses); any other Host header is "
+        "refused (DNS rebinding).",
     )
     allowed_origins: list[str] = Field(
         default_factory=list,
@@ -443,6 +444,6 @@ def allowed_hosts(bind_host: str, extra: list[str]) -> list[str]:
 
 
 def origins(hosts: list[str], port: int, extra: list[str]) -> list[str]:
-    """``http://host:port`` for each host (IPv6 in brackets), then ``extra``."""
-    out = [f"http://[{h}]:{port}" if ":" in h else f"http://{h}:{port}" for h in hosts]
+    """``http://host:port`` for each host (IPv6 in brackets; networks have no origin), then ``extra``."""
+    out = [f"http://[{h}]:{port}" if ":" in h else f"http://{h}:{port}" for h in hosts if "/" not in h]
     return out + [o.rstrip("/") for o in extra if o.rstrip("/") not in out]

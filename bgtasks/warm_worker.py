@@ -705,6 +705,9 @@ class WarmWorker(ProcessWorker):
         while True:
             try:
                 async with get_events_subscriber(filter=flt, reconnection_attempts=10) as sub:
+                    # Runs scheduled before the stream was open (at start, or while it was
+                    # reconnecting) sent events nobody heard: look for them once now.
+                    self._wake_at(None)
                     async for event in sub:
                         if event.event == ACTION_FAILED:
                             failure = retryable_failure(event)
@@ -831,8 +834,10 @@ class WarmWorker(ProcessWorker):
             # rather than at the next periodic poll.
             if self._backlog:
                 self._wake_at(None)
-        if execution is None or execution.status_code is None:
-            # Crash already reported by the executor (or the run never started).
+        if execution is None or execution.status_code is None or not execution.crash_unreported:
+            # Exited cleanly, or its crash is already reported by the executor: BaseWorker must not
+            # report it a second time (a second Crashed would land after the crash policy has put
+            # the run back as AwaitingRetry, and crash the re-run before it starts).
             return ProcessWorkerResult(status_code=0, identifier=str(handle.pid))
         return ProcessWorkerResult(status_code=execution.status_code, identifier=str(execution.handle.pid))
 

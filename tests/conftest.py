@@ -51,6 +51,9 @@ if DATABASE == "postgresql":
     _PG_URL = create_database("bgtasks_suite")
     os.environ["BGTASKS_SERVER_DATABASE_URL"] = _PG_URL.replace("postgresql://", "postgresql+asyncpg://", 1)
 
+# Workers and daemons in the tests' network namespaces reach the server by its address on a
+# veth link (10.192.0.0/10, tests/integration/test_constraints_network.py).
+os.environ["BGTASKS_SERVER_ALLOWED_HOSTS"] = json.dumps(["10.192.0.0/10"])
 # Built-in handlers may touch files under the temp directory (tests record attempts there).
 os.environ["BGTASKS_TASK_FILE_ROOTS"] = json.dumps([tempfile.gettempdir()])
 

@@ -273,20 +273,6 @@ class ApiProcess:
             self.proc.wait()
 
 
-@pytest.fixture(scope="session")
-def up_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """One `bgtasks up` on a new home, shared by the tests that look at a running stack from outside
-    (its UI, its doors, its files); stopped with Ctrl-C at the end."""
-    from tests.e2e.up import Up
-
-    up = Up(tmp_path_factory.mktemp("up") / "home")
-    try:
-        up.start()
-        yield up
-    finally:
-        assert up.stop() == 0
-
-
 @pytest.fixture(scope="module")
 def api_process(prefect_server: ServerHandle) -> Iterator[ApiProcess]:
     """The REST API with token auth, against the session's Prefect server."""

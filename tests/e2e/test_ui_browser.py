@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.up import Up
+from tests.e2e.up import Up, running
 
 pytestmark = pytest.mark.e2e
 
@@ -26,8 +26,9 @@ STEP_MS = 120_000
 
 
 @pytest.fixture(scope="module")
-def stack(up_stack: Up) -> Up:
-    return up_stack
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    with running(tmp_path_factory.mktemp("ui") / "home") as up:
+        yield up
 
 
 def log_in(page: object, stack: Up) -> None:

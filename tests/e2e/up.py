@@ -11,6 +11,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +91,17 @@ class Up:
                 if c.is_running():
                     c.kill()
             raise
+
+
+@contextmanager
+def running(home: Path) -> Iterator[Up]:
+    """`bgtasks up` on ``home`` for the ``with`` block, stopped with Ctrl-C (exit code 0) after it."""
+    up = Up(home)
+    try:
+        up.start()
+        yield up
+    finally:
+        assert up.stop() == 0
 
 
 def poll(what: str, check: Any, timeout_s: float) -> Any:

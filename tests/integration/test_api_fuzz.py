@@ -1,9 +1,12 @@
 """Schemathesis against the served OpenAPI document of the live REST API.
 
-Every operation is called with generated valid and invalid input (with a real
-token): no answer may be a server error, and what comes back must be what the
-document says (status codes, content types, response schemas). Tasks the fuzzer
-manages to create are deleted afterwards.
+Every operation is called with generated valid and invalid input, with a real token
+that carries every scope (so the device routes and the ``{id}`` routes are reached,
+not stopped at 403): no answer may be a server error, and what comes back must be what
+the document says (status codes, content types, response schemas). A stateful run then
+follows the document's links (create a task or a device, then use the returned id), so
+the id routes are fuzzed on things that exist. Tasks and devices the fuzzer manages to
+create are deleted afterwards.
 """
 
 from __future__ import annotations
@@ -37,17 +40,21 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 
 @pytest.fixture(scope="module")
 def fuzz_token(settings: Settings) -> str:
-    return make_token(settings, "tasks:read", "tasks:write", name="fuzz")
+    return make_token(settings, "tasks:read", "tasks:write", "devices:write", "devices:report", name="fuzz")
 
 
 @pytest.fixture(scope="module")
 def api_schema(api_process: ApiProcess, fuzz_token: str) -> Iterator[Any]:
     headers = {"Authorization": f"Bearer {fuzz_token}"}
-    before = {t["id"] for t in httpx.get(api_process.base + "/tasks", headers=headers).json()}
+
+    def ids(kind: str) -> set[str]:
+        return {x["id"] for x in httpx.get(f"{api_process.base}/{kind}", headers=headers, timeout=60).json()}
+
+    before = {kind: ids(kind) for kind in ("tasks", "devices")}
     yield schemathesis.openapi.from_url(api_process.base + "/openapi.json")
-    for task in httpx.get(api_process.base + "/tasks", headers=headers, timeout=60).json():
-        if task["id"] not in before:
-            httpx.delete(f"{api_process.base}/tasks/{task['id']}", headers=headers, timeout=60)
+    for kind in ("tasks", "devices"):
+        for made in ids(kind) - before[kind]:
+            httpx.delete(f"{api_process.base}/{kind}/{made}", headers=headers, timeout=60)
 
 
 def test_no_server_errors_and_answers_match_the_document(
@@ -76,3 +83,24 @@ def test_no_server_errors_and_answers_match_the_document(
                 assert mode is GenerationMode.NEGATIVE, operation.label
                 unnegatable.append(operation.label)
     assert len(unnegatable) <= 1, unnegatable
+
+
+def test_linked_operations_statefully(api_schema: Any, api_process: ApiProcess, fuzz_token: str) -> None:
+    """Sequences that follow the links: a created task is read, run, paused, deleted; a
+    registered device is read, updated, reported for, removed. No server error anywhere."""
+    headers = {"Authorization": f"Bearer {fuzz_token}"}
+    doc = httpx.get(api_process.base + "/openapi.json", timeout=60).json()
+    assert "get_task_tasks__task_id__get" in doc["paths"]["/tasks"]["post"]["responses"]["201"]["links"]
+    assert "remove_device_devices__device_id__delete" in doc["paths"]["/devices"]["post"]["responses"]["201"]["links"]
+    base = api_schema.as_state_machine()
+
+    class Machine(base):  # type: ignore[misc, valid-type]
+        def get_call_kwargs(self, case: Any) -> dict[str, Any]:
+            return {"base_url": api_process.base, "headers": headers, "timeout": 60}
+
+        def validate_response(self, response: Any, case: Any, additional_checks: Any = None,
+                              **kwargs: Any) -> None:
+            case.validate_response(response, checks=CHECKS)
+
+    Machine.run(settings=hypothesis_settings(max_examples=40, stateful_step_count=6, deadline=None,
+                                             database=None, suppress_health_check=list(HealthCheck)))

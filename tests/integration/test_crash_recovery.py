@@ -171,8 +171,13 @@ def event_worker(prefect_server: ServerHandle, settings: Settings) -> Any:
 
 
 async def _final(manager: Any, client: Any, run_id: str) -> tuple[Any, list[str]]:
-    result = await manager.wait_for_run(run_id, timeout_s=180)
-    return result, await _states(client, run_id)
+    """The run once it is Completed (a Crashed state is not the end here: the worker acts on it)."""
+    async def completed() -> list[str] | None:
+        states = await _states(client, run_id)
+        return states if states[-1] == "Completed" else None
+
+    states = await wait_for(completed, 180, f"run {run_id} to complete")
+    return await manager.wait_for_run(run_id, timeout_s=60), states
 
 
 async def test_a_live_worker_retries_a_crashed_run_when_told_by_the_event(

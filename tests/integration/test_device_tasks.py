@@ -249,8 +249,9 @@ async def test_a_retried_run_does_not_push_again_to_devices_that_accepted(
     quick, slow = fcm_token(), apns_token()
     android = register(admin, "android", quick)
     ios = register(admin, "ios", slow, topic=BUNDLE)
-    # The first attempt waits 3 s for reports; only the Android one arrives, so it fails and is retried.
-    task = create(admin, {"deviceIds": [android["id"], ios["id"]]}, timeoutMs=3000,
+    # The first attempt waits 15 s for reports; only the Android one arrives, so it fails and is
+    # retried; the iOS report is sent once the second attempt runs (generous: it must come within it).
+    task = create(admin, {"deviceIds": [android["id"], ios["id"]]}, timeoutMs=15_000,
                   retryPolicy={"maxRetries": 1, "initialBackoffMs": 1000, "jitter": 0})
     a_req = await pushed(admin, task["id"], fcm, fcm_payload, quick)
     i_req = await pushed(admin, task["id"], apns, apns_payload, slow)
@@ -324,3 +325,31 @@ async def test_transient_errors_are_retried_and_recorded_once_as_delivered(
     fcm_sent, apns_sent = pushes_to(fcm, a_tok), pushes_to(apns, i_tok)
     assert [r.status for r in fcm_sent] == [503, 200] and [r.status for r in apns_sent] == [429, 200]
     assert apns_sent[1].time - apns_sent[0].time >= 1.0  # Retry-After honoured
+
+
+@pytest.mark.parametrize("platform", ["android", "ios"])
+def test_bgtasks_device_test_sends_one_push_and_prints_the_answer(
+    fakes: Any, admin: httpx.Client, api_process: ApiProcess, platform: str
+) -> None:
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    fcm, apns, env = fakes
+    token = fcm_token() if platform == "android" else apns_token()
+    device = register(admin, platform, token, **({"topic": BUNDLE} if platform == "ios" else {}))
+    fake = fcm if platform == "android" else apns
+    before = len(pushes_to(fake, token))
+    cli_env = {**os.environ, **env, "BGTASKS_PUSH_PUBLIC_URL": api_process.base}
+    p = subprocess.run([str(Path(sys.executable).parent / "bgtasks"), "device", "test", device["id"], "-o", "json"],
+                       env=cli_env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    answer = json.loads(p.stdout)
+    assert answer["outcome"] == "delivered" and answer["attempts"] == 1 and answer["messageId"]
+    [push] = pushes_to(fake, token)[before:]
+    payload = fcm_payload(push) if platform == "android" else apns_payload(push)
+    assert payload["runId"] == answer["runId"] and payload["handler"] == "test"
+    shown = subprocess.run([str(Path(sys.executable).parent / "bgtasks"), "device", "test", device["id"]],
+                           env=cli_env, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0 and "delivered after 1 attempt(s)" in shown.stdout

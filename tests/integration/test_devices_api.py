@@ -101,7 +101,7 @@ async def test_a_new_push_token_reactivates_an_invalid_device(admin: httpx.Clien
     _in_store(settings, invalidate)
     dead = admin.get("/devices/iphone-dead").json()
     assert dead["state"] == "invalid" and dead["invalidReason"].startswith("BadDeviceToken")
-    assert [d["id"] for d in admin.get("/devices", params={"state": "invalid"}).json()] == ["iphone-dead"]
+    assert "iphone-dead" in [d["id"] for d in admin.get("/devices", params={"state": "invalid"}).json()]
     revived = admin.put("/devices/iphone-dead", json={"token": secrets.token_hex(32)})
     assert revived.status_code == 200, revived.text
     body = revived.json()

@@ -206,16 +206,17 @@ async def test_a_one_time_task_resumed_after_its_start_time_runs_now(manager: An
 
 
 async def test_paused_one_time_task_waits_and_runs_after_resume(manager: Any) -> None:
-    at = datetime.now(UTC) + timedelta(seconds=10)
+    # Generous: created and paused long before a worker could pick its run up (prefetch 1 s).
+    at = datetime.now(UTC) + timedelta(seconds=30)
     task = await manager.create(
         {"name": "pause-once", "handler": "demo", "schedule": {"type": "one-time", "startTime": at.isoformat()}}
     )
     await manager.pause(task.id)
     assert (await manager.history(task.id)) == []
     resumed = await manager.resume(task.id)
-    assert resumed.next_run is not None
+    assert resumed.next_run == at  # resumed before its time: it runs at its time
     [run] = await _finished(manager, task.id)
-    assert run.result.success
+    assert run.result.success and run.started_at >= at - timedelta(seconds=1)
 
 
 async def test_cleanup_deletes_completed_runs_older_than_n_days(manager: Any, client: Any) -> None:
@@ -268,3 +269,32 @@ async def test_the_worker_drops_runs_the_scheduler_makes_for_a_paused_task(
     assert records(rec) == [] and (await manager.history(task.id)) == []
     log = worker.part.log_path.read_text()
     assert all(f"Dropped run {run.id}: its task is paused" in log for run in made)
+
+
+async def test_a_cancelled_periodic_task_never_runs_again(manager: Any, client: Any, tmp_path: Path) -> None:
+    """Cancel is final: across several of its periods (a witness on the same 2 s grid runs
+    meanwhile, so slots pass and the worker is busy taking runs), nothing of it starts."""
+    rec = tmp_path / "rec"
+    task = await manager.create({"name": "cancel-periodic", "handler": "demo", "data": {"recordTo": str(rec)},
+                                 "schedule": {"type": "periodic", "interval": 2000}})
+    witness = await manager.create({"name": "cancel-witness", "handler": "demo",
+                                    "schedule": {"type": "periodic", "interval": 2000}})
+    await _finished(manager, task.id, n=1)
+    cancelled = await manager.cancel(task.id)
+    cancelled_at = datetime.now(UTC)
+    assert cancelled.status == TaskStatus.CANCELLED and cancelled.next_run is None
+    ran_before = len(records(rec))
+
+    async def witness_ran() -> Any:
+        runs = [r for r in await manager.history(witness.id)
+                if r.result is not None and r.scheduled_for is not None and r.scheduled_for > cancelled_at]
+        return len(runs) >= 3 and runs
+
+    await wait_for(witness_ran, 120, "three witness runs after the cancel")
+    assert len(records(rec)) == ran_before
+    started = [r for r in await manager.history(task.id) if r.started_at is not None and r.started_at > cancelled_at]
+    assert started == []
+    runs = await client.read_flow_runs(deployment_filter=_dep_filter(task.id), flow_run_filter=_scheduled())
+    assert runs == []  # nothing left to start either
+    with pytest.raises(TaskConflict):
+        await manager.run_now(task.id)

@@ -264,6 +264,19 @@ def test_install_refuses_another_platform_and_a_missing_launchctl(sandbox: Path,
     assert files_under(sandbox) == []
 
 
+def test_system_services_never_run_as_root(sandbox: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """`sudo bgtasks service install --system` without a user to run as is refused (root stays
+    root under sudo when SUDO_USER is root, or without sudo); --run-as a user is accepted."""
+    monkeypatch.setattr(service_cmds.getpass, "getuser", lambda: "root")
+    monkeypatch.setattr(service_cmds, "_is_root", lambda: True)
+    for argv in (("install", "--system", "--dry-run"), ("install", "--system", "--run-as", "root", "--dry-run")):
+        with pytest.raises(cli.CliError, match="would run as root.*--run-as"):
+            call(*argv)
+    call("install", "--system", "--run-as", "bgtasks", "--dry-run")
+    assert "User=bgtasks" in capsys.readouterr().out
+
+
 def test_user_and_system_exclude_each_other(sandbox: Path) -> None:
     with pytest.raises(cli.CliError, match="--user and --system exclude each other"):
         call("install", "--user", "--system", "--dry-run")

@@ -3,6 +3,7 @@ power tree), real Prefect events and automations, a real worker running the hand
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -323,3 +324,35 @@ async def test_a_run_the_automation_failed_to_create_is_created_once_by_the_work
     keys = [f"automation {automation.id}, action 0, invocation {e.payload['invocation']}"
             for e in (failed, busy_again)]
     assert [f.idempotency_key for f in scanned] == keys
+
+
+async def test_the_daemons_outbox_loses_no_event_across_a_server_restart(
+    manager: Any, daemon: Daemon, roots: tuple[Path, Path], tmp_path: Path, prefect_server: Any
+) -> None:
+    """The change happens while the Prefect server is down: the daemon keeps the event and
+    posts it when the server is back, and the triggered task runs once."""
+    power = roots[1]
+    log = tmp_path / "plugged.jsonl"
+    write_power_tree(power, percent=60, plugged=False)
+    await daemon.ready()
+
+    async def seen(plugged: bool) -> bool:
+        try:
+            return json.loads(daemon.state.read_text()).get("power", {}).get("plugged") is plugged
+        except (OSError, ValueError):
+            return False
+
+    await wait_for(lambda: seen(False), DEADLINE_S, "the daemon to see the charger unplugged")
+    await manager.create({"name": "plugged-while-down", "handler": "demo", "schedule": {"type": "triggered"},
+                          "trigger": {"on": "power.plugged"}, "data": {"recordTo": str(log)}})
+    before = daemon.status().get("emitted", 0)
+    await asyncio.to_thread(prefect_server.stop)
+    try:
+        write_power_tree(power, percent=60, plugged=True)
+        await wait_for(lambda: seen(True), DEADLINE_S, "the daemon to see the charger while the server is down")
+        await daemon.emitted_more_than(before)  # emitted into its outbox: nobody to post it to yet
+    finally:
+        await asyncio.to_thread(prefect_server.start)
+    [run] = await _records(log, 1, "the power.plugged run after the server restart")
+    assert run["event"]["name"] == "bgtasks.power.plugged"
+    write_power_tree(power, percent=60, plugged=False)

@@ -70,7 +70,7 @@ async def test_a_dying_run_ends_crashed_and_the_worker_serves_the_next(
     assert t.status == TaskStatus.FAILED and t.result.state == "Crashed"
     # The process's own exit status, as a whole number in the message (not any "3" of an id or a time).
     code = "3" if how == "os._exit" else "-9"
-    assert re.search(rf"non-zero status code {code}(?![0-9])", t.result.error or ""), t.result.error
+    assert re.search(rf"status code:? {code}(?![0-9])", t.result.error or ""), t.result.error
 
     after = await manager.create({"name": f"after-{how}", "handler": "demo", "schedule": ONCE})
     assert (await _finished(manager, after.id)).result.success
@@ -134,3 +134,4 @@ async def test_a_periodic_runs_state_changes_reach_automations_at_once(manager: 
     finally:
         await client.delete_automation(automation_id)
         await manager.delete(task.id)
+

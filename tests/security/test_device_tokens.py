@@ -37,6 +37,16 @@ def _register(admin: httpx.Client, labels: list[str] | None = None) -> dict[str,
     return made.json()
 
 
+def _issue(settings: Settings, run_id: str, device_id: str) -> str:
+    """A report token for (run, device), as a run that pushed to the device issues it."""
+    from mobile_push.reports import RunLedger
+
+    async def issue(store: Any) -> str:
+        return await RunLedger(store).issue_token(run_id, device_id, None)
+
+    return _in_store(settings, issue)
+
+
 def _client(api_process: ApiProcess, token: str) -> httpx.Client:
     return httpx.Client(base_url=api_process.base, timeout=60, headers={"Authorization": f"Bearer {token}"})
 
@@ -67,19 +77,12 @@ def test_a_device_token_reports_only_for_its_device(admin: httpx.Client, api_pro
         assert answer.status_code == 403 and "only report its own runs" in answer.text, answer.text
 
 
-async def test_an_unbound_report_token_learns_nothing_from_the_answer(admin: httpx.Client, api_process: ApiProcess,
+def test_an_unbound_report_token_learns_nothing_from_the_answer(admin: httpx.Client, api_process: ApiProcess,
                                                                       settings: Settings) -> None:
     """No such run, a run that did not push to this device, a wrong report token: one answer."""
-    from bgtasks.store import open_store
-    from mobile_push.reports import RunLedger
-
     device = _register(admin)
     run_id = str(uuid.uuid4())
-    store = await open_store(settings.store_url)
-    try:
-        await RunLedger(store).issue_token(run_id, device["id"], None)  # the run pushed to this device
-    finally:
-        await store.close()
+    _issue(settings, run_id, device["id"])  # the run pushed to this device
     with _client(api_process, make_token(settings, "devices:report")) as reporter:
         answers = [reporter.post(f"/devices/{device['id']}/runs/{rid}/report", json={"reportToken": "guess",
                                                                                      "success": True})
@@ -116,3 +119,33 @@ def test_a_device_token_needs_its_device(settings: Settings) -> None:
 
     with pytest.raises(ValueError, match="no device 'never-registered' is registered"):
         _in_store(settings, create)
+
+
+async def test_a_device_task_needs_an_https_public_url(manager: Any) -> None:
+    """Devices send their report tokens to BGTASKS_PUSH_PUBLIC_URL: without one (this test
+    session sets none) a device-targeted task is refused, naming the fix; nothing is stored."""
+    from bgtasks.errors import InvalidTask
+
+    assert manager.settings.push.public_url is None
+    before = {t.name for t in await manager.list()}
+    with pytest.raises(InvalidTask) as refused:
+        await manager.create({"name": "wake-without-url", "handler": "sync", "schedule": {"type": "one-time"},
+                              "target": {"deviceIds": ["phone-1"]}})
+    [error] = refused.value.errors
+    assert error["field"] == "target" and "BGTASKS_PUSH_PUBLIC_URL" in error["message"]
+    assert {t.name for t in await manager.list()} == before
+
+
+def test_a_device_reports_data_is_bounded(admin: httpx.Client, api_process: ApiProcess,
+                                                 settings: Settings) -> None:
+    device = _register(admin)
+    run_id = str(uuid.uuid4())
+    report_token = _issue(settings, run_id, device["id"])
+    with _client(api_process, make_token(settings, "devices:report", device=device["id"])) as own:
+        url = f"/devices/{device['id']}/runs/{run_id}/report"
+        big = own.post(url, json={"reportToken": report_token, "success": True, "data": {"blob": "x" * 70_000}})
+        assert big.status_code == 422 and big.json()["errors"][0]["field"] == "data", big.text
+        assert "BGTASKS_API_MAX_REPORT_DATA_BYTES" in big.text
+        # Nothing was stored: the report token still works, once, with data within the bound.
+        ok = own.post(url, json={"reportToken": report_token, "success": True, "data": {"blob": "x" * 1000}})
+        assert ok.status_code == 201, ok.text

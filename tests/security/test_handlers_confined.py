@@ -124,3 +124,20 @@ async def test_a_run_pointed_outside_the_roots_fails_without_retries(manager: An
     assert "outside the allowed roots" in (result.error or "")
     assert _tree(outside) == {"victim.txt": "precious"}
     assert sorted(os.listdir(outside)) == ["victim.txt"]  # nothing planted, no directory made
+
+
+@pytest.mark.parametrize("which", ["fcm", "apns"])
+def test_push_credentials_others_may_read_are_refused(tmp_path: Path, which: str) -> None:
+    """A service-account JSON or a .p8 key that group or others may read may have leaked:
+    no sender is built from it, and the error names the setting and the fix."""
+    from bgtasks.settings import PushSettings
+    from mobile_push.senders import make_senders
+
+    path = tmp_path / ("service-account.json" if which == "fcm" else "AuthKey_ABC123DEFG.p8")
+    path.write_text("{}" if which == "fcm" else "-----BEGIN PRIVATE KEY-----\n")
+    os.chmod(path, 0o644)
+    settings = (PushSettings(fcm_credentials_file=path) if which == "fcm" else
+                PushSettings(apns_key_file=path, apns_key_id="ABC123DEFG", apns_team_id="TEAM123456"))
+    setting = "BGTASKS_PUSH_FCM_CREDENTIALS_FILE" if which == "fcm" else "BGTASKS_PUSH_APNS_KEY_FILE"
+    with pytest.raises(ValueError, match=rf"{setting}.*open to group/others.*chmod 600"):
+        make_senders(settings)

@@ -228,3 +228,12 @@ def test_the_public_url_must_be_https_off_loopback(url: str, ok: bool) -> None:
     else:
         with pytest.raises(ValidationError, match="must be https"):
             PushSettings(public_url=url)
+
+
+def test_an_allowed_network_admits_its_addresses_only() -> None:
+    def with_network(inner: Any) -> HostOriginGuard:
+        return HostOriginGuard(inner, ["127.0.0.1", "10.192.0.0/10"], [])
+
+    assert call(with_network, headers={"Host": "10.200.3.1:4200"})[0] == 200
+    assert call(with_network, headers={"Host": "10.1.2.3:4200"})[0] == 400
+    assert call(with_network, headers={"Host": "evil.example"})[0] == 400

@@ -216,13 +216,15 @@ async def test_apns_h2c_and_async_lifecycle(tmp_path: Path) -> None:
 
 
 def test_apns_sync_lifecycle_cleans_up() -> None:
-    before = threading.active_count()
+    before = set(threading.enumerate())
     fake = FakeAPNs().start()
+    mine = set(threading.enumerate()) - before  # the fake's own threads, whatever else runs
     port, ca = fake.port, fake.ca_cert_path
     assert ca.read_text().startswith("-----BEGIN CERTIFICATE-----") and fake.base_url == f"https://127.0.0.1:{port}"
     fake.stop()
     fake.stop()  # idempotent
-    assert _port_closed(port) and not ca.exists() and threading.active_count() == before
+    assert mine and not any(t.is_alive() for t in mine)
+    assert _port_closed(port) and not ca.exists()
 
 
 # ---------------------------------------------------------------------------- FCM
@@ -353,8 +355,9 @@ async def test_fcm_send_each_async(fcm_clean: FakeFCM, fcm_app: firebase_admin.A
 
 def test_fcm_hook_attribute_still_exists_and_stop_cleans_up() -> None:
     """Fails when firebase-admin drops the private ``_fcm_url`` the fakes rely on."""
-    before = threading.active_count()
+    before = set(threading.enumerate())
     with FakeFCM() as fake:
+        mine = set(threading.enumerate()) - before  # the fake's own threads, whatever else runs
         app = fake.initialize_app(name=f"test-fakes-hook-{uuid.uuid4().hex}")
         try:
             svc = messaging._get_messaging_service(app)
@@ -365,4 +368,5 @@ def test_fcm_hook_attribute_still_exists_and_stop_cleans_up() -> None:
         finally:
             FakeFCM.delete_app(app)
         port, tmp = fake.port, fake.write_service_account_file().parent
-    assert _port_closed(port) and not tmp.exists() and threading.active_count() == before
+    assert mine and not any(t.is_alive() for t in mine)
+    assert _port_closed(port) and not tmp.exists()

@@ -1,10 +1,14 @@
-"""In a real browser (Debian's Chromium, Playwright): the user logs in to the Prefect UI with the
-auth string, and a page served from another origin, open in the same browser, creates nothing.
+"""One `bgtasks up` on a new home, looked at from outside: its files and its doors in a browser.
 
-The attacker's page tries what a page can do without knowing any secret: ``fetch`` to the
-Prefect API and the REST API (CORS and no-cors, JSON and text/plain), an auto-submitted
-form, and the events websocket. Afterwards the stack is read back with its own keys:
-no deployment, no task, no run, no event was made.
+- The home is 0700 and everything in it is its owner's alone (databases, results, logs,
+  the auth string), created so by the umask of every part; the auth string appears in no
+  log and not in `bgtasks up`'s output.
+- In a real browser (Debian's Chromium, Playwright): the user logs in to the Prefect UI
+  with the auth string, and a page served from another origin, open in the same browser,
+  creates nothing. The page tries what a page can do without knowing any secret: ``fetch``
+  to the Prefect API and the REST API (CORS and no-cors, JSON and text/plain), an
+  auto-submitted form, and the events websocket. Afterwards the stack is read back with
+  its own keys: no deployment, no task, no run, no event was made.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import base64
 import http.server
 import json
+import stat
 import threading
 import uuid
 from collections.abc import Iterator
@@ -21,7 +26,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.e2e.up import Up
+from tests.e2e.up import Up, running
 
 pytestmark = pytest.mark.e2e
 
@@ -67,6 +72,12 @@ const task = JSON.stringify({{name: "{marker}", handler: "demo", schedule: {{typ
 </script></body></html>"""
 
 
+@pytest.fixture(scope="module")
+def up_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
+    with running(tmp_path_factory.mktemp("up") / "home") as up:
+        yield up
+
+
 @pytest.fixture
 def attacker_site() -> Iterator[tuple[str, dict[str, str]]]:
     """A web server on another port (another origin); the page it serves is set by the test."""
@@ -94,6 +105,30 @@ def attacker_site() -> Iterator[tuple[str, dict[str, str]]]:
         server.server_close()
 
 
+def test_the_home_is_private_after_bgtasks_up(up_stack: Up) -> None:
+    up_stack.cli_json("task", "run", up_stack.cli_json("task", "create", "modes", "--handler", "demo")["id"], "--wait")
+    home = up_stack.home
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+    loose = []
+    for path in [home, *home.rglob("*")]:
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        if not path.is_symlink() and mode & 0o077:
+            loose.append(f"{path.relative_to(home)} {mode:04o}")
+    assert loose == [], loose
+    secret = up_stack.auth_string
+    assert stat.S_IMODE((home / "secrets" / "prefect-auth-string").stat().st_mode) == 0o600
+    # Kinds of files the home holds: the SQLite databases, results, logs, the secret.
+    assert (home / "prefect" / "prefect.db").exists() and (home / "bgtasks.db").exists()
+    assert any((home / "prefect" / "storage").iterdir())  # the demo run's result
+    for log in (home / "logs").iterdir():
+        assert secret not in log.read_text(errors="replace"), log
+    assert secret not in "".join(up_stack.output)
+    assert "log in with the auth string in" in "".join(up_stack.output)
+    # The stack's Prefect API: nothing without the key.
+    assert httpx.get(f"{up_stack.ui}/api/flows/count", timeout=30).status_code == 401
+    assert httpx.post(f"{up_stack.ui}/api/flows/count", timeout=30).status_code == 401
+
+
 def test_login_with_the_secret_and_a_foreign_page_creates_nothing(up_stack: Up,
                                                                    attacker_site: tuple[str, dict[str, str]]) -> None:
     from playwright.sync_api import sync_playwright
@@ -103,8 +138,8 @@ def test_login_with_the_secret_and_a_foreign_page_creates_nothing(up_stack: Up,
     assert CHROMIUM.exists(), "Debian's chromium is missing: `make test` installs it"
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     marker = f"pwned-{uuid.uuid4().hex[:8]}"
-    victim = up_stack.cli_json("task", "create", "browser-victim", "--handler", "demo", "--every", "1h",
-                               "--start", "2099-01-01T00:00:00Z")
+    victim = up_stack.cli_json("task", "create", "browser-victim", "--handler", "demo",
+                               "--at", "2099-01-01T00:00:00Z")  # one run, in 2099: a run-now would show
     flow_id = up_stack.cli_json("task", "show", victim["id"])["id"]  # any id: the request must fail before it
     site, page_html = attacker_site
     page_html["html"] = ATTACK.format(prefect=up_stack.ui, rest=up_stack.api, ws=up_stack.ui.replace("http", "ws"),
@@ -142,7 +177,7 @@ def test_login_with_the_secret_and_a_foreign_page_creates_nothing(up_stack: Up,
         deployments = http.post(f"{up_stack.ui}/api/deployments/filter", json={}, headers=headers).json()
         assert marker not in {d["name"] for d in deployments}
         runs = http.post(f"{up_stack.ui}/api/flow_runs/filter", headers=headers, json={
-            "deployments": {"id": {"any_": [victim["id"]]}}}).json()
+            "flow_runs": {"deployment_id": {"any_": [victim["id"]]}}}).json()
         assert [r["expected_start_time"][:4] for r in runs] == ["2099"], runs  # no run-now reached it
         events = http.post(f"{up_stack.ui}/api/events/filter", headers=headers, json={
             "filter": {"any_resource": {"id_prefix": [f"bgtasks.host.{marker}"]}}, "limit": 10}).json()
