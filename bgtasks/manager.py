@@ -163,7 +163,11 @@ class TaskManager:
         if opts.target is not None:
             # The work runs on the devices: the handler names it for them (free-form);
             # here the device flow pushes and collects their reports.
-            return opts, opts.handler or slug(opts.name), DEVICE_ENTRYPOINT
+            handler = opts.handler or slug(opts.name)
+            if not handler:  # a name without ASCII letters or digits gives no slug
+                raise InvalidTask([{"field": "handler", "message": "required for a device task whose name "
+                                    "has no ASCII letters or digits"}])
+            return opts, handler, DEVICE_ENTRYPOINT
         try:
             handler, entrypoint = resolve_handler(opts.name, opts.handler)
         except UnknownHandler as exc:

@@ -10,8 +10,11 @@ Prefect UI. Status, last and next run and the result come from flow runs.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 from typing import Any
+
+from pydantic import ValidationError
 
 from bgtasks.models import (
     BackgroundTask,
@@ -23,6 +26,8 @@ from bgtasks.models import (
     TaskStatus,
     TaskType,
 )
+
+logger = logging.getLogger(__name__)
 
 TAG = "bgtasks"
 CANCELLED_TAG = "bgtasks:cancelled"
@@ -202,14 +207,21 @@ def task_from(
 ) -> BackgroundTask:
     """The spec's BackgroundTask for a deployment and its latest and next runs."""
     tags = list(deployment.tags or [])
-    opts = stored_options(deployment.parameters or {})
+    try:
+        opts = stored_options(deployment.parameters or {})
+    except ValidationError as exc:
+        # One unreadable definition (edited by hand in Prefect, or stored by an older
+        # release) must not break every list: show it from its tags, say which fields.
+        logger.warning("task %s: stored definition invalid at %s; shown from its tags", deployment.id,
+                       ", ".join(".".join(map(str, e["loc"])) for e in exc.errors()))
+        opts = None
     if opts is not None:
         ttype, priority = opts.schedule.type, opts.priority
         description, handler = opts.description, opts.handler
     else:  # deployed by hand (prefect.yaml without a task parameter)
         ttype = TaskType(_tag_value(tags, "type") or ("periodic" if deployment.schedules else "one-time"))
         priority = TaskPriority(_tag_value(tags, "priority") or deployment.work_queue_name or "normal")
-        description, handler = deployment.description, _tag_value(tags, "handler")
+        description, handler = deployment.description, _tag_value(tags, "handler") or None
     if CANCELLED_TAG in tags:
         status = TaskStatus.CANCELLED
     elif last_run is not None:

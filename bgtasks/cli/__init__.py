@@ -100,10 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     except cyclopts.CycloptsError as exc:
         err_console.print(f"[red]{shown(str(exc))}[/red]")
         return 1
-    except ValidationError as exc:  # a setting (BGTASKS_*) out of its bounds
+    except ValidationError as exc:  # a setting (BGTASKS_*) out of its bounds, or a stored value
+        setting = exc.title.endswith("Settings")
         for e in exc.errors():
-            where = "_".join(str(p).upper() for p in e["loc"])
-            err_console.print(f"[red]Invalid setting {shown(where)}: {shown(e['msg'])}[/red]")
+            where = "_".join(str(p).upper() for p in e["loc"]) if setting else ".".join(map(str, e["loc"]))
+            what = "setting" if setting else f"stored {exc.title}"
+            err_console.print(f"[red]Invalid {what} {shown(where)}: {shown(e['msg'])}[/red]")
         return 1
     except PermissionError as exc:  # a secret or credential file open to others
         err_console.print(f"[red]{shown(str(exc))}[/red]")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
+from bgtasks.errors import InvalidTask
+from bgtasks.manager import TaskManager
 from bgtasks.models import CreateTaskOptions
 from deployments import mapping
 from flows import UnknownHandler, available_handlers, resolve_handler
@@ -25,6 +28,17 @@ def test_name_is_matched_to_a_handler_and_unknown_lists_available() -> None:
     with pytest.raises(UnknownHandler) as info:
         resolve_handler("x", "nope")
     assert info.value.field == "handler"
+
+
+def test_a_device_task_handler_defaults_to_the_name_slug_and_needs_one() -> None:
+    device = {"schedule": {"type": "one-time"}, "target": {"platform": "ios"}}
+    assert TaskManager.validate(dict(device, name="Photo Backup"))[1] == "photo-backup"
+    # found by fuzzing: a name with no ASCII letters or digits slugs to "", which was stored
+    # and then broke every list of tasks
+    with pytest.raises(InvalidTask) as info:
+        TaskManager.validate(dict(device, name="\u00d7\u00ba"))
+    assert [e["field"] for e in info.value.errors] == ["handler"]
+    assert TaskManager.validate(dict(device, name="\u00d7\u00ba", handler="sync"))[1] == "sync"
 
 
 def test_deployment_carries_tags_parameters_and_a_readable_description() -> None:
@@ -67,3 +81,15 @@ def test_data_sync_copies_changed_files_only(tmp_path: Path) -> None:
     assert sorted(p.name for p in dst.iterdir()) == ["a.txt", "sub"]  # no temporary file left
     with pytest.raises(FileNotFoundError):
         sync_tree(tmp_path / "missing", dst, roots)
+
+
+def test_an_unreadable_stored_definition_is_shown_from_its_tags() -> None:
+    from types import SimpleNamespace
+
+    dep = SimpleNamespace(
+        id="7", name="odd", description="by hand", created=datetime(2026, 1, 1, tzinfo=UTC), paused=False, schedules=[],
+        work_queue_name="low", tags=["bgtasks", "priority:low", "type:one-time", "handler:"],
+        parameters={"task": {"name": "odd", "handler": "", "schedule": {"type": "one-time"}}, "data": None},
+    )
+    task = mapping.task_from(dep, None, None, None)
+    assert (task.name, task.priority.value, task.handler, task.schedule) == ("odd", "low", None, None)
