@@ -38,14 +38,15 @@ run: $(STAMP)
 	$(BIN)/bgtasks up
 
 ## The whole suite: unit, integration (real Prefect server), e2e (bgtasks up).
-## Then the integration and security tests again with the Prefect server and bgtasks'
-## tables on PostgreSQL (127.0.0.1:5432; the run creates and drops its own database).
+## Then the tests marked `postgresql` (where the database matters) again with the Prefect
+## server and bgtasks' tables on PostgreSQL (127.0.0.1:5432; the run creates and drops its
+## own database). --durations prints the slowest tests of each pass.
 test: $(STAMP) $(SYSDEPS) $(TSCLIENT)/node_modules/.package-lock.json
-	$(BIN)/python -m pytest -p no:cacheprovider -ra $(PYTEST_ARGS)
-	BGTASKS_TEST_DATABASE=postgresql $(BIN)/python -m pytest -p no:cacheprovider -ra tests/integration tests/security $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -p no:cacheprovider -ra --durations=20 $(PYTEST_ARGS)
+	BGTASKS_TEST_DATABASE=postgresql $(BIN)/python -m pytest -p no:cacheprovider -ra --durations=20 tests/integration tests/security $(PYTEST_ARGS)
 
 test-postgres: $(STAMP) $(SYSDEPS) $(TSCLIENT)/node_modules/.package-lock.json
-	BGTASKS_TEST_DATABASE=postgresql $(BIN)/python -m pytest -p no:cacheprovider -ra tests/integration tests/security $(PYTEST_ARGS)
+	BGTASKS_TEST_DATABASE=postgresql $(BIN)/python -m pytest -p no:cacheprovider -ra --durations=20 tests/integration tests/security $(PYTEST_ARGS)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider tests/unit

@@ -144,7 +144,7 @@ async def burst(lane: Lane, n: int, server: psutil.Process, worker: psutil.Proce
         mgr = TaskManager(client, lane.pool)
         w0, s0 = cpu_s(worker), cpu_s(server)
         t0 = time.monotonic()
-        sem = asyncio.Semaphore(4)  # a burst of creations makes SQLite answer 503 (FACTS.md)
+        sem = asyncio.Semaphore(4)  # a burst of creations makes SQLite answer 503 (docs/scaling.md)
 
         async def create() -> str:
             async with sem:

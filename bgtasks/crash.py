@@ -4,7 +4,7 @@ Detection. A run's process emits a ``prefect.flow-run.heartbeat`` event every
 ``BGTASKS_WORKER_HEARTBEAT_S`` (Prefect's ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``,
 at least 30 s). When the process dies with its worker (kill -9 of the service,
 a host that loses power), nobody reports the run: it would stay Running
-forever (../shared/FACTS.md). The automation :func:`crash_detection` marks a
+forever. The automation :func:`crash_detection` marks a
 run of ours Crashed when no heartbeat and no state change follows a heartbeat
 within ``BGTASKS_WORKER_CRASH_AFTER_S`` (the window also opens when the run enters
 Pending or Running, for a worker or process that dies before the first heartbeat

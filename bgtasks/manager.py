@@ -46,6 +46,7 @@ from bgtasks.models import (
     TaskType,
     field_errors,
 )
+from bgtasks.prefect_client import single_flight_csrf
 from bgtasks.errors import InvalidTask, TaskConflict, TaskError, TaskNotFound
 from bgtasks.settings import Settings
 from deployments import mapping
@@ -99,6 +100,7 @@ class TaskManager:
 
     def __init__(self, client: PrefectClient, pool: str, allowed_roots: list[Path] | None = None,
                  settings: Settings | None = None) -> None:
+        single_flight_csrf()  # before the client's first change request
         self.client = client
         self.pool = pool
         self._allowed_roots = allowed_roots

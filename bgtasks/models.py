@@ -1,4 +1,4 @@
-"""The spec's data model (``seed/background-tasks-module.md``, "Data Structures").
+"""The spec's data model (its TypeScript interfaces, in Python).
 
 Python code uses snake_case; JSON in and out uses the spec's TypeScript names
 through aliases (``scheduledFor``, ``initialBackoffMs``, ``type``...). Times are

@@ -39,7 +39,7 @@ with the health wait (14 s), ``kill -9`` of the worker restarts it, a stop goes 
 daemon, worker (exit 0 on the first signal), server, and a restart of the server
 restarts the other three after it.
 
-- *Stop order* (FACTS.md: workers before the server): worker, daemon and API have
+- *Stop order* (workers before the server: a server stopped first fails their last state reports): worker, daemon and API have
   ``After=bgtasks-server.service``, the daemon also ``After=`` the worker, the API
   ``After=`` both. systemd stops in the reverse of the start order, so a stop of the
   target (or a shutdown) stops API, daemon, worker, then the server: the order of
@@ -59,7 +59,7 @@ restarts the other three after it.
   (``prefect.utilities.processutils.setup_signal_handlers_worker``): the first
   signal makes it SIGINT itself, a graceful stop (no more polling, in-flight runs
   finish); the *second one only makes it SIGKILL itself*. The "second SIGINT" of
-  FACTS.md is therefore the same act as systemd's SIGKILL when ``TimeoutStopSec``
+  ``Stack.stop`` is therefore the same act as systemd's SIGKILL when ``TimeoutStopSec``
   runs out, so no ``ExecStop=`` script is needed: a worker that ignores the first
   signal is killed after the grace, as ``Stack.stop``'s second SIGINT would. SIGTERM
   rather than SIGINT: the same graceful path once Prefect's handler is installed,
@@ -91,7 +91,7 @@ Control characters are refused (a unit file is line-based).
 server's health (and prepares the pool) and then *execs* the part: the PID launchd
 watches and signals is the part's own. launchd stops with SIGTERM then SIGKILL after
 ``ExitTimeOut``; Prefect's worker turns a first SIGTERM into its graceful SIGINT and a
-second one into SIGKILL, so this is again the FACTS.md sequence. Stop order is ours to
+second one into SIGKILL, so this is again ``Stack.stop``'s sequence. Stop order is ours to
 keep: ``uninstall`` boots out API, daemon, worker, then the server.
 
 **Windows**: Task Scheduler, not a Windows service. A service proper must answer the

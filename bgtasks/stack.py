@@ -235,7 +235,7 @@ class Stack:
         return next((p for p in self.parts if p.proc is not None and not p.alive()), None)
 
     def stop(self) -> None:
-        """API and worker first (the worker gets SIGINT twice, as FACTS.md says), then the server."""
+        """API and worker first (the worker gets SIGINT twice: graceful, then forced), then the server."""
         self.api.stop((signal.SIGINT, signal.SIGTERM), grace_s=10)
         self.daemon.stop((signal.SIGTERM,), grace_s=15)
         self.worker.stop((signal.SIGINT, signal.SIGINT), grace_s=10)

@@ -2,7 +2,7 @@
 in a child forked from a pre-imported parent.
 
 Prefect's ``process`` worker starts a new Python per run, which spends seconds
-importing Prefect before the first line of the handler (../shared/FACTS.md).
+importing Prefect before the first line of the handler (README, "Performance").
 This worker keeps one *zygote* (:mod:`bgtasks.zygote`) that has imported Prefect,
 the flow engine and every handler, and asks it to fork a child per run. The
 child runs the same engine steps as ``python -m prefect.engine``.
@@ -53,6 +53,8 @@ from prefect.workers.process import (
     ProcessWorker,
     ProcessWorkerResult,
 )
+
+from bgtasks.prefect_client import single_flight_csrf
 
 WORKER_TYPE = "bgtasks-warm"
 #: How long a deployment's entrypoint is reused without reading the deployment again.
@@ -253,6 +255,7 @@ class WarmWorker(ProcessWorker):
     _display_name = "bgtasks warm"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        single_flight_csrf()  # the worker submits runs concurrently on one client
         super().__init__(*args, **kwargs)
         self._zygote: ZygoteClient | None = None
         self._ctx: FlowRunExecutorContext | None = None

@@ -16,7 +16,7 @@ worker's log, applies the run's environment, runs the same steps as
 crashes, leaks or calls ``os._exit`` takes only itself down.
 
 The zygote never talks to the Prefect API: the worker process owns the client
-and the states (../shared/FACTS.md, "Fork safety").
+and the states: a client's connections and event loop do not survive a fork.
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ def preload() -> list[str]:
 
     from prefect.utilities.importtools import import_object
 
+    from bgtasks.prefect_client import single_flight_csrf
+
+    single_flight_csrf()  # every run forked from here inherits it
     for module in WARM_MODULES:
         try:
             importlib.import_module(module)

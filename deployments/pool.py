@@ -1,8 +1,7 @@
 """The work pool ``background-tasks`` and its priority queues, created idempotently.
 
 Priority is the queue: ``high`` (Prefect priority 1), ``normal`` (2), ``low`` (3).
-A worker drains a higher queue before a lower one, FIFO inside each
-(../shared/FACTS.md). The pool's own ``default`` queue is pushed behind them.
+A worker drains a higher queue before a lower one, FIFO inside each. The pool's own ``default`` queue is pushed behind them.
 
 The pool's job template runs each flow run with ``python -m prefect.engine``,
 which skips the workspace supervisor that imports Prefect a second time (half the

@@ -7,7 +7,7 @@ The flow takes two parameters, both stored on the task's deployment:
   which the retry policy, timeout and end time are read at run time.
 
 The function runs as a Prefect *task* inside the flow because Prefect flows take
-only a fixed retry delay, no condition and no jitter (../shared/FACTS.md). The
+only a fixed retry delay, no condition and no jitter. The
 delays are computed by :mod:`bgtasks.retry` (capped, jitter only shortens).
 
 Timeouts stop the work for real: Prefect's per-attempt timeout interrupts the

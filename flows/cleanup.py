@@ -1,6 +1,6 @@
 """The cleanup handler: delete finished flow runs older than N days.
 
-Prefect keeps every flow run and result file forever (../shared/FACTS.md).
+Prefect keeps every flow run and result file forever.
 ``data``: ``olderThanDays`` (default 7), ``states`` (default ``["COMPLETED"]``;
 add ``"FAILED"``, ``"CANCELLED"``, ``"CRASHED"`` to clear those too).
 

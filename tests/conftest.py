@@ -7,9 +7,11 @@ and a real process worker from ``worker``; both are stopped by PID.
 
 ``BGTASKS_TEST_DATABASE=postgresql`` runs the same tests on PostgreSQL: the
 session's Prefect server and bgtasks' own tables live in a database created for
-the run on the machine's server (dropped at the end), and only the tests that use
-the session's server are collected (the others do not touch a database).
-``make test`` runs the suite once on SQLite, then the integration tests again so.
+the run on the machine's server (dropped at the end), and only the tests marked
+``postgresql`` are collected: those where the database matters (persistence, stored
+devices and tokens, several workers, schedules, automations, the server's doors and
+CSRF tokens). Each expensive scenario runs once, on the database where it matters.
+``make test`` runs the suite once on SQLite, then the marked tests again so.
 """
 
 from __future__ import annotations
@@ -71,10 +73,11 @@ def pytest_report_header(config: object) -> str:
 
 
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
-    """On PostgreSQL, keep the tests that use the session's server (directly or not)."""
+    """On PostgreSQL, keep the tests marked ``postgresql`` that use the session's server."""
     if DATABASE != "postgresql":
         return
-    keep = [i for i in items if "prefect_server" in getattr(i, "fixturenames", ())]
+    keep = [i for i in items if "prefect_server" in getattr(i, "fixturenames", ())
+            and i.get_closest_marker("postgresql") is not None]
     dropped = [i for i in items if i not in keep]
     if dropped:
         config.hook.pytest_deselected(items=dropped)

@@ -1,6 +1,8 @@
 """WHAT STARTS runs: the trigger daemon, its sensors and constraint evaluation.
 
-Not built yet (issues "The trigger daemon" and "Constraints"). Until then
-constraints are stored with a task and shown, but not enforced, and tasks of
-type ``triggered`` are refused with a clear error.
+The daemon (:mod:`triggers.daemon`) watches the host through ``sensors/`` and emits
+Prefect events that start triggered tasks and release runs waiting for constraints;
+:mod:`triggers.constraints` is the one evaluation of WorkManager's constraints, used
+by the worker, the daemon and the API; :mod:`triggers.waiting` is the visible
+waiting state.
 """

@@ -1,7 +1,8 @@
 """The REST API for app front ends (FastAPI): the spec's TypeScript shapes over HTTP.
 
-Not yet: bearer-token auth (issue 7). Until it lands the API refuses to bind
-to anything but a loopback address.
+Every route but ``/health`` needs a bearer token with the route's scope
+(:mod:`bgtasks.auth`); Host and Origin are checked before anything else
+(docs/security.md).
 """
 
 from bgtasks.api.app import create_app

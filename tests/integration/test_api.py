@@ -14,7 +14,7 @@ from bgtasks.settings import Settings
 from tests.fixtures import ApiProcess, ServerHandle, make_token
 from tests.spec_example import SPEC_EXAMPLE
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.postgresql]
 
 ROOT = Path(__file__).resolve().parents[2]
 

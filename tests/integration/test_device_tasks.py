@@ -18,7 +18,7 @@ from bgtasks.settings import Settings
 from tests.fakes import FakeAPNs, FakeFCM
 from tests.fixtures import ApiProcess, WorkerHandle, make_token, start_worker
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.postgresql]
 
 BUNDLE = "com.example.app"
 DEADLINE_S = 180

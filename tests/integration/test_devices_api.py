@@ -17,7 +17,7 @@ import pytest
 from bgtasks.settings import Settings
 from tests.fixtures import ApiProcess, make_token
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.postgresql]
 
 BIN = Path(sys.executable).parent / "bgtasks"
 

@@ -13,7 +13,7 @@ from bgtasks.errors import TaskConflict
 from bgtasks.models import TaskStatus
 from tests.fixtures import pid_alive, records, wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker")]
+pytestmark = [pytest.mark.integration, pytest.mark.postgresql, pytest.mark.usefixtures("worker")]
 
 
 async def _finished(manager: Any, task_id: str, n: int = 1) -> Any:

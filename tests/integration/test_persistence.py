@@ -10,7 +10,7 @@ import pytest
 from bgtasks.models import TaskStatus
 from tests.fixtures import start_worker, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.postgresql]
 
 
 async def test_everything_survives_a_server_restart(manager: Any, prefect_server: Any, settings: Any) -> None:

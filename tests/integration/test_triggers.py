@@ -18,7 +18,7 @@ from bgtasks.settings import Settings
 from tests.fixtures import DaemonProcess, records, wait_for
 from tests.power import write_power_tree
 
-pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker")]
+pytestmark = [pytest.mark.integration, pytest.mark.postgresql, pytest.mark.usefixtures("worker")]
 
 DEADLINE_S = 180
 

@@ -21,6 +21,7 @@ from tests.fixtures import ServerHandle, records, start_worker, wait_for
 
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.postgresql,
     # Measured here: two workers polling one SQLite server stall it on its write lock
     # (health answers took 15 s, creations got 503) on this 2-core machine. More than one
     # worker is the PostgreSQL setup (docs/scaling.md); make test runs this there.
@@ -42,7 +43,7 @@ async def test_two_workers_run_each_of_40_runs_exactly_once(
     workers = [await asyncio.to_thread(start_worker, settings, 4) for _ in range(2)]
     try:
         # One at a time: SQLite answers 503 to a burst of creations while two workers poll
-        # (FACTS.md); what is tested is the execution, not the creation.
+        # (docs/scaling.md); what is tested is the execution, not the creation.
         gate = asyncio.Semaphore(1)
 
         async def create() -> str:

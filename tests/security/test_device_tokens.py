@@ -19,7 +19,7 @@ import pytest
 from bgtasks.settings import Settings
 from tests.fixtures import ApiProcess, _in_store, make_token
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.postgresql]
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ import pytest
 from bgtasks.settings import Settings
 from tests.fixtures import ServerHandle
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.postgresql]
 
 #: A deployment whose pull step runs a shell command: what the worker would execute.
 SHELL_STEP = [{"prefect.deployments.steps.run_shell_script": {"script": "touch /tmp/bgtasks-pwned"}}]
