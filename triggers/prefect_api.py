@@ -70,28 +70,36 @@ class PrefectApi:
         self._csrf_token: str | None = None
         self._csrf_expires = datetime.min.replace(tzinfo=UTC)
         self._csrf_on = True
+        # Each fetch replaces this client's previous token on the server: the loops that
+        # post concurrently fetch one at a time (bgtasks.prefect_client has the story).
+        self._csrf_lock = asyncio.Lock()
 
-    async def _csrf_headers(self) -> dict[str, str]:
+    async def _csrf_headers(self, refused: str | None = None) -> dict[str, str]:
+        """The token to send; ``refused``: the token the server just refused (fetched
+        again only if no concurrent request has replaced it already)."""
         if not self._csrf_on:
             return {}
-        if self._csrf_token is None or datetime.now(UTC) > self._csrf_expires - CSRF_MARGIN:
-            resp = await self._http.get("/csrf-token", params={"client": self._csrf_client})
-            if resp.status_code == 422 and "CSRF protection is disabled" in resp.text:
-                self._csrf_on = False
-                return {}
-            resp.raise_for_status()
-            body = resp.json()
-            self._csrf_token = body["token"]
-            self._csrf_expires = datetime.fromisoformat(body["expiration"])
+        async with self._csrf_lock:
+            if (self._csrf_token is None or self._csrf_token == refused
+                    or datetime.now(UTC) > self._csrf_expires - CSRF_MARGIN):
+                resp = await self._http.get("/csrf-token", params={"client": self._csrf_client})
+                if resp.status_code == 422 and "CSRF protection is disabled" in resp.text:
+                    self._csrf_on = False
+                    return {}
+                resp.raise_for_status()
+                body = resp.json()
+                self._csrf_token = body["token"]
+                self._csrf_expires = datetime.fromisoformat(body["expiration"])
         return {"Prefect-Csrf-Token": self._csrf_token or "", "Prefect-Csrf-Client": self._csrf_client}
 
     async def post(self, path: str, body: Any) -> httpx.Response:
         """``POST path`` with its CSRF token (renewed once when the server no longer knows it);
         raises ``httpx.HTTPStatusError`` for an error answer."""
-        resp = await self._http.post(path, json=body, headers=await self._csrf_headers())
+        headers = await self._csrf_headers()
+        resp = await self._http.post(path, json=body, headers=headers)
         if resp.status_code == 403 and self._csrf_on and "CSRF" in resp.text:
-            self._csrf_token = None
-            resp = await self._http.post(path, json=body, headers=await self._csrf_headers())
+            headers = await self._csrf_headers(refused=headers.get("Prefect-Csrf-Token"))
+            resp = await self._http.post(path, json=body, headers=headers)
         resp.raise_for_status()
         return resp
 

@@ -1,4 +1,4 @@
-"""Prefect's client with the server's CSRF protection on: concurrent requests share a token.
+"""Prefect clients with the server's CSRF protection on: concurrent requests share a token.
 
 Against the session's real server (CSRF on, as ``bgtasks up`` starts it). Every token the
 client fetches replaces its previous one on the server, so the number of fetches is what
@@ -59,3 +59,25 @@ async def test_a_request_refused_with_a_replaced_token_takes_the_replacement(
         pools = await asyncio.gather(*(client.read_work_pools() for _ in range(2)))
     assert len(pools) == 2
     assert len(fetched) == 2
+
+
+async def test_the_trigger_daemons_client_fetches_one_token_for_concurrent_posts(
+        prefect_server: ServerHandle, settings: Settings) -> None:
+    """The daemon's own small client (its sender, rule and release loops post concurrently)."""
+    from triggers.prefect_api import PrefectApi
+
+    assert settings.server.auth_string is not None
+    api = PrefectApi(settings.api_url, auth_string=settings.server.auth_string.get_secret_value())
+    fetched: list[str] = []
+
+    async def hook(request: httpx.Request) -> None:
+        if request.url.path.endswith("/csrf-token"):
+            fetched.append(str(request.url))
+
+    api._http.event_hooks = {"request": [hook], "response": []}
+    try:
+        answers = await asyncio.gather(*(api.post("/work_pools/filter", {}) for _ in range(8)))
+    finally:
+        await api.aclose()
+    assert [a.status_code for a in answers] == [200] * 8
+    assert len(fetched) == 1
