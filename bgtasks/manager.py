@@ -46,7 +46,7 @@ from bgtasks.models import (
     TaskType,
     field_errors,
 )
-from bgtasks.prefect_client import single_flight_csrf
+from bgtasks.prefect_seam import single_flight_csrf
 from bgtasks.errors import InvalidTask, TaskConflict, TaskError, TaskNotFound
 from bgtasks.settings import Settings
 from deployments import mapping

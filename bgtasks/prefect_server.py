@@ -233,6 +233,9 @@ def main() -> None:
 
     private_umask()  # the database, its journal and the logs are the owner's alone
     if sys.argv[1:3] == ["server", "start"]:
+        from bgtasks.prefect_seam import require
+
+        require("server")
         if any(a.startswith("--workers") for a in sys.argv):
             # Several uvicorn workers build the app in new processes, without the guard.
             raise SystemExit("bgtasks.prefect_server: --workers is not supported; run one server per "

@@ -44,8 +44,6 @@ import anyio.abc
 import anyio.to_thread
 from prefect.client.schemas.objects import FlowRun
 from prefect.flows import load_flow_from_flow_run
-from prefect.runner._flow_run_executor import FlowRunExecutionResult, FlowRunExecutorContext
-from prefect.runner._process_manager import ProcessHandle, create_isolated_termination_scope
 from prefect.settings import get_current_settings
 from prefect.workers.process import (
     ProcessJobConfiguration,
@@ -54,7 +52,18 @@ from prefect.workers.process import (
     ProcessWorkerResult,
 )
 
-from bgtasks.prefect_client import single_flight_csrf
+from bgtasks.prefect_seam import (
+    ENV_CONTROL_PORT,
+    ENV_CONTROL_TOKEN,
+    ENV_FLOW_ENTRYPOINT,
+    ENV_RUNNER_HOOKS,
+    FlowRunExecutionResult,
+    FlowRunExecutorContext,
+    ProcessHandle,
+    create_isolated_termination_scope,
+    require,
+    single_flight_csrf,
+)
 
 WORKER_TYPE = "bgtasks-warm"
 #: How long a deployment's entrypoint is reused without reading the deployment again.
@@ -228,13 +237,13 @@ class ZygoteStarter:
         if self._control_channel is not None:
             try:
                 port, token = self._control_channel.register(flow_run.id)
-                env["PREFECT__CONTROL_PORT"] = str(port)
-                env["PREFECT__CONTROL_TOKEN"] = token
+                env[ENV_CONTROL_PORT] = str(port)
+                env[ENV_CONTROL_TOKEN] = token
             except RuntimeError:
                 pass  # no channel: cancellation falls back to signals
-        env["PREFECT__ENABLE_CANCELLATION_AND_CRASHED_HOOKS"] = "false"
+        env[ENV_RUNNER_HOOKS] = "false"
         if self._entrypoint:
-            env["PREFECT__FLOW_ENTRYPOINT"] = self._entrypoint
+            env[ENV_FLOW_ENTRYPOINT] = self._entrypoint
         pid, exited = await self._zygote.spawn(str(flow_run.id), env, flow_run.model_dump_json())
         process = _ForkedProcess(pid)
         # The child called setsid(): its pid is its process group.
@@ -279,6 +288,7 @@ class WarmWorker(ProcessWorker):
         self._triggers_busy: set[str] = set()  # failed trigger actions being re-run now
 
     async def setup(self) -> None:
+        require("worker", "child", "client")  # before a run is taken: an incompatible Prefect says which part
         # Entered before BaseWorker's own contexts, so they close after the
         # runs task group has drained: in-flight runs keep their supervisor.
         self._zygote = await self._exit_stack.enter_async_context(ZygoteClient())

@@ -30,18 +30,8 @@ import threading
 import traceback
 from typing import Any
 
+from bgtasks.prefect_seam import child_env, run_engine
 
-#: Modules a flow run imports lazily (measured: the modules a child added to
-#: ``sys.modules`` during a demo run). Imported once here, not in every child.
-WARM_MODULES = (
-    "prefect.engine", "prefect.flow_engine", "prefect.task_engine", "prefect._internal.metrics",
-    "prefect._internal.states", "prefect._internal.observers", "prefect._internal.pytz",
-    "prefect._internal._observation_delivery", "prefect._internal.control_listener",
-    "prefect.concurrency._asyncio", "prefect.concurrency._events", "prefect.concurrency._sync",
-    "prefect.concurrency.services", "prefect.utilities.visualization", "prefect.results",
-    "anyio._backends._asyncio", "anyio.streams.memory", "anyio.streams.stapled", "anyio.streams.tls",
-    "encodings.idna", "stringprep", "rich._emoji_codes", "pytz",
-)
 
 
 def preload() -> list[str]:
@@ -50,7 +40,7 @@ def preload() -> list[str]:
 
     from prefect.utilities.importtools import import_object
 
-    from bgtasks.prefect_client import single_flight_csrf
+    from bgtasks.prefect_seam import WARM_MODULES, single_flight_csrf
 
     single_flight_csrf()  # every run forked from here inherits it
     for module in WARM_MODULES:
@@ -89,8 +79,7 @@ def run_child(flow_run_id: str, env: dict[str, str], flow_run_json: str | None =
         os.dup2(devnull, 0)
         os.close(devnull)
         os.dup2(2, 1)  # prints go to the worker's log, never into the zygote's pipe
-        os.environ.update(env)
-        os.environ["PREFECT__FLOW_RUN_ID"] = flow_run_id
+        child_env(env, flow_run_id)
         code = _run_engine(flow_run_id, flow_run_json)
     except SystemExit as exc:
         code = _exit_code(exc)
@@ -110,33 +99,9 @@ def run_child(flow_run_id: str, env: dict[str, str], flow_run_json: str | None =
 
 
 def _run_engine(flow_run_id: str, flow_run_json: str | None) -> int:
-    from uuid import UUID
-
-    from prefect._internal.control_listener import configure_from_env
-    from prefect._internal.metrics import RunMetrics
-    from prefect.engine import _drive_run_flow_result, handle_engine_signals
-    from prefect.flow_engine import flow_run_logger, load_flow, load_flow_run, run_flow
-
-    run_id = UUID(flow_run_id)
-    configure_from_env()
     _observe_suspension_in_background()
     try:
-        with handle_engine_signals(run_id):
-            if flow_run_json:  # the worker's copy: one API call fewer
-                from prefect.client.schemas.objects import FlowRun
-
-                flow_run = FlowRun.model_validate_json(flow_run_json)
-            else:
-                flow_run = load_flow_run(flow_run_id=run_id)
-            run_logger = flow_run_logger(flow_run=flow_run)
-            try:
-                flow = load_flow(flow_run)
-            except Exception:
-                run_logger.error("Unexpected exception encountered when trying to load flow", exc_info=True)
-                raise
-            with RunMetrics(flow_run, flow):
-                result = run_flow(flow, flow_run=flow_run, error_logger=run_logger)
-                _drive_run_flow_result(flow, result)
+        run_engine(flow_run_id, flow_run_json)
     except SystemExit as exc:
         return _exit_code(exc)
     return 0

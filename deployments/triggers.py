@@ -26,6 +26,7 @@ from typing import Any
 from uuid import UUID
 
 from bgtasks.models import TaskTrigger
+from bgtasks.prefect_seam import trigger_action_key
 
 HOST_RESOURCE = "bgtasks.host."
 RULE_RESOURCE = "bgtasks.rule."
@@ -75,7 +76,7 @@ def retryable_failure(event: Any) -> FailedTrigger | None:
         deployment_id = UUID(name.removeprefix(AUTOMATION_PREFIX))
         event_id = UUID(triggering[0].removeprefix("prefect.event."))
         automation_id = event.resource.id.removeprefix("prefect.automation.")
-        key = f"automation {automation_id}, action {int(payload['action_index'])}, invocation {payload['invocation']}"
+        key = trigger_action_key(automation_id, int(payload["action_index"]), str(payload["invocation"]))
     except (IndexError, KeyError, TypeError, ValueError):
         return None
     return FailedTrigger(deployment_id, event_id, key, str(payload.get("reason") or f"HTTP {status}"))
@@ -86,11 +87,12 @@ def event_parameters(event: Any) -> dict[str, Any]:
     by Prefect's own code (so a retried run gets exactly what the action would have sent)."""
     import copy
 
-    from prefect.server.events.actions import RunDeployment
     from prefect.utilities.schema_tools.hydration import HydrationContext, hydrate
 
+    from bgtasks.prefect_seam import upgrade_v1_templates
+
     parameters = {"event": copy.deepcopy(EVENT_PARAMETER)}
-    RunDeployment._upgrade_v1_templates(parameters)
+    upgrade_v1_templates(parameters)
     return hydrate(parameters, HydrationContext(render_jinja=True, jinja_context={"event": event},
                                                 raise_on_error=True))
 

@@ -71,7 +71,7 @@ class PrefectApi:
         self._csrf_expires = datetime.min.replace(tzinfo=UTC)
         self._csrf_on = True
         # Each fetch replaces this client's previous token on the server: the loops that
-        # post concurrently fetch one at a time (bgtasks.prefect_client has the story).
+        # post concurrently fetch one at a time (bgtasks.prefect_seam.single_flight_csrf has the story).
         self._csrf_lock = asyncio.Lock()
 
     async def _csrf_headers(self, refused: str | None = None) -> dict[str, str]:

@@ -334,7 +334,6 @@ def test_bgtasks_device_test_sends_one_push_and_prints_the_answer(
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
     fcm, apns, env = fakes
     token = fcm_token() if platform == "android" else apns_token()

@@ -2,7 +2,7 @@
 
 Against the session's real server (CSRF on, as ``bgtasks up`` starts it). Every token the
 client fetches replaces its previous one on the server, so the number of fetches is what
-the repair in :mod:`bgtasks.prefect_client` changes: without it, eight requests sent
+the repair in :mod:`bgtasks.prefect_seam` changes: without it, eight requests sent
 together on a fresh client fetch eight tokens and seven are refused.
 """
 
@@ -16,7 +16,7 @@ import httpx
 import pytest
 from prefect.client.orchestration import get_client
 
-from bgtasks.prefect_client import single_flight_csrf
+from bgtasks.prefect_seam import single_flight_csrf
 from bgtasks.settings import Settings
 from tests.fixtures import ServerHandle
 
