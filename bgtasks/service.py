@@ -8,7 +8,7 @@ files to write (path, bytes, mode) and the commands that install, start, stop,
 query and remove them. It reads no environment, no clock and no file: the same
 inputs give byte-identical files, which the snapshot tests pin.
 
-The parts (:func:`parts`), in start order, with the argv ``bgtasks up`` uses:
+The parts (:mod:`bgtasks.parts`, the same for ``bgtasks up``), in start order:
 
 - ``server``: ``python -m bgtasks.prefect_server server start --host H --port P`` (Prefect's CLI, see
   :mod:`bgtasks.prefect_server`; absent when
@@ -126,11 +126,12 @@ from pathlib import PurePath, PurePosixPath, PureWindowsPath
 from typing import Literal
 from xml.etree import ElementTree as ET
 
+from bgtasks.parts import Command, Part
+from bgtasks.parts import parts as stack_parts
 from bgtasks.settings import Settings
 
 Flavour = Literal["linux", "macos", "windows"]
 Scope = Literal["user", "system"]
-Command = tuple[str, ...]
 
 PART_NAMES = ("server", "worker", "daemon", "api")
 TARGET = "bgtasks.target"
@@ -140,9 +141,6 @@ TASK_NS = "http://schemas.microsoft.com/windows/2004/02/mit/task"
 #: Seconds between a failure and the restart (systemd RestartSec, launchd ThrottleInterval,
 #: the Windows supervisor's pause).
 RESTART_S = 5
-#: Seconds a part gets between the stop signal and SIGKILL. The worker's grace lets
-#: in-flight runs finish after its graceful first SIGINT (see the module docstring).
-STOP_GRACE_S = {"server": 20, "worker": 30, "daemon": 15, "api": 10}
 #: Python's command line for the bgtasks CLI where no console script can be used
 #: (Windows tasks run pythonw.exe, which opens no console window).
 CLI_BOOTSTRAP = "from bgtasks.cli import main; raise SystemExit(main())"
@@ -190,18 +188,6 @@ class Target:
     user_home: str
     hostname: str
     uid: int = 0
-
-
-@dataclass(frozen=True)
-class Part:
-    """One process of the stack as a service."""
-
-    name: str
-    description: str
-    argv: Command
-    stop_signal: str  # what systemd sends first (KillSignal=); launchd always sends SIGTERM
-    stop_grace_s: int
-    prepare: bool = False  # wait for the server and create the pool first (the worker)
 
 
 @dataclass(frozen=True)
@@ -278,27 +264,9 @@ def bgtasks_exe(target: Target) -> str:
 
 
 def parts(settings: Settings, target: Target) -> tuple[Part, ...]:
-    """The stack's processes in start order (no server with an external Prefect API)."""
-    py, s = target.python, settings
-    out = []
-    if not s.server.api_url:
-        out.append(Part(
-            "server", f"bgtasks: Prefect server and UI ({s.server.host}:{s.server.port})",
-            (py, "-m", "bgtasks.prefect_server", "server", "start", "--host", s.server.host, "--port", str(s.server.port)),
-            "SIGTERM", STOP_GRACE_S["server"]))
-    out.append(Part(
-        "worker", f"bgtasks: worker of the {s.worker.pool} pool ({s.worker.type}, limit {s.worker.limit})",
-        (py, "-m", "prefect", "worker", "start", "--pool", s.worker.pool, "--type", s.worker.type,
-         "--limit", str(s.worker.limit), "--name", f"bgtasks-{target.hostname}"),
-        "SIGTERM", STOP_GRACE_S["worker"], prepare=True))
-    out.append(Part(
-        "daemon", "bgtasks: trigger daemon (machine changes as Prefect events)",
-        (py, "-m", "triggers.daemon"), "SIGTERM", STOP_GRACE_S["daemon"]))
-    out.append(Part(
-        "api", f"bgtasks: REST API ({s.api.host}:{s.api.port})",
-        (bgtasks_exe(target), "api", "--host", s.api.host, "--port", str(s.api.port)),
-        "SIGTERM", STOP_GRACE_S["api"]))
-    return tuple(out)
+    """The stack's parts (:mod:`bgtasks.parts`) as ``target`` runs them; the worker is named
+    after the host, without a PID (a restarted service is the same worker)."""
+    return stack_parts(settings, target.python, bgtasks_exe(target), f"bgtasks-{target.hostname}")
 
 
 def wait_timeout_s(settings: Settings) -> int:

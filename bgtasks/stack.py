@@ -1,13 +1,14 @@
 """The embedded stack behind ``bgtasks up``: Prefect server + UI, a worker of the pool,
 the trigger daemon and bgtasks' REST API.
 
-Each part is a child process of ours, started with the settings' Prefect
-environment, its output in ``<home>/logs/<part>.log``. Start order: server, wait
-until ``/api/health`` answers, create the pool and its queues, worker, wait until
-the worker has registered with the pool, the trigger daemon (until it has written its
-first snapshots), REST API. Stop order is the reverse: an idle Prefect worker
-often ignores its first SIGINT, so it gets a second one, then SIGKILL after a
-grace; the server gets SIGTERM.
+Each part (:mod:`bgtasks.parts`, the same argv and stop grace as the service files)
+is a child process of ours, started with the settings' Prefect environment, its output
+in ``<home>/logs/<part>.log``. Start order: server, wait until ``/api/health``
+answers, create the pool and its queues, worker, wait until the worker has registered
+with the pool, the trigger daemon (until it has written its first snapshots), REST API.
+Stop order is the reverse. Each part gets its graceful signal and its grace; the
+worker (in-flight runs finish) then a second SIGINT, which makes Prefect's worker kill
+itself, as a service manager's SIGKILL would; whatever is left is killed.
 
 Every part runs with umask 077 in a home of mode 0700 (:mod:`bgtasks.home`), and the
 embedded server with its auth string: nothing the stack writes or serves is open.
@@ -27,8 +28,12 @@ from pathlib import Path
 
 import httpx
 
+from bgtasks import parts
 from bgtasks.home import ensure_home, open_private, private_umask
 from bgtasks.settings import Settings
+
+#: Seconds a part gets after a forcing signal (the worker's second SIGINT) before SIGKILL.
+FORCE_WAIT_S = 5
 
 
 class StackError(RuntimeError):
@@ -36,10 +41,13 @@ class StackError(RuntimeError):
 
 
 @dataclass
-class Part:
+class Process:
+    """A part running as our child (``argv`` is a list: the tests rename their workers)."""
+
     name: str
     argv: list[str]
     log_path: Path
+    stop_grace_s: float = 10
     proc: subprocess.Popen[bytes] | None = None
     _log: object = field(default=None, repr=False)
 
@@ -73,15 +81,16 @@ class Part:
         except subprocess.TimeoutExpired:
             return False
 
-    def stop(self, signals: tuple[signal.Signals, ...], grace_s: float) -> None:
-        """Send each signal in turn, waiting ``grace_s`` after each, then SIGKILL."""
+    def stop(self, signals: tuple[signal.Signals, ...], grace_s: float | None = None) -> None:
+        """Send the first signal and wait ``grace_s`` (the part's grace), each further one
+        and wait ``FORCE_WAIT_S``, then SIGKILL."""
         if self.proc is None:
             return
-        for sig in signals:
+        for i, sig in enumerate(signals):
             if not self.alive():
                 break
             self.proc.send_signal(sig)
-            if self.wait(grace_s):
+            if self.wait((self.stop_grace_s if grace_s is None else grace_s) if i == 0 else FORCE_WAIT_S):
                 break
         if self.alive():
             self.proc.kill()
@@ -157,28 +166,10 @@ class Stack:
         self.env = _child_env(settings)
         logs = settings.home / "logs"
         py = sys.executable
-        self.server = Part(
-            "server",
-            [py, "-m", "bgtasks.prefect_server", "server", "start", "--host", settings.server.host,
-             "--port", str(settings.server.port)],
-            logs / "server.log",
-        )
-        self.worker = Part(
-            "worker",
-            [py, "-m", "prefect", "worker", "start", "--pool", settings.worker.pool, "--type", settings.worker.type,
-             "--limit", str(settings.worker.limit), "--name", f"bgtasks-{os.uname().nodename}-{os.getpid()}"],
-            logs / "worker.log",
-        )
-        self.daemon = Part(
-            "daemon",
-            [str(Path(py).parent / "bgtasks"), "daemon"],
-            logs / "daemon.log",
-        )
-        self.api = Part(
-            "api",
-            [str(Path(py).parent / "bgtasks"), "api", "--host", settings.api.host, "--port", str(settings.api.port)],
-            logs / "api.log",
-        )
+        specs = parts.parts(settings, py, str(Path(py).parent / "bgtasks"),
+                            f"bgtasks-{os.uname().nodename}-{os.getpid()}", with_server=True)
+        self.server, self.worker, self.daemon, self.api = (
+            Process(p.name, list(p.argv), logs / f"{p.name}.log", p.stop_grace_s) for p in specs)
         self.with_server = with_server and not settings.server.api_url
         self.parts = [p for p in (self.server if self.with_server else None, self.worker, self.daemon, self.api) if p]
 
@@ -231,13 +222,13 @@ class Stack:
     def api_url(self) -> str:
         return f"http://{self.settings.api.host}:{self.settings.api.port}"
 
-    def dead_part(self) -> Part | None:
+    def dead_part(self) -> Process | None:
         return next((p for p in self.parts if p.proc is not None and not p.alive()), None)
 
     def stop(self) -> None:
         """API and worker first (the worker gets SIGINT twice: graceful, then forced), then the server."""
-        self.api.stop((signal.SIGINT, signal.SIGTERM), grace_s=10)
-        self.daemon.stop((signal.SIGTERM,), grace_s=15)
-        self.worker.stop((signal.SIGINT, signal.SIGINT), grace_s=10)
+        self.api.stop((signal.SIGTERM,))
+        self.daemon.stop((signal.SIGTERM,))
+        self.worker.stop((signal.SIGINT, signal.SIGINT))
         if self.with_server:
-            self.server.stop((signal.SIGTERM,), grace_s=20)
+            self.server.stop((signal.SIGTERM,))

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import pytest
 
 from bgtasks.settings import Settings, load_settings
-from bgtasks.stack import Part, Stack, daemon_ready, server_healthy, wait_until
+from bgtasks.stack import Process, Stack, daemon_ready, server_healthy, wait_until
 
 T = TypeVar("T")
 
@@ -41,7 +41,7 @@ class ServerHandle:
         self.stack = Stack(settings)
 
     @property
-    def part(self) -> Part:
+    def part(self) -> Process:
         return self.stack.server
 
     def start(self) -> None:
