@@ -180,8 +180,8 @@ async def apply(client: Any, pool: str, grace_s: float, now: datetime, logger: l
     from prefect.exceptions import ObjectNotFound
     from prefect.states import Scheduled
 
-    from bgtasks.manager import read_all_deployments
     from deployments.mapping import TAG
+    from deployments.query import read_all_deployments
 
     cutoff = now - timedelta(seconds=grace_s)
     missed = await _missed_runs(client, pool, cutoff)

@@ -50,6 +50,7 @@ from bgtasks.prefect_seam import single_flight_csrf
 from bgtasks.errors import InvalidTask, TaskConflict, TaskError, TaskNotFound
 from bgtasks.settings import Settings
 from deployments import mapping
+from deployments.query import read_all_deployments
 from deployments.schedules import prefect_schedules
 from deployments.triggers import automation_for, automation_name
 from flows import DEVICE_ENTRYPOINT, UnknownHandler, dotted_entrypoint, resolve_handler, slug
@@ -78,16 +79,6 @@ def _scheduled_not_waiting() -> FlowRunFilter:
 
 def _state_filter(*types: str) -> FlowRunFilter:
     return FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(t) for t in types])))
-
-
-async def read_all_deployments(client: Any, flt: Any) -> list[Any]:
-    """Every deployment the filter matches, a page (the API's most, 200) at a time."""
-    out: list[Any] = []
-    while True:
-        page = await client.read_deployments(deployment_filter=flt, limit=200, offset=len(out))
-        out.extend(page)
-        if len(page) < 200:
-            return out
 
 
 class TaskManager:

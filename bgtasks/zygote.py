@@ -49,8 +49,7 @@ def preload() -> list[str]:
         except ImportError:  # moved in another Prefect version: only slower
             pass
 
-    from flows import DEVICE_ENTRYPOINT, available_handlers
-    from flows.controls import CONTROL_FLOWS
+    from flows import CONTROL_FLOWS, DEVICE_ENTRYPOINT, available_handlers
 
     failed = []
     for name, entrypoint in (available_handlers() | CONTROL_FLOWS | {"device-task": DEVICE_ENTRYPOINT}).items():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from flows import dotted_entrypoint
-from flows.controls import CONTROL_FLOWS, CONTROL_TAG
+from flows import CONTROL_FLOWS, CONTROL_TAG
 
 
 async def ensure_control_deployments(client: Any, pool: str) -> dict[str, str]:

@@ -25,6 +25,17 @@ BUILTIN_HANDLERS: dict[str, str] = {
 #: The flow of tasks that target devices (``mobile_push``): it pushes and waits for reports.
 DEVICE_ENTRYPOINT = "flows.device:device_task"
 
+#: The Prefect UI's buttons (:mod:`flows.controls`): deployment name -> flow entrypoint, as
+#: ``bgtasks up`` deploys them, tagged ``CONTROL_TAG`` (they are not tasks).
+CONTROL_FLOWS: dict[str, str] = {
+    "create-background-task": "flows.controls:create_background_task",
+    "quick-demo-task": "flows.controls:quick_demo_task",
+    "execute-task-now": "flows.controls:execute_task_now",
+    "simulate-failure": "flows.controls:simulate_failure",
+    "clear-completed-tasks": "flows.controls:clear_completed_tasks",
+}
+CONTROL_TAG = "bgtasks-control"
+
 
 class UnknownHandler(LookupError):
     """No registered handler has this name; the message lists the ones that exist."""

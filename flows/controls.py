@@ -38,7 +38,6 @@ from bgtasks.models import (
     TaskType,
 )
 
-CONTROL_TAG = "bgtasks-control"
 
 
 async def _with_manager(op: Any) -> Any:
@@ -155,12 +154,3 @@ async def clear_completed_tasks(
     get_run_logger().info("Deleted %d task(s): %s", len(deleted), ", ".join(deleted) or "none")
     return {"deleted": deleted}
 
-
-#: Deployment name -> flow entrypoint, as ``bgtasks up`` deploys them.
-CONTROL_FLOWS: dict[str, str] = {
-    "create-background-task": "flows.controls:create_background_task",
-    "quick-demo-task": "flows.controls:quick_demo_task",
-    "execute-task-now": "flows.controls:execute_task_now",
-    "simulate-failure": "flows.controls:simulate_failure",
-    "clear-completed-tasks": "flows.controls:clear_completed_tasks",
-}

@@ -14,21 +14,14 @@ import sys
 from typing import Annotated
 
 import cyclopts
-from rich.console import Console
-from rich.markup import escape
 
-from bgtasks.settings import Settings, load_settings
-
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+from bgtasks.cli._common import CliError, console, err_console, fail, settings, shown
 
 app = cyclopts.App(
     name="bgtasks",
     help="Background tasks for desktop and mobile apps, on Prefect.",
     version=lambda: _version(),
 )
-
-_settings: Settings | None = None
 
 
 def _version() -> str:
@@ -37,36 +30,15 @@ def _version() -> str:
     return version("bgtasks")
 
 
-def settings() -> Settings:
-    """The settings of this invocation, with Prefect's environment applied."""
-    global _settings
-    if _settings is None:
-        _settings = load_settings()
-        for key, value in _settings.prefect_env().items():
-            os.environ.setdefault(key, value)
-    return _settings
-
-
-class CliError(Exception):
-    """One red line for the user, then exit 1."""
-
-
-def fail(message: str) -> None:
-    raise CliError(message)
-
-
-def shown(value: object) -> str:
-    """``value`` as text for Rich: markup escaped, control and bidi characters made visible.
-
-    Every name, message or datum that came from a user or a run goes through this
-    before it is printed: ``[red]`` in a task name is text, ``ESC[2J`` is ``\\x1b[2J``.
-    """
-    from bgtasks.text import printable
-
-    return escape(printable(str(value)))
-
-
-from bgtasks.cli import daemon_cmds, device_cmds, init_cmds, service_cmds, stack_cmds, task_cmds, token_cmds  # noqa: E402  (registers the commands)
+from bgtasks.cli import (  # noqa: E402  (registers the commands)
+    daemon_cmds,
+    device_cmds,
+    init_cmds,
+    service_cmds,
+    stack_cmds,
+    task_cmds,
+    token_cmds,
+)
 
 app.command(task_cmds.task_app)
 app.command(daemon_cmds.daemon_app)
@@ -131,4 +103,4 @@ def _is_connection_error(exc: BaseException) -> bool:
     return False
 
 
-__all__ = ["app", "main", "Annotated"]
+__all__ = ["app", "main", "Annotated", "CliError", "console", "err_console", "fail", "settings", "shown"]

@@ -6,16 +6,17 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+from bgtasks.cli import _common as cli
+
 T = TypeVar("T")
 
 
 def with_store(op: Callable[[Any], Awaitable[T]]) -> T:
     """Run ``op(store)`` with the settings' bgtasks database, closed afterwards."""
-    from bgtasks.cli import settings
     from bgtasks.store import open_store
 
     async def go() -> T:
-        store = await open_store(settings().store_url)
+        store = await open_store(cli.settings().store_url)
         try:
             return await op(store)
         finally:

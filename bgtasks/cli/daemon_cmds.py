@@ -9,7 +9,8 @@ import os
 import cyclopts
 from rich.table import Table
 
-from bgtasks.cli.task_cmds import Output, _print_json
+from bgtasks.cli import _common as cli
+from bgtasks.cli._common import Output
 
 daemon_app = cyclopts.App(name="daemon", help="The trigger daemon: machine changes as Prefect events.")
 
@@ -18,8 +19,6 @@ daemon_app = cyclopts.App(name="daemon", help="The trigger daemon: machine chang
 def run() -> int:
     """Run the trigger daemon in the foreground until Ctrl-C or SIGTERM (one per host)."""
     import sys
-
-    from bgtasks import cli
 
     cli.settings()  # the Prefect environment (API URL) for the daemon
     # Exec a lean process: the daemon runs all day and needs neither the CLI nor Prefect.
@@ -30,7 +29,6 @@ def run() -> int:
 @daemon_app.command
 def status(*, output: Output = "table") -> None:
     """The snapshot the daemon's sensors see now, its file rules, and whether it runs."""
-    from bgtasks import cli
     from triggers.daemon import TriggerDaemon
 
     s = cli.settings()
@@ -54,7 +52,7 @@ def status(*, output: Output = "table") -> None:
         except (ValueError, ProcessLookupError, PermissionError):
             running = None
     if output == "json":
-        _print_json({"running": running is not None, "pid": running, "host": daemon.host, "sensors": snap})
+        cli.print_json({"running": running is not None, "pid": running, "host": daemon.host, "sensors": snap})
         return
     cli.console.print(f"Trigger daemon on {daemon.host}: "
                       + (f"[green]running[/] (PID {running})" if running else "[yellow]not running[/]"))

@@ -9,8 +9,9 @@ import cyclopts
 from cyclopts import Parameter
 from rich.table import Table
 
+from bgtasks.cli import _common as cli
+from bgtasks.cli._common import Output
 from bgtasks.cli._store import with_store
-from bgtasks.cli.task_cmds import Output, _print_json, _when
 
 device_app = cyclopts.App(name="device", help="Register, list, remove and test-push devices (mobile_push).")
 T = TypeVar("T")
@@ -23,7 +24,6 @@ def _registry(op: Callable[[Any], Awaitable[T]]) -> T:
 
 
 def _invalid(exc: Exception) -> None:
-    from bgtasks import cli
     from bgtasks.models import field_errors
 
     for e in field_errors(exc):
@@ -46,7 +46,6 @@ def add(
     """Register a device; its push token is checked for shape."""
     from pydantic import ValidationError
 
-    from bgtasks import cli
     from mobile_push.registry import DeviceConflict, DeviceIn
 
     try:
@@ -58,7 +57,7 @@ def add(
     except DeviceConflict as exc:
         cli.fail(f"Invalid {exc}")
     if output == "json":
-        _print_json(device.public())
+        cli.print_json(device.public())
     else:
         cli.console.print(f"Device {cli.shown(device.id)} registered ({device.platform.value}, {device.transport.value}).")
 
@@ -72,12 +71,11 @@ def list_devices(
     output: Output = "table",
 ) -> None:
     """List devices (tokens shortened)."""
-    from bgtasks import cli
     from mobile_push.types import Platform
 
     found = _registry(lambda r: r.list(platform=Platform(platform) if platform else None, label=label, state=state))
     if output == "json":
-        _print_json([d.public() for d in found])
+        cli.print_json([d.public() for d in found])
         return
     table = Table("ID", "PLATFORM", "TRANSPORT", "TOKEN", "LABELS", "STATE", "LAST SEEN")
     for d in found:
@@ -85,14 +83,13 @@ def list_devices(
         state_text = "[green]active[/]" if d.state == "active" else f"[red]invalid[/] ({cli.shown(d.invalid_reason)})"
         table.add_row(cli.shown(d.id), d.platform.value, d.transport.value, cli.shown(pub["token"]),
                       cli.shown(", ".join(d.labels) or "-"),
-                      state_text, _when(d.last_seen_at))
+                      state_text, cli.when(d.last_seen_at))
     cli.console.print(table)
 
 
 @device_app.command(name="rm")
 def remove(device_id: str) -> None:
     """Remove a device from the registry."""
-    from bgtasks import cli
     from mobile_push.registry import DeviceNotFound
 
     try:
@@ -105,7 +102,6 @@ def remove(device_id: str) -> None:
 @device_app.command
 def test(device_id: str, *, output: Output = "table") -> None:
     """Send one silent test push to a device now and show the push service's answer."""
-    from bgtasks import cli
     from mobile_push.registry import DeviceNotFound
 
     try:
@@ -113,7 +109,7 @@ def test(device_id: str, *, output: Output = "table") -> None:
     except DeviceNotFound as exc:
         cli.fail(str(exc))
     if output == "json":
-        _print_json(result)
+        cli.print_json(result)
         return
     colour = "green" if result["outcome"] == "delivered" else "red"
     cli.console.print(f"[{colour}]{result['outcome']}[/] after {result['attempts']} attempt(s)"
@@ -126,7 +122,6 @@ def test(device_id: str, *, output: Output = "table") -> None:
 async def _test_push(store: Any, device_id: str) -> dict[str, Any]:
     import uuid
 
-    from bgtasks.cli import settings
     from mobile_push.delivery import send_with_retries
     from mobile_push.dispatch import PushConfigError, invalid_reason, report_base_url
     from mobile_push.payload import build_payload, check_size
@@ -135,7 +130,7 @@ async def _test_push(store: Any, device_id: str) -> dict[str, Any]:
     from mobile_push.senders import make_senders, missing_credentials_error
     from mobile_push.types import OutcomeKind, PushMessage
 
-    s = settings()
+    s = cli.settings()
     registry, ledger = DeviceRegistry(store), RunLedger(store)
     device = await registry.get(device_id)
     run_id = f"test-{uuid.uuid4().hex[:12]}"

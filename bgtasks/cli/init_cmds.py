@@ -19,6 +19,8 @@ from typing import Annotated
 
 from cyclopts import Parameter
 
+from bgtasks.cli import _common as cli
+
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 #: File written -> its template.
 SCAFFOLD = {"prefect.yaml": "prefect.yaml.tmpl", "handlers.py": "handlers.py.tmpl"}
@@ -74,7 +76,6 @@ def init(
     force: Annotated[bool, Parameter(help="Overwrite prefect.yaml and handlers.py if they exist.")] = False,
 ) -> int:
     """Start a project: a prefect.yaml and an example handler (handlers.py) to deploy with `prefect deploy`."""
-    from bgtasks import cli
     from bgtasks.settings import load_settings
 
     try:

@@ -40,7 +40,8 @@ import cyclopts
 from cyclopts import Parameter
 from rich.table import Table
 
-from bgtasks.cli.task_cmds import Output, _print_json
+from bgtasks.cli import _common as cli
+from bgtasks.cli._common import Output
 
 if TYPE_CHECKING:
     from bgtasks.service import Flavour, Plan, Scope, Step
@@ -75,8 +76,6 @@ def current_platform() -> Flavour:
         return "macos"
     if sys.platform == "win32":
         return "windows"
-    from bgtasks import cli
-
     cli.fail(f"`bgtasks service` supports Linux (systemd), macOS (launchd) and Windows; not {sys.platform}")
     raise AssertionError  # not reached
 
@@ -86,8 +85,6 @@ def _is_root() -> bool:
 
 
 def _scope(user: bool, system: bool) -> Scope:
-    from bgtasks import cli
-
     if user and system:
         cli.fail("--user and --system exclude each other: choose one")
     if user:
@@ -119,7 +116,6 @@ def _plan(flavour: Flavour | None, scope: Scope, run_as: str | None = None,
     """
     from pydantic import SecretStr
 
-    from bgtasks import cli
     from bgtasks.service import Target, plan
 
     flavour = flavour or current_platform()
@@ -165,7 +161,6 @@ def _user_bus() -> bool:
 
 def _require_manager(p: Plan, verb: str) -> None:
     """Refuse, in one line with the way out, when this machine cannot run ``p``."""
-    from bgtasks import cli
     from bgtasks.service import bgtasks_exe
 
     t = p.target
@@ -195,7 +190,6 @@ def _require_manager(p: Plan, verb: str) -> None:
 def _run_steps(steps: tuple[Step, ...], flavour: Flavour) -> None:
     """Run ``steps``; a failing checked step ends the command in one line. Unchecked steps are
     best effort by design (booting out what is not loaded, resetting what did not fail)."""
-    from bgtasks import cli
     from bgtasks.service import command_line
 
     for step in steps:
@@ -222,7 +216,7 @@ def _print_plan(p: Plan, sections: list[tuple[str, Any]], output: str) -> None:
                 doc["remove"] = [f.path for f in body]
             else:
                 doc[title] = [list(s.argv) for s in body]
-        _print_json(doc)
+        cli.print_json(doc)
         return
     for title, body in sections:
         if title == "files":
@@ -282,8 +276,6 @@ def install(
     output: Output = "table",
 ) -> None:
     """Install the stack as services that start on boot (or login) and restart on failure, and start them."""
-    from bgtasks import cli
-
     scope = _scope(user, system)
     p, s = _plan(platform, scope, run_as)
     if dry_run:
@@ -313,8 +305,6 @@ def uninstall(
     output: Output = "table",
 ) -> None:
     """Stop the services (API, daemon and worker before the server), disable and remove them."""
-    from bgtasks import cli
-
     scope = _scope(user, system)
     p, _ = _plan(platform, scope, run_as)
     if dry_run:
@@ -343,7 +333,11 @@ def _http_ok(url: str) -> bool:
 
 
 def _part_state(p: Plan, step: Step) -> dict[str, Any]:
-    from bgtasks.service import parse_launchctl_print, parse_schtasks_csv, parse_systemctl_show
+    from bgtasks.service import (
+        parse_launchctl_print,
+        parse_schtasks_csv,
+        parse_systemctl_show,
+    )
 
     r = subprocess.run(step.argv, capture_output=True, text=True, errors="replace", stdin=subprocess.DEVNULL)
     flavour = p.target.flavour
@@ -370,8 +364,6 @@ def _part_state(p: Plan, step: Step) -> dict[str, Any]:
 @service_app.command
 def status(*, user: UserFlag = False, system: SystemFlag = False, output: Output = "table") -> int:
     """Each service's state, and whether the Prefect API and the REST API answer. Exit 1 unless all run."""
-    from bgtasks import cli
-
     scope = _scope(user, system)
     p, s = _plan(None, scope)
     if not any(Path(f.path).exists() for f in p.files):
@@ -384,7 +376,7 @@ def status(*, user: UserFlag = False, system: SystemFlag = False, output: Output
     health = {"prefect_api": {"url": s.api_url, "healthy": _http_ok(f"{s.api_url}/health")},
               "rest_api": {"url": api_url, "healthy": _http_ok(f"{api_url}/health")}}
     if output == "json":
-        _print_json({"platform": p.target.flavour, "scope": scope, "parts": rows, **health})
+        cli.print_json({"platform": p.target.flavour, "scope": scope, "parts": rows, **health})
     else:
         table = Table("PART", "UNIT", "STATE", "PID", "DETAIL")
         table.columns[1].no_wrap = True
@@ -425,8 +417,6 @@ def logs(
     follow: Annotated[bool, Parameter(name=["--follow", "-f"], negative=(), help="Keep printing new lines.")] = False,
 ) -> int:
     """The services' logs: the journal (systemd) or logs/PART.log in the bgtasks home (launchd, Task Scheduler)."""
-    from bgtasks import cli
-
     scope = _scope(user, system)
     p, _ = _plan(None, scope)
     chosen = tuple(part or ())
@@ -488,8 +478,6 @@ def wait_server(
     prepare: Annotated[bool, Parameter(negative=(), help="Then create the pool, queues and controls.")] = False,
 ) -> None:
     """Wait until the Prefect API is healthy (systemd ExecStartPre/ExecStartPost)."""
-    from bgtasks import cli
-
     s = cli.settings()
     if not wait_for_server(s.api_url, timeout):
         cli.fail(f"The Prefect API at {s.api_url} was not healthy after {timeout:g}s")
@@ -589,7 +577,6 @@ def run_part(
     restart_s: float | None = None,
 ) -> int:
     """Wait for the server, then exec (launchd) or supervise (Windows) ``PROGRAM ARGS`` after ``--``."""
-    from bgtasks import cli
     from bgtasks.settings import load_settings
 
     if not argv:

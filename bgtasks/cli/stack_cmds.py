@@ -11,6 +11,7 @@ from typing import Annotated
 from cyclopts import Parameter
 from rich.markup import escape
 
+from bgtasks.cli import _common as cli
 from bgtasks.settings import Settings
 
 
@@ -22,7 +23,6 @@ def up(
 ) -> int:
     """Start the Prefect server + UI, a worker of the background-tasks pool, the trigger daemon and the
     REST API; Ctrl-C stops them."""
-    from bgtasks import cli
     from bgtasks.settings import load_settings
 
     # The flags are settings: put them in the environment, so every part reads the same.
@@ -41,7 +41,7 @@ def up(
     s.ensure_auth_string()  # generated on the first start; the server and every part share it
     for key, value in s.prefect_env().items():
         os.environ[key] = value  # `up` owns these: its children must agree with it
-    cli._settings = s
+    cli.use_settings(s)
 
     from bgtasks.stack import Stack, StackError
 
@@ -120,8 +120,6 @@ def exposure_warnings(s: Settings) -> list[str]:
 def ui(*, secret: Annotated[bool, Parameter(help="Print the auth string itself (to this terminal only).")] = False,
        open_browser: Annotated[bool, Parameter(name="--open", help="Open the UI in a browser too.")] = False) -> None:
     """Where the Prefect UI is and how to log in to it (its auth string)."""
-    from bgtasks import cli
-
     s = cli.settings()
     if secret:
         if s.server.auth_string is None:
@@ -137,8 +135,6 @@ def ui(*, secret: Annotated[bool, Parameter(help="Print the auth string itself (
 
 def env(*, shell: bool = True) -> None:
     """Print the Prefect environment of this bgtasks (for `prefect deploy`, `prefect worker start`)."""
-    from bgtasks import cli
-
     s = cli.settings()
     for key, value in sorted(s.prefect_env().items()):
         print(f"export {key}={value!s}" if shell else f"{key}={value}")
@@ -146,7 +142,6 @@ def env(*, shell: bool = True) -> None:
 
 def api(*, host: str | None = None, port: int | None = None) -> int:
     """Serve bgtasks' REST API (the spec's JSON shapes) against the Prefect API."""
-    from bgtasks import cli
     from bgtasks.home import private_umask
 
     s = cli.settings()

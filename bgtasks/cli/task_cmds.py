@@ -14,20 +14,19 @@ import cyclopts
 from cyclopts import Parameter
 from rich.table import Table
 
+from bgtasks.cli import _common as cli
+from bgtasks.cli._common import Output, shown
 from bgtasks.durations import parse_duration_ms
 from bgtasks.models import BackgroundTask, TaskPriority, TaskRun, TaskStatus, TaskType
 
 task_app = cyclopts.App(name="task", help="Create, list, inspect and control background tasks.")
 
-Output = Annotated[Literal["table", "json"], Parameter(name=["--output", "-o"], help="Output format.")]
 T = TypeVar("T")
 
 
 def _run(op: Callable[[Any], Awaitable[T]]) -> T:
     """Run ``op(manager)`` with a Prefect client for this invocation."""
-    from bgtasks.cli import settings
-
-    s = settings()
+    s = cli.settings()
 
     async def go() -> T:
         from prefect.client.orchestration import get_client
@@ -38,23 +37,6 @@ def _run(op: Callable[[Any], Awaitable[T]]) -> T:
             return await op(TaskManager(client, s.worker.pool, settings=s))
 
     return asyncio.run(go())
-
-
-def _print_json(value: Any) -> None:
-    from bgtasks.cli import console
-
-    # ASCII only: a bidi override in a task's data cannot reorder what the terminal shows.
-    console.print_json(json.dumps(value), ensure_ascii=True)
-
-
-def shown(value: object) -> str:
-    from bgtasks.cli import shown as _shown
-
-    return _shown(value)
-
-
-def _when(t: datetime | None) -> str:
-    return t.astimezone().strftime("%Y-%m-%d %H:%M:%S") if t else "-"
 
 
 _STATUS_STYLE = {
@@ -80,9 +62,7 @@ def _aware(text: str, field: str) -> datetime:
     try:
         t = datetime.fromisoformat(text)
     except ValueError:
-        from bgtasks.cli import fail
-
-        fail(f"{field}: {text!r} is not an ISO-8601 time (e.g. 2026-12-01T09:30 or 2026-12-01T09:30Z)")
+        cli.fail(f"{field}: {text!r} is not an ISO-8601 time (e.g. 2026-12-01T09:30 or 2026-12-01T09:30Z)")
         raise
     return t if t.tzinfo else t.astimezone()  # a naive time is local time
 
@@ -93,9 +73,7 @@ def _ms(text: str | None, field: str) -> int | None:
     try:
         return parse_duration_ms(text)
     except ValueError as exc:
-        from bgtasks.cli import fail
-
-        fail(f"{field}: {exc}")
+        cli.fail(f"{field}: {exc}")
         raise
 
 
@@ -145,27 +123,25 @@ def create(
     output: Output = "table",
 ) -> None:
     """Create a task. Without --every/--cron/--on it runs once (at --at, or now)."""
-    from bgtasks.cli import console, fail
-
     if from_json is not None:
         raw = sys.stdin.read() if str(from_json) == "-" else from_json.read_text()
         try:
             body = json.loads(raw)
         except json.JSONDecodeError as exc:
-            fail(f"--json: not valid JSON ({exc})")
+            cli.fail(f"--json: not valid JSON ({exc})")
         if isinstance(body, dict) and "name" not in body:
             body["name"] = name
     else:
         if every and cron:
-            fail("--every and --cron: give one of them")
+            cli.fail("--every and --cron: give one of them")
         periodic = bool(every or cron)
         if on and periodic:
-            fail("--on: a triggered task has no --every/--cron")
+            cli.fail("--on: a triggered task has no --every/--cron")
         ttype = TaskType.TRIGGERED if on else (TaskType.PERIODIC if periodic else TaskType.ONE_TIME)
         schedule: dict[str, Any] = {"type": ttype.value}
         if at:
             if periodic:
-                fail("--at: only for one-time tasks; use --start for periodic ones")
+                cli.fail("--at: only for one-time tasks; use --start for periodic ones")
             schedule["startTime"] = _aware(at, "--at").isoformat()
         if start:
             schedule["startTime"] = _aware(start, "--start").isoformat()
@@ -192,7 +168,7 @@ def create(
                 trigger["debounceMs"] = _ms(debounce, "--debounce")
             body["trigger"] = trigger
         elif path or pattern or network_type or recursive or debounce:
-            fail("--path/--pattern/--network-type: only with --on (a triggered task)")
+            cli.fail("--path/--pattern/--network-type: only with --on (a triggered task)")
         if device or device_label:
             body["target"] = {k: v for k, v in (("deviceIds", device), ("labels", device_label)) if v}
         if description:
@@ -228,14 +204,14 @@ def create(
             try:
                 body["data"] = json.loads(data)
             except json.JSONDecodeError as exc:
-                fail(f"--data: not valid JSON ({exc})")
+                cli.fail(f"--data: not valid JSON ({exc})")
 
     task = _run(lambda m: m.create(body))
     if output == "json":
-        _print_json(task.to_json_dict())
+        cli.print_json(task.to_json_dict())
         return
-    console.print(f"Created task [bold]{shown(task.name)}[/] ({task.id}), {task.type.value}, next run {_when(task.next_run)}.")
-    console.print(f"[dim]Watch it: bgtasks task show {task.id}[/]")
+    cli.console.print(f"Created task [bold]{shown(task.name)}[/] ({task.id}), {task.type.value}, next run {cli.when(task.next_run)}.")
+    cli.console.print(f"[dim]Watch it: bgtasks task show {task.id}[/]")
 
 
 @task_app.command(name="ls")
@@ -248,19 +224,17 @@ def list_tasks(
     output: Output = "table",
 ) -> None:
     """List tasks, filtered by status, type and priority."""
-    from bgtasks.cli import console
-
     tasks = _run(lambda m: m.list(status=status, type=type, priority=priority, sort=sort))
     if output == "json":
-        _print_json([t.to_json_dict() for t in tasks])
+        cli.print_json([t.to_json_dict() for t in tasks])
         return
     table = Table(title="Background tasks")
     table.add_column("ID", no_wrap=True)
     for col in ("Name", "Type", "Status", "Priority", "Next run", "Last run", "Last result"):
         table.add_column(col, overflow="fold")
     for t in tasks:
-        table.add_row(t.id, shown(t.name), t.type.value, _status(t), t.priority.value, _when(t.next_run), _when(t.last_run), _result_text(t))
-    console.print(table)
+        table.add_row(t.id, shown(t.name), t.type.value, _status(t), t.priority.value, cli.when(t.next_run), cli.when(t.last_run), _result_text(t))
+    cli.console.print(table)
 
 
 def _resolve(ref: str) -> Callable[[Any], Awaitable[str]]:
@@ -273,8 +247,6 @@ def _resolve(ref: str) -> Callable[[Any], Awaitable[str]]:
 @task_app.command
 def show(ref: str, *, output: Output = "table") -> None:
     """Show a task (by id or name): definition, status, result and run history."""
-    from bgtasks.cli import console
-
     async def op(m: Any) -> tuple[BackgroundTask, list[TaskRun]]:
         tid = await m.resolve(ref)
         return await m.get(tid), await m.history(tid, limit=20)
@@ -283,7 +255,7 @@ def show(ref: str, *, output: Output = "table") -> None:
     if output == "json":
         body = task.to_json_dict()
         body["history"] = [r.to_json_dict() for r in runs]
-        _print_json(body)
+        cli.print_json(body)
         return
     info = Table.grid(padding=(0, 2))
     info.add_column(style="bold")
@@ -304,16 +276,16 @@ def show(ref: str, *, output: Output = "table") -> None:
     if task.target:
         info.add_row("wakes devices", shown(json.dumps(task.target.to_json_dict())))
     for w in task.waiting or []:
-        info.add_row("[yellow]waiting[/]", f"run {w.run_id} since {_when(w.since)}: {shown(w.reason)}")
+        info.add_row("[yellow]waiting[/]", f"run {w.run_id} since {cli.when(w.since)}: {shown(w.reason)}")
     if task.retry_policy:
         info.add_row("retry policy", json.dumps(task.retry_policy.to_json_dict()))
     if task.constraints and task.constraints.to_json_dict():
         info.add_row("constraints", json.dumps(task.constraints.to_json_dict()))
     if task.timeout_ms:
         info.add_row("timeout", f"{task.timeout_ms} ms")
-    info.add_row("created", _when(task.created_at))
-    info.add_row("next run", _when(task.next_run))
-    info.add_row("last run", _when(task.last_run))
+    info.add_row("created", cli.when(task.created_at))
+    info.add_row("next run", cli.when(task.next_run))
+    info.add_row("last run", cli.when(task.last_run))
     if task.result:
         r = task.result
         info.add_row("last result", f"{'success' if r.success else 'failure'} ({shown(r.state)}), {r.duration} ms, attempts {r.attempts or 1}")
@@ -321,50 +293,46 @@ def show(ref: str, *, output: Output = "table") -> None:
             info.add_row("error", f"[red]{shown(r.error)}[/]")
         if r.data is not None:
             info.add_row("data", shown(json.dumps(r.data)))
-    console.print(info)
+    cli.console.print(info)
     if runs:
         table = Table(title="History")
         for col in ("Run", "State", "Scheduled", "Started", "Attempts", "Result"):
             table.add_column(col, overflow="fold")
         for r in runs:
-            table.add_row(r.id, shown(r.state), _when(r.scheduled_for), _when(r.started_at), str(r.attempts or "-"), _result_text(r))
-        console.print(table)
+            table.add_row(r.id, shown(r.state), cli.when(r.scheduled_for), cli.when(r.started_at), str(r.attempts or "-"), _result_text(r))
+        cli.console.print(table)
 
 
 @task_app.command
 def history(ref: str, *, limit: int = 50, output: Output = "table") -> None:
     """A task's runs, newest first, each with its result."""
-    from bgtasks.cli import console
-
     async def op(m: Any) -> list[TaskRun]:
         return await m.history(await m.resolve(ref), limit=limit)
 
     runs = _run(op)
     if output == "json":
-        _print_json([r.to_json_dict() for r in runs])
+        cli.print_json([r.to_json_dict() for r in runs])
         return
     table = Table(title="History")
     for col in ("Run", "State", "Scheduled", "Started", "Ended", "Attempts", "Result"):
         table.add_column(col, overflow="fold")
     for r in runs:
-        table.add_row(r.id, shown(r.state), _when(r.scheduled_for), _when(r.started_at), _when(r.ended_at), str(r.attempts or "-"), _result_text(r))
-    console.print(table)
+        table.add_row(r.id, shown(r.state), cli.when(r.scheduled_for), cli.when(r.started_at), cli.when(r.ended_at), str(r.attempts or "-"), _result_text(r))
+    cli.console.print(table)
 
 
 def _control(ref: str, action: str, output: str) -> None:
-    from bgtasks.cli import console
-
     async def op(m: Any) -> BackgroundTask:
         return await getattr(m, action)(await m.resolve(ref))
 
     task = _run(op)
     if output == "json":
-        _print_json(task.to_json_dict())
+        cli.print_json(task.to_json_dict())
         return
     past = {"pause": "Paused", "resume": "Resumed", "cancel": "Cancelled"}[action]
-    console.print(f"{past} task [bold]{shown(task.name)}[/] ({task.id}).")
+    cli.console.print(f"{past} task [bold]{shown(task.name)}[/] ({task.id}).")
     if action == "pause":
-        console.print(f"[dim]Resume it: bgtasks task resume {task.id}[/]")
+        cli.console.print(f"[dim]Resume it: bgtasks task resume {task.id}[/]")
 
 
 @task_app.command
@@ -389,8 +357,6 @@ def cancel(ref: str, *, output: Output = "table") -> None:
 def run(ref: str, *, wait: Annotated[bool, Parameter(help="Wait for the run to finish and show its result.")] = False,
         output: Output = "table") -> int:
     """Run a task now, in its priority queue."""
-    from bgtasks.cli import console
-
     async def op(m: Any) -> tuple[str, Any]:
         tid = await m.resolve(ref)
         run_id = await m.run_now(tid)
@@ -399,24 +365,22 @@ def run(ref: str, *, wait: Annotated[bool, Parameter(help="Wait for the run to f
 
     run_id, result = _run(op)
     if output == "json":
-        _print_json({"runId": run_id, "result": result.to_json_dict() if result else None})
+        cli.print_json({"runId": run_id, "result": result.to_json_dict() if result else None})
     else:
-        console.print(f"Started run {run_id}.")
+        cli.console.print(f"Started run {run_id}.")
         if result is not None:
             detail = json.dumps(result.data) if result.success else result.error
-            console.print(f"Result: {'success' if result.success else 'failure'} ({shown(result.state)}) {shown(detail)}")
+            cli.console.print(f"Result: {'success' if result.success else 'failure'} ({shown(result.state)}) {shown(detail)}")
     return 0 if result is None or result.success else 1
 
 
 @task_app.command(name="rm")
 def remove(ref: str, *, yes: Annotated[bool, Parameter(name=["--yes", "-y"], help="Do not ask.")] = False) -> None:
     """Delete a task: running runs are cancelled, pending ones removed."""
-    from bgtasks.cli import console, fail
-
     if not yes and sys.stdin.isatty():
-        answer = console.input(f"Delete task {shown(repr(ref))}? \\[y/N] ")
+        answer = cli.console.input(f"Delete task {shown(repr(ref))}? \\[y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
-            fail("Not deleted.")
+            cli.fail("Not deleted.")
 
     async def op(m: Any) -> str:
         tid = await m.resolve(ref)
@@ -424,4 +388,4 @@ def remove(ref: str, *, yes: Annotated[bool, Parameter(name=["--yes", "-y"], hel
         return tid
 
     tid = _run(op)
-    console.print(f"Deleted task {tid}.")
+    cli.console.print(f"Deleted task {tid}.")

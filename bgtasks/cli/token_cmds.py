@@ -9,8 +9,9 @@ import cyclopts
 from cyclopts import Parameter
 from rich.table import Table
 
+from bgtasks.cli import _common as cli
+from bgtasks.cli._common import Output
 from bgtasks.cli._store import with_store
-from bgtasks.cli.task_cmds import Output, _print_json, _when
 
 token_app = cyclopts.App(name="token", help="Bearer tokens for the REST API (stored hashed; shown once).")
 T = TypeVar("T")
@@ -34,7 +35,6 @@ def create(
     output: Output = "table",
 ) -> None:
     """Create a token and print its secret, once; only its hash is kept."""
-    from bgtasks import cli
     from bgtasks.auth import parse_scopes
 
     try:
@@ -46,7 +46,7 @@ def create(
     except ValueError as exc:
         cli.fail(f"Invalid {exc}")
     if output == "json":
-        _print_json(record.to_json_dict() | {"token": secret})
+        cli.print_json(record.to_json_dict() | {"token": secret})
         return
     cli.console.print(f"Token {record.id} ({cli.shown(record.name)}), scopes {' '.join(sorted(record.scopes))}:")
     print(secret)
@@ -57,26 +57,22 @@ def create(
 @token_app.command(name="ls")
 def list_tokens(*, output: Output = "table") -> None:
     """List tokens (never their secrets)."""
-    from bgtasks import cli
-
     tokens = _with_tokens(lambda t: t.list())
     if output == "json":
-        _print_json([t.to_json_dict() for t in tokens])
+        cli.print_json([t.to_json_dict() for t in tokens])
         return
     table = Table("NAME", "SCOPES", "DEVICE", "CREATED", "LAST USED", "REVOKED")
     table.columns.insert(0, Table("ID").columns[0])
     table.columns[0].no_wrap = True
     for t in tokens:
-        table.add_row(t.id, cli.shown(t.name), " ".join(sorted(t.scopes)), cli.shown(t.device_id or "-"), _when(t.created_at),
-                      _when(t.last_used_at), _when(t.revoked_at))
+        table.add_row(t.id, cli.shown(t.name), " ".join(sorted(t.scopes)), cli.shown(t.device_id or "-"), cli.when(t.created_at),
+                      cli.when(t.last_used_at), cli.when(t.revoked_at))
     cli.console.print(table)
 
 
 @token_app.command
 def revoke(token_id: str) -> None:
     """Revoke a token by id: requests with it get 401 from now on."""
-    from bgtasks import cli
-
     try:
         record = _with_tokens(lambda t: t.revoke(token_id))
     except KeyError:
