@@ -96,6 +96,16 @@ class WorkerSettings(BaseSettings):
         description="How often a running run's process says it is alive (Prefect's flow-run "
         "heartbeat; Prefect's minimum is 30 s).",
     )
+    constraint_recheck_s: float = Field(
+        30.0, gt=0, le=86400,
+        description="How often the worker re-checks runs waiting for constraints (the trigger daemon "
+        "releases them at once on a change; this covers a host without a daemon).",
+    )
+    crash_scan_s: float = Field(
+        60.0, gt=0, le=86400,
+        description="How often the worker looks for crashed runs and failed trigger actions nobody "
+        "heard about (it acts on the events at once).",
+    )
     crash_after_s: float = Field(
         90.0, gt=0, le=86400,
         description="A run silent this long after a heartbeat is marked Crashed (its process died "

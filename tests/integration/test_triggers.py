@@ -276,7 +276,7 @@ async def test_a_run_the_automation_failed_to_create_is_created_once_by_the_work
     from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
     from prefect.events.schemas.events import Event
 
-    from bgtasks.warm_worker import read_failed_triggers
+    from bgtasks.policies.failed_triggers import read_failed_triggers
     from deployments.triggers import automation_name
 
     log = tmp_path / "runs.jsonl"

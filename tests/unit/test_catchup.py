@@ -1,4 +1,4 @@
-"""The catch-up (misfire) policy of periodic tasks, pure (bgtasks.catchup.plan)."""
+"""The catch-up (misfire) policy of periodic tasks, pure (bgtasks.policies.catchup.plan)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bgtasks.catchup import MAX_RUN_ALL, plan, policy_of
+from bgtasks.policies.catchup import MAX_RUN_ALL, plan, policy_of
 from bgtasks.models import CreateTaskOptions
 
 T = [datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=i) for i in range(10)]

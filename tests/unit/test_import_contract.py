@@ -18,7 +18,7 @@ PACKAGES = ("bgtasks", "flows", "deployments", "triggers", "mobile_push")
 KERNEL = ("bgtasks.models", "bgtasks.errors", "bgtasks.settings", "bgtasks.durations", "bgtasks.text",
           "bgtasks.home", "bgtasks.retry", "bgtasks.guard", "bgtasks.auth", "bgtasks.store",
           "bgtasks.prefect_seam", "bgtasks.crash")
-WORKER = ("bgtasks.warm_worker", "bgtasks.zygote", "bgtasks.catchup")
+WORKER = ("bgtasks.warm_worker", "bgtasks.zygote", "bgtasks.policies")
 ROOMS = ("flows", "deployments", "triggers", "mobile_push", *WORKER)
 COMPOSITION = ("bgtasks.manager", "bgtasks.stack", "bgtasks.service", "bgtasks.parts", "bgtasks.prefect_server")
 FACES = ("bgtasks.cli", "bgtasks.api", "flows.controls")

@@ -10,7 +10,7 @@ import pytest
 from prefect.client.schemas.objects import FlowRun
 from prefect.states import Scheduled
 
-from bgtasks.warm_worker import FOLLOWS_WINDOW, missing_scheduled_event
+from bgtasks.policies.scheduled_event import FOLLOWS_WINDOW, missing_scheduled_event
 
 NOW = datetime(2026, 11, 29, 14, 0, tzinfo=UTC)
 

@@ -9,12 +9,12 @@ from uuid import uuid4
 from prefect.client.schemas.objects import FlowRun
 from prefect.states import Scheduled
 
-from bgtasks.warm_worker import _until_due
+from bgtasks.policies.until_due import until_due
 
 
 async def test_a_run_picked_up_early_waits_for_its_scheduled_time() -> None:
     due = datetime.now(UTC) + timedelta(milliseconds=400)
     run = FlowRun(flow_id=uuid4(), state=Scheduled(scheduled_time=due), expected_start_time=due - timedelta(hours=1))
-    await _until_due(run)
+    await until_due(run)
     assert datetime.now(UTC) >= due  # the state's time counts, not the (older) expected start
 

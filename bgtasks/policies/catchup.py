@@ -16,8 +16,9 @@ burst of stale work. Each periodic task says what it wants
 
 Dropped runs are deleted, as Prefect deletes the scheduled runs of a paused
 deployment (each is read again first: one another worker has just taken is left
-alone), and the worker logs one line per task with the counts. The warm worker applies the policy when it starts (with the look for
-occurrences nobody created) and before it polls, at most every
+alone), and the worker logs one line per task with the counts. The warm worker applies
+the policy (:class:`CatchUp`) when it starts (with the look for occurrences nobody
+created; nothing is polled before) and before it polls, at most every
 ``CATCH_UP_EVERY_S``; two workers doing it at once agree (deletes of a gone run
 are ignored; created runs carry an idempotency key per occurrence).
 
@@ -27,9 +28,14 @@ are ignored; created runs carry an idempotency key per occurrence).
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import anyio
+
+from bgtasks.policies.base import Policy, Worker
 
 #: Runs ``run-all`` starts per task and catch-up at most.
 MAX_RUN_ALL = 1000
@@ -221,3 +227,40 @@ async def apply(client: Any, pool: str, grace_s: float, now: datetime, logger: l
         totals["created"] += len(p.create)
         totals["kept"] += p.kept
     return totals
+
+
+class CatchUp(Policy):
+    """:func:`apply` before the worker polls: the start-up pass first (nothing is polled before
+    it: a missed run must not start meanwhile), then at most every ``CATCH_UP_EVERY_S``."""
+
+    def __init__(self, grace_s: float) -> None:
+        self.grace_s = grace_s
+        self._done_at: float | None = None  # end of the last pass (monotonic)
+        self._started = False  # the start-up pass (with unscheduled occurrences) is done
+        self._running = False
+        self._first = anyio.Lock()
+
+    async def before_poll(self, worker: Worker) -> None:
+        if not self._started:
+            async with self._first:
+                if not self._started:
+                    await self._pass(worker)
+            return
+        if self._running or (self._done_at is not None and time.monotonic() - self._done_at < CATCH_UP_EVERY_S):
+            return  # one pass at a time (the wake loop and Prefect's own poll loop both poll)
+        await self._pass(worker)
+
+    async def _pass(self, worker: Worker) -> None:
+        self._running = True
+        first = not self._started
+        try:
+            done = await apply(worker.client, worker.pool_name, self.grace_s, datetime.now(UTC), worker.log,
+                               look_for_unscheduled=first)
+            self._started = True
+            if first and any(done.values()):
+                worker.log.info("Catch-up at start: %s", done)
+        except Exception:  # noqa: BLE001 - polling must go on; the next poll tries again
+            worker.log.warning("Catch-up of missed runs failed", exc_info=True)
+        finally:
+            self._done_at = time.monotonic()
+            self._running = False

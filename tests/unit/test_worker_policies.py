@@ -1,0 +1,94 @@
+"""The warm worker composed of policies: hook order, and the small policies on their own.
+
+The worker's own loop against a real server is tests/integration/test_warm_worker.py; the
+policies' behaviour against a real server is in the integration tests each names.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+from uuid import uuid4
+
+from bgtasks.policies import Policy, default_policies
+from bgtasks.policies.paused import DropPausedRuns
+from bgtasks.policies.start_time import DropBeforeStartTime, before_start
+from bgtasks.settings import load_settings
+from bgtasks.warm_worker import WarmWorker
+
+
+class Recording(Policy):
+    def __init__(self, name: str, calls: list[str], allow: bool = True) -> None:
+        self.name, self.calls, self.allow = name, calls, allow
+
+    async def before_submit(self, worker: Any, flow_run: Any) -> bool:
+        self.calls.append(self.name)
+        return self.allow
+
+
+async def test_the_first_policy_that_holds_a_run_back_ends_its_submission() -> None:
+    calls: list[str] = []
+    worker = WarmWorker(work_pool_name="p", policies=[
+        Recording("a", calls), Recording("b", calls, allow=False), Recording("c", calls)])
+    run = SimpleNamespace(id=uuid4())
+    assert await worker._propose_pending_state(run) is False
+    assert calls == ["a", "b"]  # c is never asked; Prefect's proposal is never made
+
+
+def test_the_default_policies_run_in_the_order_their_hooks_depend_on() -> None:
+    names = [type(p).__name__ for p in default_policies(load_settings())]
+    # Dropped runs emit nothing; the missing event goes out before any state change; the
+    # constraints gate a run only once it is due.
+    assert names == ["DropPausedRuns", "DropBeforeStartTime", "EmitScheduledEvent", "WaitUntilDue",
+                     "Constraints", "CatchUp", "CrashRecovery", "FailedTriggers"]
+
+
+class FakeClient:
+    def __init__(self, paused: bool) -> None:
+        self.paused, self.deleted = paused, []
+
+    async def read_deployment(self, deployment_id: Any) -> Any:
+        return SimpleNamespace(paused=self.paused)
+
+    async def delete_flow_run(self, run_id: Any) -> None:
+        self.deleted.append(run_id)
+
+
+def fake_worker(client: FakeClient) -> Any:
+    return SimpleNamespace(client=client, log=logging.getLogger("test"))
+
+
+def scheduler_run(**kw: Any) -> Any:
+    fields = {"id": uuid4(), "deployment_id": uuid4(), "auto_scheduled": True, "parameters": {},
+              "expected_start_time": datetime.now(UTC), **kw}
+    return SimpleNamespace(**fields)
+
+
+async def test_a_paused_tasks_scheduler_run_is_dropped_and_its_run_now_is_not() -> None:
+    client = FakeClient(paused=True)
+    run = scheduler_run()
+    assert await DropPausedRuns().before_submit(fake_worker(client), run) is False
+    assert client.deleted == [run.id]
+    run_now = scheduler_run()
+    run_now.auto_scheduled = False
+    assert await DropPausedRuns().before_submit(fake_worker(client), run_now) is True
+    assert client.deleted == [run.id]
+    active = FakeClient(paused=False)
+    assert await DropPausedRuns().before_submit(fake_worker(active), scheduler_run()) is True
+    assert active.deleted == []
+
+
+async def test_a_periodic_run_due_before_the_start_time_is_dropped() -> None:
+    start = datetime(2030, 1, 1, tzinfo=UTC)
+    task = {"schedule": {"type": "periodic", "startTime": "2030-01-01T00:00:00Z"}}
+    early = scheduler_run(parameters={"task": task})
+    early.expected_start_time = start - timedelta(minutes=5)
+    on_time = scheduler_run(parameters={"task": task})
+    on_time.expected_start_time = start
+    assert before_start(early) and not before_start(on_time)
+    client = FakeClient(paused=False)
+    assert await DropBeforeStartTime().before_submit(fake_worker(client), early) is False
+    assert await DropBeforeStartTime().before_submit(fake_worker(client), on_time) is True
+    assert client.deleted == [early.id]
