@@ -8,7 +8,7 @@ TSCLIENT := clients/typescript
 CHROMIUM := /usr/bin/chromium
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test test-postgres unit bench install clean openapi browser snapshots
+.PHONY: run test test-postgres unit bench install clean openapi browser snapshots docs
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,17 +41,22 @@ run: $(STAMP)
 ## Then the tests marked `postgresql` (where the database matters) again with the Prefect
 ## server and bgtasks' tables on PostgreSQL (127.0.0.1:5432; the run creates and drops its
 ## own database). --durations prints the slowest tests of each pass.
-test: $(STAMP) $(SYSDEPS) $(TSCLIENT)/node_modules/.package-lock.json
+test: $(STAMP) $(SYSDEPS) $(TSCLIENT)/node_modules/.package-lock.json docs
 	$(BIN)/python -m pytest -p no:cacheprovider -ra --durations=20 $(PYTEST_ARGS)
 	BGTASKS_TEST_DATABASE=postgresql $(BIN)/python -m pytest -p no:cacheprovider -ra --durations=20 tests/integration tests/security $(PYTEST_ARGS)
 
 test-postgres: $(STAMP) $(SYSDEPS) $(TSCLIENT)/node_modules/.package-lock.json
 	BGTASKS_TEST_DATABASE=postgresql $(BIN)/python -m pytest -p no:cacheprovider -ra --durations=20 tests/integration tests/security $(PYTEST_ARGS)
 
+## The documentation site (MkDocs, Material theme) into build/site; --strict: a broken
+## link or a page missing from the navigation fails the build (and `make test`).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir build/site
+
 unit: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider tests/unit
 
-## Benchmarks that print numbers (README "Performance"); about 80 minutes with the
+## Benchmarks that print numbers (docs/performance.md); about 80 minutes with the
 ## 30-minute soak.
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'

@@ -2,7 +2,7 @@
 in a child forked from a pre-imported parent.
 
 Prefect's ``process`` worker starts a new Python per run, which spends seconds
-importing Prefect before the first line of the handler (README, "Performance").
+importing Prefect before the first line of the handler (docs/performance.md).
 This worker keeps one *zygote* (:mod:`bgtasks.zygote`) that has imported Prefect,
 the flow engine and every handler, and asks it to fork a child per run. The
 child runs the same engine steps as ``python -m prefect.engine``.

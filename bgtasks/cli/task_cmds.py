@@ -108,7 +108,7 @@ def create(
     timeout: Annotated[str | None, Parameter(help="Per-attempt time limit, e.g. 30s.")] = None,
     data: Annotated[str | None, Parameter(help="Task data as JSON.")] = None,
     on: Annotated[str | None, Parameter(help="Triggered: the event, e.g. file.arrived, network.connected, "
-                                              "power.plugged (see README).")] = None,
+                                              "power.plugged (docs/triggers.md).")] = None,
     path: Annotated[str | None, Parameter(help="Triggered by file.*: the directory to watch.")] = None,
     pattern: Annotated[str | None, Parameter(help="Triggered by file.*: glob of file names, e.g. '*.csv'.")] = None,
     recursive: Annotated[bool, Parameter(help="Triggered by file.*: watch subdirectories too.")] = False,

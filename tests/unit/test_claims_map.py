@@ -1,4 +1,4 @@
-"""docs/claims.md maps each README claim to the tests that prove it: every test it names exists."""
+"""docs/claims.md maps each claim of the README and docs to the tests that prove it: every test it names exists."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def _test_functions(path: Path) -> set[str]:
 
 def test_every_test_the_claims_map_names_exists() -> None:
     refs = REFERENCE.findall(MAP.read_text())
-    assert len(refs) >= 50, "docs/claims.md names too few tests to be the map of the README"
+    assert len(refs) >= 50, "docs/claims.md names too few tests to be the map of the claims"
     missing = []
     cache: dict[str, set[str]] = {}
     for file, name in refs:
