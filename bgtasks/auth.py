@@ -27,6 +27,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from bgtasks.errors import FieldProblem
 from bgtasks.store import Store
 from bgtasks.store.schema import api_tokens, devices
 from bgtasks.text import unsafe_char
@@ -119,11 +120,11 @@ class TokenStore:
         """A new token: its record and its secret (the only time the secret exists)."""
         name = name.strip()
         if not name or len(name) > 100:
-            raise ValueError("name: must be 1 to 100 characters")
+            raise FieldProblem("name", "must be 1 to 100 characters")
         if device_id is not None and scopes - {Scope.DEVICES_REPORT}:
-            raise ValueError("device: a device-bound token may carry only the devices:report scope")
+            raise FieldProblem("device", "a device-bound token may carry only the devices:report scope")
         if (found := unsafe_char(name)) is not None:
-            raise ValueError(f"name: must not contain control or bidi-override characters (found {found})")
+            raise FieldProblem("name", f"must not contain control or bidi-override characters (found {found})")
         secret = PREFIX + secrets.token_urlsafe(32)
         row = {
             "id": uuid.uuid4().hex[:12],
@@ -136,7 +137,7 @@ class TokenStore:
         async with self.store.session() as s:
             if device_id is not None and (await s.execute(
                     sa.select(devices.c.id).where(devices.c.id == device_id))).first() is None:
-                raise ValueError(f"device: no device {device_id!r} is registered (`bgtasks device add` first)")
+                raise FieldProblem("device", f"no device {device_id!r} is registered (`bgtasks device add` first)")
             await s.execute(api_tokens.insert().values(**row))
         return ApiToken.from_row(SimpleNamespace(**row, last_used_at=None, revoked_at=None)), secret
 

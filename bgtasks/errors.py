@@ -4,9 +4,22 @@
     ├── InvalidTask      bad input: fix the named field (nothing was stored)
     ├── TaskNotFound     no such task
     └── TaskConflict     the task's state forbids it (paused, cancelled)
+
+and :class:`FieldProblem`, what a validator raises: the field it is about, as data.
 """
 
 from __future__ import annotations
+
+
+class FieldProblem(ValueError):
+    """A value refused by a check that spans fields (or sits outside pydantic): ``field`` is
+    the JSON path it names, ``reason`` why. Pydantic keeps it in the error's context, so
+    :func:`bgtasks.models.errors_from` reads the field from here, never from the text."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}")
 
 
 class TaskError(Exception):

@@ -37,6 +37,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from bgtasks.errors import FieldProblem
 from bgtasks.text import refuse_unsafe
 
 __all__ = [
@@ -225,40 +226,38 @@ class TaskSchedule(_SpecModel):
     def _consistent(self, info: ValidationInfo) -> TaskSchedule:
         if self.type == TaskType.TRIGGERED:
             if self.interval is not None or self.cron is not None or self.timezone is not None:
-                raise ValueError("interval/cron: a triggered task runs when its trigger fires; remove them")
+                raise FieldProblem("interval/cron", "a triggered task runs when its trigger fires; remove them")
             if self.start_time is not None or self.end_time is not None:
                 if self.end_time is not None and self.start_time is not None and self.end_time <= self.start_time:
-                    raise ValueError("endTime: must be after startTime")
+                    raise FieldProblem("endTime", "must be after startTime")
         if self.type == TaskType.ONE_TIME:
             if self.interval is not None or self.cron is not None:
-                raise ValueError("interval/cron: only periodic tasks repeat; remove them or use type 'periodic'")
+                raise FieldProblem("interval/cron", "only periodic tasks repeat; remove them or use type 'periodic'")
             if self.end_time is not None:
-                raise ValueError("endTime: a one-time task has no end; remove endTime")
+                raise FieldProblem("endTime", "a one-time task has no end; remove endTime")
             if (
                 self.start_time is not None
                 and not _is_stored(info)
                 and self.start_time < datetime.now(UTC) - ONE_TIME_GRACE
             ):
-                raise ValueError(
-                    f"startTime: {self.start_time.isoformat()} is in the past; "
-                    "leave it out to run now"
-                )
+                raise FieldProblem(
+                    "startTime", f"{self.start_time.isoformat()} is in the past; leave it out to run now")
         if self.type == TaskType.PERIODIC:
             if self.interval is None and self.cron is None:
-                raise ValueError("interval: a periodic task needs an interval (ms) or a cron expression")
+                raise FieldProblem("interval", "a periodic task needs an interval (ms) or a cron expression")
             if self.interval is not None and self.cron is not None:
-                raise ValueError("cron: give either interval or cron, not both")
+                raise FieldProblem("cron", "give either interval or cron, not both")
             if self.interval is not None and self.end_time is not None and self.interval % 1000:
-                raise ValueError("interval: with an endTime the interval must be whole seconds")
+                raise FieldProblem("interval", "with an endTime the interval must be whole seconds")
         if self.timezone is not None and self.cron is None:
-            raise ValueError("timezone: only cron schedules are read in a time zone")
+            raise FieldProblem("timezone", "only cron schedules are read in a time zone")
         if self.catch_up is not None and self.type != TaskType.PERIODIC:
-            raise ValueError("catchUp: only periodic tasks miss runs; a one-time task runs once when it can")
+            raise FieldProblem("catchUp", "only periodic tasks miss runs; a one-time task runs once when it can")
         if self.end_time is not None:
             if self.start_time is not None and self.end_time <= self.start_time:
-                raise ValueError("endTime: must be after startTime")
+                raise FieldProblem("endTime", "must be after startTime")
             if not _is_stored(info) and self.end_time <= datetime.now(UTC):
-                raise ValueError("endTime: is in the past")
+                raise FieldProblem("endTime", "is in the past")
         return self
 
 
@@ -297,9 +296,9 @@ class TaskConstraints(_SpecModel):
     def _not_contradictory(self) -> TaskConstraints:
         nt = self.network_type
         if self.requires_wifi and nt in ("metered", "cellular"):
-            raise ValueError(f"networkType: {nt!r} contradicts requiresWifi (wifi is never {nt})")
+            raise FieldProblem("networkType", f"{nt!r} contradicts requiresWifi (wifi is never {nt})")
         if self.requires_network is False and (self.requires_wifi or nt not in (None, "not-required")):
-            raise ValueError("requiresNetwork: false, but requiresWifi/networkType ask for a network")
+            raise FieldProblem("requiresNetwork", "false, but requiresWifi/networkType ask for a network")
         return self
 
     def network_need(self) -> str | None:
@@ -374,7 +373,7 @@ class RetryCondition(_SpecModel):
     @model_validator(mode="after")
     def _not_empty(self) -> RetryCondition:
         if not self.exceptions and self.message_pattern is None:
-            raise ValueError("retryOn: name exceptions or a messagePattern (or leave retryOn out)")
+            raise FieldProblem("retryOn", "name exceptions or a messagePattern (or leave retryOn out)")
         return self
 
 
@@ -393,10 +392,8 @@ class RetryPolicy(_SpecModel):
     @model_validator(mode="after")
     def _max_not_below_initial(self) -> RetryPolicy:
         if self.max_backoff_ms < self.initial_backoff_ms:
-            raise ValueError(
-                f"maxBackoffMs: {self.max_backoff_ms} is below initialBackoffMs "
-                f"({self.initial_backoff_ms})"
-            )
+            raise FieldProblem(
+                "maxBackoffMs", f"{self.max_backoff_ms} is below initialBackoffMs ({self.initial_backoff_ms})")
         return self
 
 
@@ -434,13 +431,13 @@ class TaskTrigger(_SpecModel):
         is_file = self.on.startswith("file.")
         if is_file:
             if not self.path:
-                raise ValueError("path: file triggers need the directory to watch")
+                raise FieldProblem("path", "file triggers need the directory to watch")
             if not self.path.startswith("/"):
-                raise ValueError(f"path: {self.path!r} is relative; give an absolute path")
+                raise FieldProblem("path", f"{self.path!r} is relative; give an absolute path")
         elif self.path is not None or self.pattern is not None:
-            raise ValueError(f"path: only file triggers watch a path, not {self.on}")
+            raise FieldProblem("path", f"only file triggers watch a path, not {self.on}")
         if self.network_type != "any" and self.on not in ("network.connected", "network.type-changed"):
-            raise ValueError(f"networkType: applies to network.connected and network.type-changed, not {self.on}")
+            raise FieldProblem("networkType", f"applies to network.connected and network.type-changed, not {self.on}")
         return self
 
 
@@ -460,7 +457,7 @@ class TaskTarget(_SpecModel):
     @model_validator(mode="after")
     def _says_something(self) -> TaskTarget:
         if self.device_ids is None and self.labels is None and self.platform is None:
-            raise ValueError("deviceIds: name deviceIds, labels or a platform")
+            raise FieldProblem("deviceIds", "name deviceIds, labels or a platform")
         return self
 
 
@@ -490,16 +487,16 @@ class CreateTaskOptions(_SpecModel):
     @classmethod
     def _no_nul(cls, raw: Any) -> Any:
         if (where := nul_path(raw)) is not None:
-            raise ValueError(f"{'.'.join(map(str, where)) or 'input'}: {NUL_MESSAGE}")
+            raise FieldProblem(".".join(map(str, where)) or "input", NUL_MESSAGE)
         return raw
 
     @model_validator(mode="after")
     def _trigger_matches_type(self) -> CreateTaskOptions:
         triggered = self.schedule.type == TaskType.TRIGGERED
         if triggered and self.trigger is None:
-            raise ValueError("trigger: a triggered task needs a trigger, e.g. {\"on\": \"power.plugged\"}")
+            raise FieldProblem("trigger", "a triggered task needs a trigger, e.g. {\"on\": \"power.plugged\"}")
         if self.trigger is not None and not triggered:
-            raise ValueError("trigger: only tasks of schedule type 'triggered' have a trigger")
+            raise FieldProblem("trigger", "only tasks of schedule type 'triggered' have a trigger")
         return self
 
     @field_validator("name")
@@ -583,10 +580,9 @@ class BackgroundTask(_SpecModel):
 def field_errors(exc: Exception) -> list[dict[str, str]]:
     """Flatten a pydantic ``ValidationError`` into ``[{"field", "message"}]``.
 
-    Field names use the JSON (camelCase) path. Cross-field checks raise from a
-    model validator, whose location is the model; their message starts with the
-    offending field ("endTime: must be after startTime"), which is moved into the
-    path here so every error names its field.
+    Field names use the JSON (camelCase) path. Cross-field checks raise a
+    :class:`bgtasks.errors.FieldProblem` from a model validator, whose location is the
+    model; its field is appended to the path here, so every error names its field.
     """
     from pydantic import ValidationError
 
@@ -601,11 +597,12 @@ def errors_from(errors: Any, skip: tuple[str, ...] = ()) -> list[dict[str, str]]
     out = []
     for err in errors:
         loc = [to_camel(p) if isinstance(p, str) else str(p) for p in err["loc"] if p not in skip]
-        msg = err["msg"].removeprefix("Value error, ")
-        m = re.match(r"^([A-Za-z][A-Za-z0-9_./]*): (.*)$", msg, re.S)
-        if m and err["type"] == "value_error":
-            loc.append(m.group(1))
-            msg = m.group(2)
+        problem = (err.get("ctx") or {}).get("error")
+        if isinstance(problem, FieldProblem):  # a check across fields names its field as data
+            loc.append(problem.field)
+            msg = problem.reason
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown field"
         out.append({"field": ".".join(loc), "message": msg})

@@ -22,6 +22,7 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import StateType
 from prefect.runtime import flow_run
 
+from bgtasks.errors import FieldProblem
 from flows._handler import background_handler
 
 _TERMINAL = {"COMPLETED", "FAILED", "CANCELLED", "CRASHED"}
@@ -31,7 +32,7 @@ def old_runs_filter(older_than_days: float, states: list[str]) -> FlowRunFilter:
     """Finished runs of the given state types that ended before the cut-off."""
     unknown = sorted(set(states) - _TERMINAL)
     if unknown:
-        raise ValueError(f"data.states: {unknown} are not finished states {sorted(_TERMINAL)}")
+        raise FieldProblem("data.states", f"{unknown} are not finished states {sorted(_TERMINAL)}")
     cutoff = datetime.now(UTC) - timedelta(days=older_than_days)
     return FlowRunFilter(
         end_time=FlowRunFilterEndTime(before_=cutoff),
@@ -45,7 +46,7 @@ def cleanup(data: Any = None) -> dict[str, Any]:
     opts = data if isinstance(data, dict) else {}
     days = float(opts.get("olderThanDays", 7))
     if days < 0:
-        raise ValueError("data.olderThanDays: must not be negative")
+        raise FieldProblem("data.olderThanDays", "must not be negative")
     flt = old_runs_filter(days, list(opts.get("states", ["COMPLETED"])))
     me = flow_run.id
     deleted = 0

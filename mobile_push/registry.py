@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from bgtasks.errors import FieldProblem
 from bgtasks.store import Store
 from bgtasks.store.schema import api_tokens, devices
 from mobile_push.types import Platform, PushTarget, Transport
@@ -49,7 +50,12 @@ class DeviceNotFound(DeviceError):
 
 
 class DeviceConflict(DeviceError):
-    pass
+    """The id or the push token is already registered: ``field`` says which."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+        super().__init__(f"{field}: {reason}")
 
 
 def normalize_token(transport: Transport, token: str) -> str:
@@ -105,16 +111,16 @@ class DeviceIn(_Json):
     def _consistent(self) -> DeviceIn:
         transport = self.transport or (Transport.FCM if self.platform == Platform.ANDROID else Transport.APNS)
         if self.platform == Platform.ANDROID and transport == Transport.APNS:
-            raise ValueError("transport: Android devices are woken through FCM, not APNs")
+            raise FieldProblem("transport", "Android devices are woken through FCM, not APNs")
         try:
             token = normalize_token(transport, self.token)
         except ValueError as exc:
-            raise ValueError(f"token: {exc}") from None
+            raise FieldProblem("token", str(exc)) from None
         if transport == Transport.APNS:
             if not self.topic:
-                raise ValueError("topic: APNs needs the app's bundle id (e.g. com.example.app)")
+                raise FieldProblem("topic", "APNs needs the app's bundle id (e.g. com.example.app)")
             if not _BUNDLE.match(self.topic):
-                raise ValueError("topic: not a bundle id (letters, digits, dots and hyphens)")
+                raise FieldProblem("topic", "not a bundle id (letters, digits, dots and hyphens)")
         object.__setattr__(self, "transport", transport)
         object.__setattr__(self, "token", token)
         return self
@@ -180,11 +186,11 @@ class DeviceRegistry:
         now = datetime.now(UTC)
         async with self.store.session() as s:
             if (await s.execute(sa.select(devices.c.id).where(devices.c.id == device_id))).first():
-                raise DeviceConflict(f"id: a device {device_id!r} is already registered")
+                raise DeviceConflict("id", f"a device {device_id!r} is already registered")
             other = (await s.execute(sa.select(devices.c.id).where(
                 devices.c.transport == new.transport, devices.c.token == new.token))).first()
             if other:
-                raise DeviceConflict(f"token: already registered as device {other.id!r}")
+                raise DeviceConflict("token", f"already registered as device {other.id!r}")
             await s.execute(devices.insert().values(
                 id=device_id, platform=new.platform.value, transport=new.transport.value,  # type: ignore[union-attr]
                 token=new.token, topic=new.topic, labels=new.labels, state="active", created_at=now,
@@ -230,7 +236,7 @@ class DeviceRegistry:
             try:
                 values["token"] = normalize_token(current.transport, change.token)
             except ValueError as exc:
-                raise ValueError(f"token: {exc}") from None
+                raise FieldProblem("token", str(exc)) from None
             values.update(state="active", invalid_reason=None, invalid_at=None)
         if values:
             async with self.store.session() as s:
@@ -239,7 +245,7 @@ class DeviceRegistry:
                         devices.c.transport == current.transport.value, devices.c.token == values["token"],
                         devices.c.id != device_id))).first()
                     if other:
-                        raise DeviceConflict(f"token: already registered as device {other.id!r}")
+                        raise DeviceConflict("token", f"already registered as device {other.id!r}")
                 await s.execute(devices.update().where(devices.c.id == device_id).values(**values))
         return await self.get(device_id)
 

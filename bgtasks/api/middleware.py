@@ -16,8 +16,10 @@ import json
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
-from bgtasks.guard import App, Receive, Scope, Send, header
+from bgtasks.guard import App, HostOriginGuard, Receive, Scope, Send, header
+from bgtasks.settings import Settings, allowed_hosts, origins
 
 #: Routes anyone may call: liveness and the API's own description.
 PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
@@ -137,3 +139,30 @@ class BodyLimits:
 
 
 __all__ = ["PUBLIC_PATHS", "TokenAuth", "BodyLimits", "json_problem", "send_problem"]
+
+
+def api_hosts(settings: Settings) -> list[str]:
+    """Host names the API answers to: loopback, its bind address, the public URL's host, the extras."""
+    extra = list(settings.api.allowed_hosts)
+    if settings.push.public_url and (public := urlsplit(settings.push.public_url).hostname):
+        extra.append(public)
+    return allowed_hosts(settings.api.host, extra)
+
+
+def install_doors(app: Any, settings: Settings) -> None:
+    """The checks above, outermost last (Starlette's order): Host and Origin, CORS for the
+    allowed origins, the token, the body limits."""
+    from fastapi.middleware.cors import CORSMiddleware
+
+    async def verify(scope: Any, secret: str) -> Any:
+        return await scope["app"].state.tokens.verify(secret)
+
+    app.add_middleware(BodyLimits, max_bytes=settings.api.max_body_bytes, max_depth=settings.api.max_json_depth)
+    app.add_middleware(TokenAuth, verify=verify, enabled=settings.api.auth != "none")
+    if settings.api.allowed_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.api.allowed_origins,
+                           allow_methods=["GET", "POST", "PUT", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type"], max_age=600)
+    hosts = api_hosts(settings)
+    app.add_middleware(HostOriginGuard, hosts=hosts,
+                       origins=origins(hosts, settings.api.port, settings.api.allowed_origins))

@@ -1,0 +1,5 @@
+"""The REST API's routes, one router per resource."""
+
+from bgtasks.api.routes import devices, health, tasks
+
+ROUTERS = (health.router, tasks.router, devices.router)
