@@ -76,10 +76,8 @@ def init(
     force: Annotated[bool, Parameter(help="Overwrite prefect.yaml and handlers.py if they exist.")] = False,
 ) -> int:
     """Start a project: a prefect.yaml and an example handler (handlers.py) to deploy with `prefect deploy`."""
-    from bgtasks.settings import load_settings
-
     try:
-        written = write_scaffold(directory, load_settings().worker.pool, force=force)
+        written = write_scaffold(directory, cli.settings().worker.pool, force=force)
     except FileExistsError as exc:
         cli.fail(f"Not overwriting {exc}: pass --force to replace, or choose another directory.")
     except OSError as exc:

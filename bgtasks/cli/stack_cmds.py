@@ -33,14 +33,16 @@ def up(
     s = load_settings()
     for problem in exposure_problems(s):
         cli.fail(problem)
-    from bgtasks.prefect_seam import require
+    s.ensure_auth_string()  # generated on the first start; the server and every part share it
+    for key, value in s.prefect_env().items():
+        os.environ[key] = value  # `up` owns these: its children must agree with it
+    from bgtasks.prefect_seam import (
+        require,  # imports Prefect: after its environment is in place
+    )
 
     # An incompatible Prefect stops here, naming the internal, before anything starts.
     require("client", *(("worker", "child") if s.worker.type == "bgtasks-warm" else ()),
             *(() if s.server.api_url else ("server",)))
-    s.ensure_auth_string()  # generated on the first start; the server and every part share it
-    for key, value in s.prefect_env().items():
-        os.environ[key] = value  # `up` owns these: its children must agree with it
     cli.use_settings(s)
 
     from bgtasks.stack import Stack, StackError

@@ -43,7 +43,8 @@ MAX_RUN_ALL = 1000
 CATCH_UP_EVERY_S = 10.0
 #: Pages of 1,000 schedule dates read when looking for occurrences nobody scheduled.
 _MAX_PAGES = 100
-#: Tag of a run created by catch-up for an occurrence nobody had scheduled.
+#: Tag of a run catch-up chose to run: one it created for an occurrence nobody had
+#: scheduled, or the missed run ``run-once`` kept. Later passes leave such runs alone.
 CATCH_UP_TAG = "bgtasks:catch-up"
 
 
@@ -58,16 +59,19 @@ class Plan:
         return len(self.keep)
 
 
-def plan(policy: str | None, missed: list[tuple[str, datetime]], unscheduled: list[datetime] = ()) -> Plan:  # type: ignore[assignment]
+def plan(policy: str | None, missed: list[tuple[str, datetime]], unscheduled: list[datetime] = (),  # type: ignore[assignment]
+         catching_up: bool = False) -> Plan:
     """What to do with one task's missed runs.
 
     ``missed``: its runs waiting past the grace, ``(id, scheduled time)``;
-    ``unscheduled``: occurrences in the missed span that have no run at all.
+    ``unscheduled``: occurrences in the missed span that have no run at all;
+    ``catching_up``: a run an earlier pass chose (tagged ``CATCH_UP_TAG``) is still waiting
+    (every slot was busy): for ``run-once`` that is the one run, the newer missed ones go.
     """
     missed = sorted(missed, key=lambda m: m[1])
     unscheduled = sorted(set(unscheduled) - {t for _, t in missed})
     policy = policy or "skip"
-    if policy == "skip":
+    if policy == "skip" or (policy == "run-once" and catching_up):
         return Plan(delete=[rid for rid, _ in missed])
     if policy == "run-once":
         latest_existing = missed[-1][1] if missed else None
@@ -89,8 +93,9 @@ def policy_of(parameters: dict[str, Any] | None) -> str:
     return ((task.get("schedule") or {}).get("catchUp")) or "skip"
 
 
-async def _missed_runs(client: Any, pool: str, before: datetime) -> dict[Any, list[Any]]:
-    """The pool's periodic runs still waiting (Scheduled or Late) from before ``before``."""
+async def _missed_runs(client: Any, pool: str, before: datetime) -> tuple[dict[Any, list[Any]], set[Any]]:
+    """The pool's periodic runs still waiting (Scheduled or Late) from before ``before``, by
+    deployment, and the deployments with a catch-up run among them (left alone)."""
     from prefect.client.schemas.filters import (
         FlowRunFilter,
         FlowRunFilterExpectedStartTime,
@@ -110,11 +115,16 @@ async def _missed_runs(client: Any, pool: str, before: datetime) -> dict[Any, li
         expected_start_time=FlowRunFilterExpectedStartTime(before_=before),
     )
     by_dep: dict[Any, list[Any]] = {}
+    catching_up: set[Any] = set()
     for run in await _read_all(client, flt, FlowRunSort.EXPECTED_START_TIME_ASC,
                                work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool]))):
-        if run.deployment_id is not None and CATCH_UP_TAG not in (run.tags or []):
+        if run.deployment_id is None:
+            continue
+        if CATCH_UP_TAG in (run.tags or []):
+            catching_up.add(run.deployment_id)
+        else:
             by_dep.setdefault(run.deployment_id, []).append(run)
-    return by_dep
+    return by_dep, catching_up
 
 
 async def _read_all(client: Any, flt: Any, sort: Any, cap: int = 100_000, **kw: Any) -> list[Any]:
@@ -190,7 +200,7 @@ async def apply(client: Any, pool: str, grace_s: float, now: datetime, logger: l
     from deployments.query import read_all_deployments
 
     cutoff = now - timedelta(seconds=grace_s)
-    missed = await _missed_runs(client, pool, cutoff)
+    missed, catching_up = await _missed_runs(client, pool, cutoff)
     deployments: dict[Any, Any] = {}
     if look_for_unscheduled:
         for dep in await read_all_deployments(
@@ -206,7 +216,7 @@ async def apply(client: Any, pool: str, grace_s: float, now: datetime, logger: l
         except Exception:  # noqa: BLE001 - one task's schedule must not stop the others
             logger.warning("Could not list the missed occurrences of task %s", dep_id, exc_info=True)
             gap = []
-        p = plan(policy, [(str(r.id), r.expected_start_time) for r in runs], gap)
+        p = plan(policy, [(str(r.id), r.expected_start_time) for r in runs], gap, dep_id in catching_up)
         for rid in p.delete:
             try:
                 # Read again just before: a run another worker has just taken is left alone.
@@ -215,6 +225,10 @@ async def apply(client: Any, pool: str, grace_s: float, now: datetime, logger: l
                     await client.delete_flow_run(rid)
             except ObjectNotFound:
                 pass  # another worker got there first
+        if policy == "run-once":
+            for run in (r for r in runs if str(r.id) in p.keep):
+                # The one run: a later pass must not drop it for a newer missed one while it waits.
+                await client.update_flow_run(run.id, tags=[*(run.tags or []), CATCH_UP_TAG])
         for at in p.create:
             await client.create_flow_run_from_deployment(
                 dep_id, state=Scheduled(scheduled_time=at), tags=[CATCH_UP_TAG],

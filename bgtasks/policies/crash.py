@@ -28,17 +28,11 @@ class CrashRecovery(Policy):
         self._settled: set[str] = set()  # crashed runs left Crashed (policy exhausted)
 
     def periodic(self) -> list[Periodic]:
-        return [Periodic(self.scan_s, self._scan_logged, at_start=True)]
+        return [Periodic(self.scan_s, self.scan, at_start=True)]  # a failure is logged, the next round retries
 
     async def on_event(self, worker: Worker, event: Any) -> None:
         if worker.is_ours(event):
             await self.recover(worker, event.resource.id.removeprefix("prefect.flow-run."))
-
-    async def _scan_logged(self, worker: Worker) -> None:
-        try:
-            await self.scan(worker)
-        except Exception:  # noqa: BLE001 - the next round retries
-            worker.log.warning("Crashed-runs scan failed; retrying in %gs", self.scan_s, exc_info=True)
 
     async def scan(self, worker: Worker) -> None:
         from prefect.client.schemas.filters import (

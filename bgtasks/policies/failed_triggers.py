@@ -58,7 +58,7 @@ class FailedTriggers(Policy):
         self._busy: set[str] = set()  # being re-run now
 
     def periodic(self) -> list[Periodic]:
-        return [Periodic(self.scan_s, self._scan_logged, at_start=True)]
+        return [Periodic(self.scan_s, self.scan, at_start=True)]  # a failure is logged, the next round retries
 
     async def on_event(self, worker: Worker, event: Any) -> None:
         from deployments.triggers import retryable_failure
@@ -71,12 +71,6 @@ class FailedTriggers(Policy):
         except Exception:  # noqa: BLE001 - the next scan retries
             worker.log.warning("Re-running a failed trigger action failed; the next scan retries it",
                                exc_info=True)
-
-    async def _scan_logged(self, worker: Worker) -> None:
-        try:
-            await self.scan(worker)
-        except Exception:  # noqa: BLE001 - the next round retries
-            worker.log.warning("Failed-triggers scan failed; retrying in %gs", self.scan_s, exc_info=True)
 
     async def scan(self, worker: Worker) -> None:
         horizon = time.monotonic() - 2 * LOOKBACK.total_seconds()

@@ -50,3 +50,11 @@ def test_catch_up_is_for_periodic_tasks_only() -> None:
         with pytest.raises(ValueError) as info:
             CreateTaskOptions.model_validate({"name": "p", "schedule": bad})
         assert "catchUp" in str(info.value)
+
+
+def test_run_once_keeps_its_first_choice_while_it_waits() -> None:
+    """Every slot busy: the run an earlier pass kept still waits when newer runs misfire; it
+    stays the one run (tagged, so not among the missed) and the newer ones are dropped."""
+    p = plan("run-once", MISSED, [T[5]], catching_up=True)
+    assert p.delete == [rid for rid, _ in sorted(MISSED, key=lambda m: m[1])] and p.keep == [] and p.create == []
+    assert plan("run-all", MISSED, catching_up=True).kept == len(MISSED)  # run-all runs them all anyway
