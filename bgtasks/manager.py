@@ -397,6 +397,12 @@ class TaskManager:
         while runs := await self._scheduled_runs(dep.id):
             for run in runs:
                 await self.client.delete_flow_run(run.id)
+        # A run a worker submitted just before the pause (Pending: its process is starting, its
+        # handler has not) is cancelled: its engine's move to Running is refused and it exits.
+        # A run already Running finishes.
+        for run in await self._runs(dep.id, _state_filter("PENDING"), FlowRunSort.EXPECTED_START_TIME_ASC, PAGE):
+            await self.client.set_flow_run_state(
+                run.id, Cancelled(message="Its task was paused before the run started"), force=True)
         return await self.get(task_id)
 
     async def resume(self, task_id: str) -> BackgroundTask:

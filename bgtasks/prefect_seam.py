@@ -191,7 +191,8 @@ INTERNALS: tuple[Internal, ...] = (
                  "polling_interval")),
     Internal("child", f"{ENV_FLOW_RUN_ID}, {ENV_FLOW_ENTRYPOINT}, {ENV_RUNNER_HOOKS}",
              "set for each child as Prefect's runner sets them",
-             in_source("prefect.flow_engine", ENV_FLOW_ENTRYPOINT, ENV_RUNNER_HOOKS)),
+             lambda: (in_source("prefect.flow_engine", ENV_FLOW_ENTRYPOINT, ENV_RUNNER_HOOKS)()
+                      or in_source("prefect.runtime.flow_run", ENV_FLOW_RUN_ID)())),
     # server: bgtasks.prefect_server, deployments.triggers
     Internal("server", "prefect.server.database.configurations:AioSqliteConfiguration.begin_transaction",
              "wrapped: SQLite write transactions begin IMMEDIATE",

@@ -298,3 +298,20 @@ async def test_a_cancelled_periodic_task_never_runs_again(manager: Any, client: 
     assert runs == []  # nothing left to start either
     with pytest.raises(TaskConflict):
         await manager.run_now(task.id)
+
+
+async def test_pause_cancels_a_run_submitted_but_not_started(manager: Any, client: Any) -> None:
+    """A run a worker has just submitted (Pending: its process is starting) when the pause
+    lands is cancelled, so it cannot start while paused (its engine's move to Running is
+    refused). The run is put in Pending here, as a worker's proposal would."""
+    from prefect.states import Pending
+
+    task = await manager.create({"name": "pause-pending", "handler": "demo",
+                                 "schedule": {"type": "one-time", "startTime": "2099-01-01T00:00:00Z"}})
+    [run] = await client.read_flow_runs(deployment_filter=_dep_filter(task.id))
+    await client.set_flow_run_state(run.id, Pending(), force=True)
+    await manager.pause(task.id)
+    after = await client.read_flow_run(run.id)
+    assert after.state is not None and after.state.type.value == "CANCELLED", after.state
+    assert "paused" in (after.state.message or "")
+    assert await client.read_flow_runs(deployment_filter=_dep_filter(task.id), flow_run_filter=_scheduled()) == []

@@ -37,6 +37,7 @@ from xml.etree import ElementTree as ET
 import pytest
 
 from bgtasks import cli, service
+from bgtasks.cli import _common as cli_common
 from bgtasks.cli import service_cmds
 from bgtasks.cli.service_cmds import service_app
 from bgtasks.settings import ServerSettings, Settings
@@ -185,7 +186,7 @@ def sandbox(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     (tmp_path / "home").mkdir()
     monkeypatch.setenv("BGTASKS_HOME", str(tmp_path / "bg"))
-    monkeypatch.setattr(cli, "_settings", None)
+    monkeypatch.setattr(cli_common, "_settings", None)
     monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     monkeypatch.delenv("DBUS_SESSION_BUS_ADDRESS", raising=False)
     monkeypatch.delenv("SUDO_USER", raising=False)
@@ -418,7 +419,7 @@ def test_wait_for_server(health_server: int, sandbox: Path, monkeypatch: pytest.
     monkeypatch.setenv("BGTASKS_SERVER_PORT", str(health_server))
     monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{health_server}/api")
     call("wait-server", "--timeout", "5")
-    monkeypatch.setattr(cli, "_settings", None)
+    monkeypatch.setattr(cli_common, "_settings", None)
     monkeypatch.setenv("BGTASKS_SERVER_PORT", str(free_port()))
     with pytest.raises(cli.CliError, match=r"The Prefect API at http://127.0.0.1:\d+/api was not healthy after 0.3s"):
         call("wait-server", "--timeout", "0.3")
