@@ -3,8 +3,8 @@
 Noun-verb groups (``bgtasks task ls``), Rich tables, ``-o json`` on every listing,
 errors as one red line with the fix, exit code 1 on failure.
 
-Settings are read here, once, and the Prefect environment they imply is put in
-place before Prefect is imported (Prefect reads its settings at import).
+Settings are read once per invocation (:func:`bgtasks.cli._common.settings`), and the Prefect
+environment they imply is put in place before Prefect is imported (it reads them at import).
 """
 
 from __future__ import annotations
