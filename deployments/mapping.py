@@ -165,9 +165,9 @@ def result_of(run: Any, data: Any = None, attempts: int | None = None) -> TaskRe
     state = run.state
     if state is None or state.type.value not in FINISHED:
         return None
-    executed_at = run.start_time or run.expected_start_time or run.created
+    executed_at = started_at(run) or run.end_time or run.expected_start_time or run.created
     duration_s = run.total_run_time.total_seconds() if run.total_run_time else 0.0
-    if not duration_s and run.start_time and run.end_time:
+    if not duration_s and started_at(run) and run.end_time:
         duration_s = (run.end_time - run.start_time).total_seconds()
     success = state.type.value == "COMPLETED"
     return TaskResult(
@@ -183,6 +183,13 @@ def result_of(run: Any, data: Any = None, attempts: int | None = None) -> TaskRe
     )
 
 
+def started_at(run: Any) -> Any:
+    """When the run first entered Running; None if it never did. Prefect fills `start_time`
+    with the end time when a run ends without having run (cancelled while Pending, say),
+    so `run_count` (the Running entries) tells which it was."""
+    return run.start_time if run.run_count else None
+
+
 def run_view(run: Any, result: TaskResult | None, attempts: int | None) -> TaskRun:
     state = run.state
     return TaskRun(
@@ -191,7 +198,7 @@ def run_view(run: Any, result: TaskResult | None, attempts: int | None) -> TaskR
         state=state.name,
         message=state.message or None,
         scheduled_for=run.expected_start_time,
-        started_at=run.start_time,
+        started_at=started_at(run),
         ended_at=run.end_time,
         attempts=attempts,
         result=result,

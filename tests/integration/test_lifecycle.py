@@ -315,3 +315,6 @@ async def test_pause_cancels_a_run_submitted_but_not_started(manager: Any, clien
     assert after.state is not None and after.state.type.value == "CANCELLED", after.state
     assert "paused" in (after.state.message or "")
     assert await client.read_flow_runs(deployment_filter=_dep_filter(task.id), flow_run_filter=_scheduled()) == []
+    # It never ran, so its history shows no start (Prefect's start_time holds the end time).
+    [seen] = [r for r in await manager.history(task.id) if r.id == str(run.id)]
+    assert after.start_time is not None and seen.started_at is None and seen.ended_at is not None
