@@ -27,7 +27,7 @@ async def toggle(on: bool, within_s: float) -> None:
     from prefect.client.orchestration import get_client
 
     from bgtasks.crash import AUTOMATION_NAME, ensure_crash_detection
-    from deployments.mapping import TAG
+    from bgtasks.stored import TAG
 
     async with get_client() as client:
         if on:

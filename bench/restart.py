@@ -200,7 +200,7 @@ async def read_all_runs(client: Any, flt: Any, sort: Any = None) -> list[Any]:
 async def read_all_deployments(client: Any) -> list[Any]:
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterTags
 
-    from deployments.mapping import TAG
+    from bgtasks.stored import TAG
 
     out: list[Any] = []
     while True:
@@ -227,7 +227,7 @@ def runs_filter(**kw: Any) -> Any:
     )
     from prefect.client.schemas.objects import StateType
 
-    from deployments.mapping import TAG
+    from bgtasks.stored import TAG
 
     f = FlowRunFilter(tags=FlowRunFilterTags(all_=[TAG, *kw.get("tags", [])]))
     if kw.get("states") or kw.get("types"):
@@ -309,7 +309,7 @@ def _jsonable(x: Any) -> Any:
 async def snapshot_tasks(client: Any, pool: str, made: list[Made]) -> dict[str, Any]:
     """Per task: the definition the API shows, its waiting run ids, and its Prefect objects."""
     from bgtasks.manager import TaskManager
-    from deployments.triggers import automation_name
+    from bgtasks.stored import automation_name
 
     mgr = TaskManager(client, pool)
     sem = asyncio.Semaphore(READ_CONCURRENCY)

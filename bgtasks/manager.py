@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import UUID
 
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.filters import (
@@ -36,6 +36,7 @@ from prefect.states import Cancelled, Cancelling, Scheduled
 from prefect.utilities.importtools import import_object
 from pydantic import ValidationError
 
+from bgtasks import stored
 from bgtasks.models import (
     BackgroundTask,
     CreateTaskOptions,
@@ -52,7 +53,7 @@ from bgtasks.settings import Settings
 from deployments import mapping
 from deployments.query import read_all_deployments
 from deployments.schedules import prefect_schedules
-from deployments.triggers import automation_for, automation_name
+from deployments.triggers import automation_for
 from flows import DEVICE_ENTRYPOINT, UnknownHandler, dotted_entrypoint, resolve_handler, slug
 
 #: How many future runs Prefect pre-creates when a periodic task is created/resumed.
@@ -65,16 +66,12 @@ SORTS = ("priority", "next-run", "created", "name")
 
 
 def _waiting_filter() -> FlowRunFilter:
-    from triggers.waiting import AWAITING
-
-    return FlowRunFilter(state=FlowRunFilterState(name=FlowRunFilterStateName(any_=[AWAITING])))
+    return FlowRunFilter(state=FlowRunFilterState(name=FlowRunFilterStateName(any_=[stored.AWAITING])))
 
 
 def _scheduled_not_waiting() -> FlowRunFilter:
-    from triggers.waiting import AWAITING
-
     return FlowRunFilter(state=FlowRunFilterState(
-        type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]), name=FlowRunFilterStateName(not_any_=[AWAITING])))
+        type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]), name=FlowRunFilterStateName(not_any_=[stored.AWAITING])))
 
 
 def _state_filter(*types: str) -> FlowRunFilter:
@@ -180,7 +177,7 @@ class TaskManager:
 
         existing = await self.client.read_deployments(
             deployment_filter=DeploymentFilter(
-                name=DeploymentFilterName(any_=[opts.name]), tags=DeploymentFilterTags(all_=[mapping.TAG])
+                name=DeploymentFilterName(any_=[opts.name]), tags=DeploymentFilterTags(all_=[stored.TAG])
             )
         )
         if existing:
@@ -194,9 +191,9 @@ class TaskManager:
             entrypoint=dotted_entrypoint(entrypoint),
             work_pool_name=self.pool,
             work_queue_name=opts.priority.value,
-            tags=mapping.tags_for(opts, handler),
+            tags=stored.tags_for(opts, handler),
             description=mapping.description_for(opts, handler),
-            parameters=mapping.parameters_for(opts),
+            parameters=stored.parameters_for(opts),
             parameter_openapi_schema=flow_obj.parameters.model_dump(mode="json"),
             schedules=prefect_schedules(opts.schedule, now),
             enforce_parameter_schema=False,
@@ -219,7 +216,7 @@ class TaskManager:
         await self.client.create_flow_run_from_deployment(
             deployment_id,
             state=Scheduled(scheduled_time=max(at, datetime.now(UTC))),
-            idempotency_key=f"bgtasks-one-time-{deployment_id}",
+            idempotency_key=stored.one_time_key(deployment_id),
         )
 
     async def _schedule_ahead(self, deployment_id: UUID) -> None:
@@ -238,7 +235,7 @@ class TaskManager:
             dep = await self.client.read_deployment(UUID(task_id))
         except (ValueError, ObjectNotFound):
             raise TaskNotFound(task_id) from None
-        if mapping.TAG not in (dep.tags or []):
+        if stored.TAG not in (dep.tags or []):
             raise TaskNotFound(task_id)
         return dep
 
@@ -289,7 +286,7 @@ class TaskManager:
             pass
         deps = await self.client.read_deployments(
             deployment_filter=DeploymentFilter(
-                name=DeploymentFilterName(any_=[ref]), tags=DeploymentFilterTags(all_=[mapping.TAG])
+                name=DeploymentFilterName(any_=[ref]), tags=DeploymentFilterTags(all_=[stored.TAG])
             )
         )
         if not deps:
@@ -324,7 +321,7 @@ class TaskManager:
         ``created`` or ``name``."""
         if sort not in SORTS:
             raise InvalidTask([{"field": "sort", "message": f"must be one of {', '.join(SORTS)}"}])
-        tags = [mapping.TAG]
+        tags = [stored.TAG]
         if type is not None:
             tags.append(f"type:{type.value}")
         if priority is not None:
@@ -365,7 +362,7 @@ class TaskManager:
 
     @staticmethod
     def _ensure_not_cancelled(dep: Any, action: str) -> None:
-        if mapping.CANCELLED_TAG in (dep.tags or []):
+        if stored.CANCELLED_TAG in (dep.tags or []):
             raise TaskConflict(f"task {dep.name!r} is cancelled and cannot {action}; create it again")
 
     async def run_now(self, task_id: str, delay_s: float = 0) -> str:
@@ -379,7 +376,7 @@ class TaskManager:
         # created) return the same run instead of a second one.
         run = await self.client.create_flow_run_from_deployment(
             dep.id, state=Scheduled(scheduled_time=datetime.now(UTC) + timedelta(seconds=delay_s)), tags=["run-now"],
-            idempotency_key=f"bgtasks-run-now:{uuid4()}",
+            idempotency_key=stored.run_now_key(),
         )
         return str(run.id)
 
@@ -410,7 +407,7 @@ class TaskManager:
         self._ensure_not_cancelled(dep, "be resumed")
         await self.client.resume_deployment(dep.id)
         await self._set_triggers(dep.id, enabled=True)
-        opts = mapping.stored_options(dep.parameters or {})
+        opts = stored.read(dep.parameters)
         ttype = opts.schedule.type if opts else (TaskType.PERIODIC if dep.schedules else TaskType.ONE_TIME)
         if ttype == TaskType.PERIODIC:
             await self._schedule_ahead(dep.id)
@@ -424,7 +421,7 @@ class TaskManager:
         return await self.get(task_id)
 
     async def _triggers(self, dep_id: UUID) -> list[Any]:
-        return await self.client.read_automations_by_name(automation_name(dep_id))
+        return await self.client.read_automations_by_name(stored.automation_name(dep_id))
 
     async def _set_triggers(self, dep_id: UUID, enabled: bool) -> None:
         """Disable (pause) or enable (resume) the task's trigger automations: a paused
@@ -450,8 +447,8 @@ class TaskManager:
     async def cancel(self, task_id: str) -> BackgroundTask:
         """Stop the task for good: no further runs; pending runs cancelled, running ones stopped."""
         dep = await self._deployment(task_id)
-        if mapping.CANCELLED_TAG not in (dep.tags or []):
-            await self.client.update_deployment(dep.id, _deployment_update(tags=[*dep.tags, mapping.CANCELLED_TAG], paused=True))
+        if stored.CANCELLED_TAG not in (dep.tags or []):
+            await self.client.update_deployment(dep.id, _deployment_update(tags=[*dep.tags, stored.CANCELLED_TAG], paused=True))
         await self._set_triggers(dep.id, enabled=False)
         await self._stop_runs(dep.id)
         return await self.get(task_id)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 
-from bgtasks import parts
+from bgtasks import parts, stored
 from bgtasks.home import ensure_home, open_private, private_umask
 from bgtasks.settings import Settings
 
@@ -148,13 +148,12 @@ async def prepare_server(settings: Settings) -> None:
 
     from bgtasks.crash import ensure_crash_detection
     from deployments.controls import ensure_control_deployments
-    from deployments.mapping import TAG
     from deployments.pool import ensure_pool
 
     async with get_client() as client:
         await ensure_pool(client, settings.worker.pool, settings.worker.type)
         await ensure_control_deployments(client, settings.worker.pool)
-        await ensure_crash_detection(client, TAG, settings.worker.crash_after_s)
+        await ensure_crash_detection(client, stored.TAG, settings.worker.crash_after_s)
 
 
 class Stack:

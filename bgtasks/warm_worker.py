@@ -58,6 +58,7 @@ from prefect.workers.process import (
     ProcessWorkerResult,
 )
 
+from bgtasks.zygote import EXITED, READY, RUN, SPAWNED, message
 from bgtasks.policies.base import Periodic, Policy
 from bgtasks.prefect_seam import (
     ENV_CONTROL_PORT,
@@ -126,13 +127,13 @@ class ZygoteClient:
         assert proc.stdout is not None
         while line := await proc.stdout.readline():
             msg = json.loads(line)
-            if msg["op"] == "ready":
+            if msg["op"] == READY:
                 self.ready.set()
-            elif msg["op"] == "spawned":
+            elif msg["op"] == SPAWNED:
                 fut = self._spawned.pop(msg["req"], None)
                 if fut and not fut.done():
                     fut.set_result(msg["pid"])
-            elif msg["op"] == "exited":
+            elif msg["op"] == EXITED:
                 fut = self._exits.pop(msg["pid"], None)
                 if fut and not fut.done():
                     fut.set_result(msg["code"])
@@ -170,10 +171,8 @@ class ZygoteClient:
             req = uuid.uuid4().hex
             spawned: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             self._spawned[req] = spawned
-            line = json.dumps(
-                {"op": "run", "req": req, "flow_run_id": flow_run_id, "env": env, "flow_run": flow_run_json}
-            )
-            self._proc.stdin.write(line.encode() + b"\n")
+            line = message(RUN, req=req, flow_run_id=flow_run_id, env=env, flow_run=flow_run_json)
+            self._proc.stdin.write(line.encode())
             await self._proc.stdin.drain()
             pid = await spawned
             exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()

@@ -32,6 +32,14 @@ from typing import Any
 
 from bgtasks.prefect_seam import child_env, run_engine
 
+#: The pipe protocol's operations (the worker's side is bgtasks.warm_worker.ZygoteProcess).
+RUN, SPAWNED, EXITED, READY = "run", "spawned", "exited", "ready"
+
+
+def message(op: str, **fields: Any) -> str:
+    """One protocol line: ``{"op": op, **fields}`` as JSON and a newline."""
+    return json.dumps({"op": op, **fields}) + "\n"
+
 
 
 def preload() -> list[str]:
@@ -151,8 +159,8 @@ class Zygote:
         self.out = os.fdopen(os.dup(1), "w", buffering=1)
         self.buffer = b""
 
-    def send(self, **msg: Any) -> None:
-        self.out.write(json.dumps(msg) + "\n")
+    def send(self, op: str, **fields: Any) -> None:
+        self.out.write(message(op, **fields))
         self.out.flush()
 
     def reap(self) -> None:
@@ -163,11 +171,11 @@ class Zygote:
                 return
             if pid == 0:
                 return
-            self.send(op="exited", pid=pid, code=os.waitstatus_to_exitcode(status))
+            self.send(EXITED, pid=pid, code=os.waitstatus_to_exitcode(status))
 
     def handle(self, line: bytes, wake_r: int, wake_w: int) -> None:
         req = json.loads(line)
-        if req.get("op") != "run":
+        if req.get("op") != RUN:
             return
         pid = os.fork()
         if pid == 0:
@@ -175,7 +183,7 @@ class Zygote:
             os.close(wake_w)
             os.close(self.out.fileno())
             run_child(req["flow_run_id"], req.get("env") or {}, req.get("flow_run"))
-        self.send(op="spawned", req=req["req"], pid=pid)
+        self.send(SPAWNED, req=req["req"], pid=pid)
 
     def serve(self) -> None:
         if threading.active_count() != 1:
@@ -189,7 +197,7 @@ class Zygote:
         sel = selectors.DefaultSelector()
         sel.register(0, selectors.EVENT_READ, "requests")
         sel.register(wake_r, selectors.EVENT_READ, "signals")
-        self.send(op="ready")
+        self.send(READY)
         while True:
             for key, _ in sel.select():
                 if key.data == "signals":

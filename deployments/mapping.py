@@ -1,10 +1,8 @@
 """A task <-> its deployment and flow runs (pure: no client, no I/O).
 
 The definition lives on the deployment: its name, the handler's flow, the work
-queue (= priority), tags (``bgtasks``, ``priority:*``, ``type:*``,
-``handler:*``), schedules, and the parameters ``data`` and ``task`` (the
-CreateTaskOptions JSON without ``data``, which the handler flow reads for its
-retry policy and timeout). The description is generated for people reading the
+queue (= priority), tags, schedules, and the parameters ``data`` and ``task``
+(:mod:`bgtasks.stored` writes and reads them). The description is generated for people reading the
 Prefect UI. Status, last and next run and the result come from flow runs.
 """
 
@@ -16,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from bgtasks import stored
 from bgtasks.models import (
     BackgroundTask,
     CreateTaskOptions,
@@ -29,8 +28,6 @@ from bgtasks.models import (
 
 logger = logging.getLogger(__name__)
 
-TAG = "bgtasks"
-CANCELLED_TAG = "bgtasks:cancelled"
 
 #: Prefect state type -> the spec's status.
 _STATUS = {
@@ -51,23 +48,6 @@ ACTIVE = ("SCHEDULED", "PENDING", "RUNNING", "PAUSED")
 
 def status_of(state_type: str) -> TaskStatus:
     return _STATUS[state_type]
-
-
-def tags_for(opts: CreateTaskOptions, handler: str) -> list[str]:
-    return [TAG, f"priority:{opts.priority.value}", f"type:{opts.schedule.type.value}", f"handler:{handler}"]
-
-
-def _tag_value(tags: list[str], key: str) -> str | None:
-    for tag in tags:
-        if tag.startswith(key + ":"):
-            return tag.split(":", 1)[1]
-    return None
-
-
-def parameters_for(opts: CreateTaskOptions) -> dict[str, Any]:
-    spec = opts.to_json_dict()
-    spec.pop("data", None)
-    return {"data": opts.data, "task": spec}
 
 
 def describe_trigger(opts: CreateTaskOptions) -> str:
@@ -150,16 +130,6 @@ def description_for(opts: CreateTaskOptions, handler: str) -> str:
     return "\n".join(lines)
 
 
-def stored_options(parameters: dict[str, Any]) -> CreateTaskOptions | None:
-    """The definition kept in a deployment's parameters, if it has one."""
-    spec = parameters.get("task")
-    if not isinstance(spec, dict):
-        return None
-    body = dict(spec)
-    body["data"] = parameters.get("data")
-    return CreateTaskOptions.model_validate(body, context={"stored": True})
-
-
 def result_of(run: Any, data: Any = None, attempts: int | None = None) -> TaskResult | None:
     """The spec's TaskResult for a finished flow run (None while it has not finished)."""
     state = run.state
@@ -179,7 +149,7 @@ def result_of(run: Any, data: Any = None, attempts: int | None = None) -> TaskRe
         run_id=str(run.id),
         state=state.name,
         attempts=attempts,
-        constraints_met=False if "bgtasks:constraints-unmet-at-deadline" in (run.tags or []) else None,
+        constraints_met=False if stored.OVERRIDDEN_TAG in (run.tags or []) else None,
     )
 
 
@@ -215,7 +185,7 @@ def task_from(
     """The spec's BackgroundTask for a deployment and its latest and next runs."""
     tags = list(deployment.tags or [])
     try:
-        opts = stored_options(deployment.parameters or {})
+        opts = stored.read(deployment.parameters)
     except ValidationError as exc:
         # One unreadable definition (edited by hand in Prefect, or stored by an older
         # release) must not break every list: show it from its tags, say which fields.
@@ -226,10 +196,10 @@ def task_from(
         ttype, priority = opts.schedule.type, opts.priority
         description, handler = opts.description, opts.handler
     else:  # deployed by hand (prefect.yaml without a task parameter)
-        ttype = TaskType(_tag_value(tags, "type") or ("periodic" if deployment.schedules else "one-time"))
-        priority = TaskPriority(_tag_value(tags, "priority") or deployment.work_queue_name or "normal")
-        description, handler = deployment.description, _tag_value(tags, "handler") or None
-    if CANCELLED_TAG in tags:
+        ttype = TaskType(stored.tag_value(tags, "type") or ("periodic" if deployment.schedules else "one-time"))
+        priority = TaskPriority(stored.tag_value(tags, "priority") or deployment.work_queue_name or "normal")
+        description, handler = deployment.description, stored.tag_value(tags, "handler") or None
+    if stored.CANCELLED_TAG in tags:
         status = TaskStatus.CANCELLED
     elif last_run is not None:
         status = status_of(last_run.state.type.value)
@@ -260,7 +230,7 @@ def task_from(
         trigger=opts.trigger if opts else None,
         waiting=[{"run_id": str(r.id), "since": r.state.timestamp, "reason": r.state.message or "constraints"}
                  for r in waiting] if waiting else None,
-        data=opts.data if opts else (deployment.parameters or {}).get("data"),
+        data=opts.data if opts else (deployment.parameters or {}).get(stored.DATA_PARAM),
     )
     # A stored definition is not new input: skip the clock checks on re-validation.
     return BackgroundTask.model_validate(fields, context={"stored": True})

@@ -25,11 +25,9 @@ from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
+from bgtasks import stored
 from bgtasks.models import TaskTrigger
 from bgtasks.prefect_seam import trigger_action_key
-
-HOST_RESOURCE = "bgtasks.host."
-RULE_RESOURCE = "bgtasks.rule."
 
 #: Rendered by Prefect when the automation fires (Jinja over the triggering event).
 EVENT_PARAMETER = {
@@ -40,12 +38,7 @@ EVENT_PARAMETER = {
 }
 
 
-AUTOMATION_PREFIX = "bgtasks-trigger:"
 ACTION_FAILED = "prefect.automation.action.failed"
-
-
-def automation_name(deployment_id: UUID | str) -> str:
-    return f"{AUTOMATION_PREFIX}{deployment_id}"
 
 
 @dataclass(frozen=True)
@@ -67,13 +60,13 @@ def retryable_failure(event: Any) -> FailedTrigger | None:
     name = event.resource.get("prefect.resource.name") or ""
     payload = event.payload or {}
     status = payload.get("status_code")
-    if not name.startswith(AUTOMATION_PREFIX) or payload.get("action_type") != "run-deployment":
+    if not name.startswith(stored.AUTOMATION_PREFIX) or payload.get("action_type") != "run-deployment":
         return None
     if not isinstance(status, int) or status < 500:
         return None
     triggering = [r.id for r in event.related if r.role == "triggering-event"]
     try:
-        deployment_id = UUID(name.removeprefix(AUTOMATION_PREFIX))
+        deployment_id = UUID(name.removeprefix(stored.AUTOMATION_PREFIX))
         event_id = UUID(triggering[0].removeprefix("prefect.event."))
         automation_id = event.resource.id.removeprefix("prefect.automation.")
         key = trigger_action_key(automation_id, int(payload["action_index"]), str(payload["invocation"]))
@@ -99,14 +92,14 @@ def event_parameters(event: Any) -> dict[str, Any]:
 
 def trigger_filter(task_id: str, trigger: TaskTrigger) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(match, match_related)`` of the automation's event trigger."""
-    match: dict[str, Any] = {"prefect.resource.id": f"{HOST_RESOURCE}*"}
+    match: dict[str, Any] = {"prefect.resource.id": f"{stored.HOST_RESOURCE}*"}
     related: dict[str, Any] = {}
     if trigger.on.startswith("file."):
-        related = {"prefect.resource.id": f"{RULE_RESOURCE}{task_id}", "prefect.resource.role": "rule"}
+        related = {"prefect.resource.id": f"{stored.RULE_RESOURCE}{task_id}", "prefect.resource.role": "rule"}
     if trigger.network_type in ("unmetered", "metered"):
-        match["bgtasks.network.metered"] = "true" if trigger.network_type == "metered" else "false"
+        match[stored.NETWORK_METERED_LABEL] = "true" if trigger.network_type == "metered" else "false"
     elif trigger.network_type != "any":
-        match["bgtasks.network.kind"] = trigger.network_type
+        match[stored.NETWORK_KIND_LABEL] = trigger.network_type
     return match, related
 
 
@@ -117,11 +110,11 @@ def automation_for(deployment_id: UUID, trigger: TaskTrigger, enabled: bool = Tr
 
     match, related = trigger_filter(str(deployment_id), trigger)
     return AutomationCore(
-        name=automation_name(deployment_id),
-        description=f"bgtasks: run the task when bgtasks.{trigger.on} happens",
+        name=stored.automation_name(deployment_id),
+        description=f"bgtasks: run the task when {stored.event_name(trigger.on)} happens",
         enabled=enabled,
         trigger=EventTrigger(
-            expect={f"bgtasks.{trigger.on}"},
+            expect={stored.event_name(trigger.on)},
             match=match,
             match_related=related,
             posture=Posture.Reactive,

@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from importlib.metadata import entry_points
 
+from bgtasks import stored
+
 #: The handlers this distribution ships (also declared as entry points).
 BUILTIN_HANDLERS: dict[str, str] = {
     "cleanup": "flows.cleanup:cleanup",
@@ -34,7 +36,7 @@ CONTROL_FLOWS: dict[str, str] = {
     "simulate-failure": "flows.controls:simulate_failure",
     "clear-completed-tasks": "flows.controls:clear_completed_tasks",
 }
-CONTROL_TAG = "bgtasks-control"
+CONTROL_TAG = stored.CONTROL_TAG
 
 
 class UnknownHandler(LookupError):

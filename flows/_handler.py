@@ -30,6 +30,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed
 
+from bgtasks import stored
 from bgtasks.crash import attempts_of, remaining_retries
 from bgtasks.models import CreateTaskOptions, RetryPolicy
 from bgtasks.retry import retry_delays_seconds, should_retry
@@ -38,15 +39,6 @@ from bgtasks.retry import retry_delays_seconds, should_retry
 HARD_TIMEOUT_GRACE_S = 5.0
 #: Exit status of a run process ended by the timeout backstop.
 HARD_TIMEOUT_EXIT = 124
-
-
-def parse_task_spec(spec: dict[str, Any] | None, data: Any = None) -> CreateTaskOptions | None:
-    """The stored definition (validated without the clock checks meant for new input)."""
-    if not spec:
-        return None
-    body = dict(spec)
-    body["data"] = data
-    return CreateTaskOptions.model_validate(body, context={"stored": True})
 
 
 def _failure_of(state: Any) -> Any:
@@ -208,7 +200,7 @@ def background_handler(name: str) -> Callable[[Callable[..., Any]], Any]:
         # Not functools.wraps: Prefect reads the flow's parameters from its signature.
         def handler_flow(data: Any = None, task: dict[str, Any] | None = None,
                          event: dict[str, Any] | None = None) -> Any:
-            spec = parse_task_spec(task, data)
+            spec = stored.decode(task, data)
             if (skipped := past_end(spec)) is not None:
                 return skipped
             options = retry_options(spec, earlier_attempts() if spec is not None and spec.retry_policy else 0)

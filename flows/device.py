@@ -18,8 +18,9 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from bgtasks import stored
 from bgtasks.models import CreateTaskOptions
-from flows._handler import parse_task_spec, past_end, retry_options
+from flows._handler import past_end, retry_options
 
 
 class DevicesIncomplete(RuntimeError):
@@ -83,7 +84,7 @@ async def _attempt(spec_json: dict[str, Any], data: Any) -> dict[str, Any]:
 async def device_task(data: Any = None, task: dict[str, Any] | None = None,
                       event: dict[str, Any] | None = None) -> Any:
     """Wake the task's target devices and wait for their reports."""
-    spec = parse_task_spec(task, data)
+    spec = stored.decode(task, data)
     if (skipped := past_end(spec)) is not None:
         return skipped
     assert task is not None

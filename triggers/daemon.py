@@ -35,14 +35,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bgtasks import stored
 from bgtasks.settings import Settings
 from triggers.prefect_api import PrefectApi
 from triggers.host import HostSensors, SensorSettingError, file_sensor, plain
 from triggers.sensors import Change, FileRule, Tracker
 
 logger = logging.getLogger("bgtasks.daemon")
-
-HOST_PREFIX = "bgtasks.host."
 
 Emitter = Callable[[dict[str, Any]], None]
 
@@ -53,23 +52,23 @@ def host_name() -> str:
 
 def event_for(change: Change, host: str) -> dict[str, Any]:
     """The Prefect event (as ``emit_event`` keyword arguments) for one change."""
-    resource: dict[str, str] = {"prefect.resource.id": f"{HOST_PREFIX}{host}", "prefect.resource.name": host}
+    resource: dict[str, str] = {"prefect.resource.id": f"{stored.HOST_RESOURCE}{host}", "prefect.resource.name": host}
     related: list[dict[str, str]] = []
     payload = dict(change.payload)
     if change.sensor == "network":
         if payload.get("kind") is not None:
-            resource["bgtasks.network.kind"] = str(payload["kind"])
+            resource[stored.NETWORK_KIND_LABEL] = str(payload["kind"])
         if payload.get("metered") is not None:
-            resource["bgtasks.network.metered"] = "true" if payload["metered"] else "false"
+            resource[stored.NETWORK_METERED_LABEL] = "true" if payload["metered"] else "false"
         if change.resource:
-            related.append({"prefect.resource.id": f"bgtasks.interface.{change.resource}",
+            related.append({"prefect.resource.id": f"{stored.INTERFACE_RESOURCE}{change.resource}",
                             "prefect.resource.role": "interface", "prefect.resource.name": change.resource})
     elif change.sensor == "file":
-        related.append({"prefect.resource.id": f"bgtasks.rule.{change.resource}", "prefect.resource.role": "rule"})
+        related.append({"prefect.resource.id": f"{stored.RULE_RESOURCE}{change.resource}", "prefect.resource.role": "rule"})
         if payload.get("root"):
-            related.append({"prefect.resource.id": f"bgtasks.path.{payload['root']}", "prefect.resource.role": "path"})
+            related.append({"prefect.resource.id": f"{stored.PATH_RESOURCE}{payload['root']}", "prefect.resource.role": "path"})
     elif change.sensor == "storage":
-        related.append({"prefect.resource.id": f"bgtasks.path.{change.resource}", "prefect.resource.role": "path"})
+        related.append({"prefect.resource.id": f"{stored.PATH_RESOURCE}{change.resource}", "prefect.resource.role": "path"})
     return {"event": change.event, "resource": resource, "related": related, "payload": _jsonable(payload)}
 
 
@@ -170,15 +169,13 @@ class TriggerDaemon:
 
     async def wanted_rules(self) -> dict[str, FileRule]:
         """The file rules of the triggered tasks that exist now (cancelled ones excluded)."""
-        from deployments import mapping
-
         rules: dict[str, FileRule] = {}
-        for dep in await self.api.triggered_deployments([mapping.TAG, "type:triggered"]):
-            if mapping.CANCELLED_TAG in (dep.get("tags") or []):
+        for dep in await self.api.triggered_deployments([stored.TAG, "type:triggered"]):
+            if stored.CANCELLED_TAG in (dep.get("tags") or []):
                 continue
             try:
-                opts = mapping.stored_options(dep.get("parameters") or {})
-            except Exception:  # noqa: BLE001 - a broken definition must not stop the daemon
+                opts = stored.read(dep.get("parameters"))
+            except ValueError:  # pydantic's ValidationError: a broken definition must not stop the daemon
                 logger.warning("task %s: unreadable definition; its trigger is ignored", dep.get("name"))
                 continue
             if opts is not None and opts.trigger is not None and opts.trigger.on.startswith("file."):

@@ -20,42 +20,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bgtasks.models import TaskConstraints
+from bgtasks.stored import AWAITING, constraints_of, due_tag, queue_rank
+from bgtasks.stored import due_of as _tagged_due
 
-AWAITING = "AwaitingConstraints"
-#: A run that waited is tagged with the time it was due (its deadline counts from there).
-DUE_TAG = "bgtasks:due:"
-#: A run that started at its constraint deadline with its constraints unmet.
-OVERRIDDEN_TAG = "bgtasks:constraints-unmet-at-deadline"
+__all__ = ["AWAITING", "constraints_of", "due_tag"]
+
 #: Added to a waiting run's due time: far enough that no worker picks it up.
 FAR = timedelta(days=36525)
 
 
-def constraints_of(parameters: dict[str, Any] | None) -> TaskConstraints | None:
-    """The constraints in a flow run's ``task`` parameter (None when none are required)."""
-    spec = (parameters or {}).get("task")
-    raw = spec.get("constraints") if isinstance(spec, dict) else None
-    if not raw:
-        return None
-    try:
-        cons = TaskConstraints.model_validate(raw)
-    except ValueError:
-        return None
-    return cons if cons.any() else None
-
-
 def due_of(tags: list[str] | None, fallback: datetime) -> datetime:
     """When a run was due: its due tag (set when it first waited), else ``fallback``."""
-    for tag in tags or []:
-        if tag.startswith(DUE_TAG):
-            try:
-                return datetime.fromisoformat(tag[len(DUE_TAG):])
-            except ValueError:
-                break
-    return fallback
-
-
-def due_tag(due: datetime) -> str:
-    return DUE_TAG + due.astimezone(UTC).isoformat()
+    return _tagged_due(tags) or fallback
 
 
 def deadline_of(cons: TaskConstraints, due: datetime) -> datetime | None:
@@ -92,8 +68,7 @@ def release_state_json(waiting_scheduled_time: datetime, tags: list[str] | None,
 def release_order(queue: str | None, scheduled_time: Any) -> tuple[int, str]:
     """Sort key: high-priority queues first, then the earliest due. Releasing in this order
     keeps priority even when a worker polls between two releases."""
-    rank = {"high": 1, "normal": 2, "low": 3}.get(queue or "", 4)
-    return rank, str(scheduled_time)
+    return queue_rank(queue), str(scheduled_time)
 
 
 def waiting_filter(pool: str, limit: int = 200, offset: int = 0) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from typing import Any
 
 import anyio
 
+from bgtasks import stored
 from bgtasks.policies.base import Policy, Worker
 
 #: Runs ``run-all`` starts per task and catch-up at most.
@@ -45,7 +46,7 @@ CATCH_UP_EVERY_S = 10.0
 _MAX_PAGES = 100
 #: Tag of a run catch-up chose to run: one it created for an occurrence nobody had
 #: scheduled, or the missed run ``run-once`` kept. Later passes leave such runs alone.
-CATCH_UP_TAG = "bgtasks:catch-up"
+CATCH_UP_TAG = stored.CATCH_UP_TAG
 
 
 @dataclass
@@ -89,8 +90,8 @@ def plan(policy: str | None, missed: list[tuple[str, datetime]], unscheduled: li
 
 def policy_of(parameters: dict[str, Any] | None) -> str:
     """The catch-up policy stored with a run or a deployment (``task.schedule.catchUp``)."""
-    task = (parameters or {}).get("task") or {}
-    return ((task.get("schedule") or {}).get("catchUp")) or "skip"
+    opts = stored.peek(parameters)
+    return (opts.schedule.catch_up if opts is not None else None) or "skip"
 
 
 async def _missed_runs(client: Any, pool: str, before: datetime) -> tuple[dict[Any, list[Any]], set[Any]]:
@@ -107,11 +108,9 @@ async def _missed_runs(client: Any, pool: str, before: datetime) -> tuple[dict[A
     )
     from prefect.client.schemas.sorting import FlowRunSort
 
-    from deployments.mapping import TAG
-
     flt = FlowRunFilter(
         state=FlowRunFilterState(name=FlowRunFilterStateName(any_=["Scheduled", "Late"])),
-        tags=FlowRunFilterTags(all_=[TAG, "type:periodic"]),
+        tags=FlowRunFilterTags(all_=[stored.TAG, "type:periodic"]),
         expected_start_time=FlowRunFilterExpectedStartTime(before_=before),
     )
     by_dep: dict[Any, list[Any]] = {}
@@ -196,7 +195,6 @@ async def apply(client: Any, pool: str, grace_s: float, now: datetime, logger: l
     from prefect.exceptions import ObjectNotFound
     from prefect.states import Scheduled
 
-    from deployments.mapping import TAG
     from deployments.query import read_all_deployments
 
     cutoff = now - timedelta(seconds=grace_s)
@@ -204,7 +202,7 @@ async def apply(client: Any, pool: str, grace_s: float, now: datetime, logger: l
     deployments: dict[Any, Any] = {}
     if look_for_unscheduled:
         for dep in await read_all_deployments(
-                client, DeploymentFilter(tags=DeploymentFilterTags(all_=[TAG, "type:periodic"]))):
+                client, DeploymentFilter(tags=DeploymentFilterTags(all_=[stored.TAG, "type:periodic"]))):
             if not dep.paused and policy_of(dep.parameters) != "skip":
                 deployments[dep.id] = dep
     totals = {"deleted": 0, "created": 0, "kept": 0}
@@ -232,7 +230,7 @@ async def apply(client: Any, pool: str, grace_s: float, now: datetime, logger: l
         for at in p.create:
             await client.create_flow_run_from_deployment(
                 dep_id, state=Scheduled(scheduled_time=at), tags=[CATCH_UP_TAG],
-                idempotency_key=f"{CATCH_UP_TAG}:{dep_id}:{at.isoformat()}")
+                idempotency_key=stored.catch_up_key(dep_id, at))
         if p.delete or p.create:
             shown = ", ".join(p.keep[:3]) + (", ..." if len(p.keep) > 3 else "")
             logger.info("Missed runs of task %s: catch-up %s: %d dropped, %d kept, %d created%s",

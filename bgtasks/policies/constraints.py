@@ -24,6 +24,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from bgtasks import stored
 from bgtasks.policies.base import Periodic, Policy, Worker
 
 #: How often running runs with constraints are checked (stopped when a constraint is lost).
@@ -54,15 +55,7 @@ class Constraints(Policy):
         from prefect.states import Failed, Scheduled
 
         from triggers.constraints import describe, unmet
-        from triggers.waiting import (
-            AWAITING,
-            OVERRIDDEN_TAG,
-            constraints_of,
-            deadline_of,
-            due_of,
-            due_tag,
-            waiting_until,
-        )
+        from triggers.waiting import constraints_of, deadline_of, due_of, due_tag, waiting_until
 
         cons = constraints_of(flow_run.parameters)
         if cons is None:
@@ -82,14 +75,14 @@ class Constraints(Policy):
                     message=f"Constraints still unmet at the deadline: {message}"), force=True)
                 run_logger.info("Failed at the constraint deadline: %s", message)
                 return False
-            await worker.client.update_flow_run(flow_run.id, tags=[*flow_run.tags, OVERRIDDEN_TAG])
+            await worker.client.update_flow_run(flow_run.id, tags=[*flow_run.tags, stored.OVERRIDDEN_TAG])
             self._overridden.add(flow_run.id)  # runs without its constraints: never stopped for them
             run_logger.info("Constraint deadline reached: running anyway (%s)", message)
             return True
-        if not any(t.startswith("bgtasks:due:") for t in flow_run.tags):
+        if not any(t.startswith(stored.DUE_TAG) for t in flow_run.tags):
             await worker.client.update_flow_run(flow_run.id, tags=[*flow_run.tags, due_tag(due)])
         await worker.client.set_flow_run_state(
-            flow_run.id, Scheduled(name=AWAITING, scheduled_time=waiting_until(due, cons), message=message),
+            flow_run.id, Scheduled(name=stored.AWAITING, scheduled_time=waiting_until(due, cons), message=message),
             force=True)
         run_logger.info("Not started: %s", message)
         return False
@@ -132,7 +125,7 @@ class Constraints(Policy):
         """After a stopped run's process is gone: back to AwaitingConstraints, due now."""
         from prefect.states import Scheduled
 
-        from triggers.waiting import AWAITING, constraints_of, due_tag, waiting_until
+        from triggers.waiting import constraints_of, due_tag, waiting_until
 
         reason = self._stopping.pop(flow_run.id)
         # Prefect's cancellation manager marks the run Cancelled a moment after its process
@@ -144,10 +137,10 @@ class Constraints(Policy):
                 break
             await anyio.sleep(0.2)
         now = datetime.now(UTC)
-        tags = [t for t in flow_run.tags if not t.startswith("bgtasks:due:")] + [due_tag(now)]
+        tags = [*stored.without_due(flow_run.tags), due_tag(now)]
         await worker.client.update_flow_run(flow_run.id, tags=tags)
         await worker.client.set_flow_run_state(flow_run.id, Scheduled(
-            name=AWAITING, scheduled_time=waiting_until(now, constraints_of(flow_run.parameters)),
+            name=stored.AWAITING, scheduled_time=waiting_until(now, constraints_of(flow_run.parameters)),
             message=reason), force=True)
 
     async def _release_logged(self, worker: Worker) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from bgtasks import stored
 from bgtasks.policies.base import Periodic, Policy, Worker
 
 CRASHED = "prefect.flow-run.Crashed"
@@ -45,12 +46,10 @@ class CrashRecovery(Policy):
         )
         from prefect.client.schemas.sorting import FlowRunSort
 
-        from deployments.mapping import TAG
-
         runs = await worker.client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
                 state=FlowRunFilterState(type=FlowRunFilterStateType(any_=["CRASHED"])),
-                tags=FlowRunFilterTags(all_=[TAG])),
+                tags=FlowRunFilterTags(all_=[stored.TAG])),
             work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[worker.pool_name])),
             sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=SCAN_LIMIT)
         for run in runs:
@@ -64,15 +63,13 @@ class CrashRecovery(Policy):
         from prefect.states import AwaitingRetry, Completed
 
         from bgtasks.crash import attempts_of, decide
-        from deployments.mapping import TAG
-        from flows._handler import parse_task_spec
 
         if run_id in self._recovering or run_id in self._settled:
             return
         self._recovering.add(run_id)
         try:
             run = await worker.client.read_flow_run(run_id)
-            if run.state is None or run.state.type.value != "CRASHED" or TAG not in (run.tags or []):
+            if run.state is None or run.state.type.value != "CRASHED" or stored.TAG not in (run.tags or []):
                 return
             task_runs = await worker.client.read_task_runs(
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
@@ -86,10 +83,7 @@ class CrashRecovery(Policy):
                     message=f"The handler had completed before the run crashed ({why}); not run again"))
                 run_logger.info("Crashed after its handler completed: marked Completed, not run again")
                 return
-            try:
-                spec = parse_task_spec(run.parameters.get("task"), run.parameters.get("data"))
-            except Exception:  # noqa: BLE001 - a definition we cannot read: no policy
-                spec = None
+            spec = stored.peek(run.parameters)  # a definition we cannot read: no policy
             decision = decide(spec.retry_policy if spec is not None else None, attempts, crashes)
             if not decision.retry:
                 self._settled.add(run_id)

@@ -6,9 +6,11 @@ before it; the spec's startTime means nothing runs before it.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
+from bgtasks import stored
+from bgtasks.models import TaskType
 from bgtasks.policies.base import Policy, Worker, drop
 
 
@@ -17,12 +19,11 @@ def before_start(flow_run: Any) -> bool:
     ``schedule.startTime`` (run-now and triggered runs are not the schedule's)."""
     if not flow_run.auto_scheduled:
         return False
-    schedule = ((flow_run.parameters or {}).get("task") or {}).get("schedule") or {}
-    start, due = schedule.get("startTime"), flow_run.expected_start_time
-    if schedule.get("type") != "periodic" or not start or due is None:
+    opts = stored.peek(flow_run.parameters)
+    schedule, due = (opts.schedule if opts is not None else None), flow_run.expected_start_time
+    if schedule is None or schedule.type != TaskType.PERIODIC or schedule.start_time is None or due is None:
         return False
-    first = datetime.fromisoformat(str(start).replace("Z", "+00:00"))
-    return due < first - timedelta(seconds=1)
+    return due < schedule.start_time - timedelta(seconds=1)
 
 
 class DropBeforeStartTime(Policy):

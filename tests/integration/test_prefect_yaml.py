@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from bgtasks.models import TaskType
-from deployments import mapping
+from bgtasks import stored
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("worker")]
 
@@ -23,9 +23,9 @@ DEPLOYMENTS = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
 
 @pytest.mark.parametrize("dep", DEPLOYMENTS, ids=[d["name"] for d in DEPLOYMENTS])
 def test_each_deployment_is_a_consistent_task(dep: dict[str, Any]) -> None:
-    opts = mapping.stored_options(dep["parameters"])
+    opts = stored.read(dep["parameters"])
     assert opts is not None and opts.name == dep["name"]
-    assert dep["tags"] == mapping.tags_for(opts, opts.handler)
+    assert dep["tags"] == stored.tags_for(opts, opts.handler)
     assert dep["work_pool"]["work_queue_name"] == opts.priority.value
     assert dep["entrypoint"].startswith("flows.") and opts.handler.replace("-", "_") in dep["entrypoint"]
     if opts.schedule.type == TaskType.PERIODIC:

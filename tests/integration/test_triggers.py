@@ -277,7 +277,7 @@ async def test_a_run_the_automation_failed_to_create_is_created_once_by_the_work
     from prefect.events.schemas.events import Event
 
     from bgtasks.policies.failed_triggers import read_failed_triggers
-    from deployments.triggers import automation_name
+    from bgtasks.stored import automation_name
 
     log = tmp_path / "runs.jsonl"
     task = await manager.create({"name": "on-low-retried", "handler": "demo", "schedule": {"type": "triggered"},

@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from bgtasks import stored
+from bgtasks.models import CreateTaskOptions
 from bgtasks.policies.catchup import MAX_RUN_ALL, plan, policy_of
 from bgtasks.models import CreateTaskOptions
 
@@ -37,9 +39,15 @@ def test_run_all_runs_every_occurrence_oldest_first_capped() -> None:
 
 
 def test_policy_is_read_from_the_stored_definition() -> None:
-    assert policy_of({"task": {"schedule": {"type": "periodic", "catchUp": "run-all"}}}) == "run-all"
-    assert policy_of({"task": {"schedule": {"type": "periodic"}}}) == "skip"
+    def stored_with(**schedule: object) -> dict[str, object]:
+        return stored.parameters_for(CreateTaskOptions.model_validate(
+            {"name": "p", "handler": "demo", "schedule": {"type": "periodic", "interval": 60000, **schedule}}))
+
+    assert policy_of(stored_with(catchUp="run-all")) == "run-all"
+    assert policy_of(stored_with(catchUp="run-once")) == "run-once"
+    assert policy_of(stored_with()) == "skip"
     assert policy_of(None) == "skip"
+    assert policy_of({"task": {"schedule": "not a schedule"}}) == "skip"  # unreadable: the default
 
 
 def test_catch_up_is_for_periodic_tasks_only() -> None:

@@ -99,7 +99,8 @@ def test_releasable_picks_the_runs_whose_constraints_hold_in_priority_order() ->
 
     def run(run_id: str, queue: str, constraints: dict[str, Any]) -> dict[str, Any]:
         return {"id": run_id, "work_queue_name": queue, "tags": [due_tag(due)],
-                "parameters": {"task": {"constraints": constraints}},
+                "parameters": {"task": {"name": run_id, "handler": "demo", "schedule": {"type": "one-time"},
+                                        "constraints": constraints}},
                 "state": {"state_details": {"scheduled_time": (due + FAR).isoformat()}}}
 
     runs = [run("low", "low", {"requiresCharging": True}), run("net", "high", {"requiresNetwork": True}),

@@ -10,6 +10,7 @@ import pytest
 from bgtasks.errors import InvalidTask
 from bgtasks.manager import TaskManager
 from bgtasks.models import CreateTaskOptions
+from bgtasks import stored
 from deployments import mapping
 from flows import UnknownHandler, available_handlers, resolve_handler
 from flows.data_sync import sync_tree
@@ -49,10 +50,10 @@ def test_deployment_carries_tags_parameters_and_a_readable_description() -> None
         "retryPolicy": {"maxRetries": 3, "retryOn": {"exceptions": ["ConnectionError"]}},
         "timeoutMs": 30_000, "data": {"k": 1},
     })
-    assert mapping.tags_for(opts, "data-sync") == ["bgtasks", "priority:high", "type:periodic", "handler:data-sync"]
-    params = mapping.parameters_for(opts)
+    assert stored.tags_for(opts, "data-sync") == ["bgtasks", "priority:high", "type:periodic", "handler:data-sync"]
+    params = stored.parameters_for(opts)
     assert params["data"] == {"k": 1} and "data" not in params["task"]
-    assert mapping.stored_options(params) == opts
+    assert stored.read(params) == opts
     text = mapping.description_for(opts, "data-sync")
     for words in ("Sync user data", "every 1h", "requiresNetwork", "retries: 3", "ConnectionError", "timeout: 30s"):
         assert words in text

@@ -17,7 +17,7 @@ PACKAGES = ("bgtasks", "flows", "deployments", "triggers", "mobile_push")
 
 KERNEL = ("bgtasks.models", "bgtasks.errors", "bgtasks.settings", "bgtasks.durations", "bgtasks.text",
           "bgtasks.home", "bgtasks.retry", "bgtasks.guard", "bgtasks.auth", "bgtasks.store",
-          "bgtasks.prefect_seam", "bgtasks.crash")
+          "bgtasks.prefect_seam", "bgtasks.crash", "bgtasks.stored")
 WORKER = ("bgtasks.warm_worker", "bgtasks.zygote", "bgtasks.policies")
 ROOMS = ("flows", "deployments", "triggers", "mobile_push", *WORKER)
 COMPOSITION = ("bgtasks.manager", "bgtasks.stack", "bgtasks.service", "bgtasks.parts", "bgtasks.prefect_server")

@@ -10,7 +10,7 @@ import yaml
 
 from bgtasks.cli import main
 from bgtasks.cli.init_cmds import SCAFFOLD, render_scaffold, write_scaffold
-from deployments import mapping
+from bgtasks import stored
 
 
 def test_the_scaffold_prefect_yaml_deploys_a_consistent_task_from_its_directory(tmp_path: Path) -> None:
@@ -21,9 +21,9 @@ def test_the_scaffold_prefect_yaml_deploys_a_consistent_task_from_its_directory(
     assert step["prefect.deployments.steps.set_working_directory"]["directory"] == str(project)
     assert doc["name"] == project.name
     [dep] = doc["deployments"]
-    opts = mapping.stored_options(dep["parameters"])
+    opts = stored.read(dep["parameters"])
     assert opts is not None and opts.name == dep["name"] == "hello"
-    assert dep["tags"] == mapping.tags_for(opts, opts.handler)
+    assert dep["tags"] == stored.tags_for(opts, opts.handler)
     assert dep["work_pool"] == {"name": "background-tasks", "work_queue_name": opts.priority.value}
     assert dep["entrypoint"] == "handlers.py:hello"
     assert not dep.get("schedules")

@@ -8,7 +8,8 @@ from uuid import uuid4
 import pytest
 from prefect.events.schemas.events import Event
 
-from deployments.triggers import automation_name, retryable_failure
+from bgtasks.stored import automation_name
+from deployments.triggers import retryable_failure
 
 DEP, AUTOMATION, TRIGGERING, INVOCATION = uuid4(), uuid4(), uuid4(), uuid4()
 

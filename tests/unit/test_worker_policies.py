@@ -82,7 +82,8 @@ async def test_a_paused_tasks_scheduler_run_is_dropped_and_its_run_now_is_not() 
 
 async def test_a_periodic_run_due_before_the_start_time_is_dropped() -> None:
     start = datetime(2030, 1, 1, tzinfo=UTC)
-    task = {"schedule": {"type": "periodic", "startTime": "2030-01-01T00:00:00Z"}}
+    task = {"name": "t", "handler": "demo",
+            "schedule": {"type": "periodic", "interval": 60000, "startTime": "2030-01-01T00:00:00Z"}}
     early = scheduler_run(parameters={"task": task})
     early.expected_start_time = start - timedelta(minutes=5)
     on_time = scheduler_run(parameters={"task": task})

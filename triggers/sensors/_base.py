@@ -27,9 +27,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
-logger = logging.getLogger(__name__)
+from bgtasks import stored
 
-EVENT_PREFIX = "bgtasks"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Change:
 
     @property
     def event(self) -> str:
-        return f"{EVENT_PREFIX}.{self.sensor}.{self.change}"
+        return stored.event_name(f"{self.sensor}.{self.change}")
 
     def to_dict(self) -> dict[str, Any]:
         return {"event": self.event, "resource": self.resource, "payload": self.payload}
