@@ -5,22 +5,11 @@ request needs the auth string, which ``server start`` refuses to run without, an
 Host and Origin checks of :mod:`bgtasks.guard`), :func:`close_cursors_in_their_thread` and
 :func:`immediate_write_transactions` (its docstring says what that one fixes).
 
-The fault it fixes (measured with the 30-minute soak, docs/scaling.md). SQLAlchemy's
-aiosqlite adapter opens an aiosqlite cursor per statement and closes it only when the
-statement succeeds. A statement that fails ("database is locked") or whose request is
-cancelled leaves its cursor open, and the cursor is freed later by the garbage
-collector, which runs on the event loop's thread. Freeing a cursor whose statement is
-still in use resets that statement (CPython's ``sqlite3`` cursor dealloc calls
-``sqlite3_reset``), and that waits for the connection's mutex, which the connection's
-own aiosqlite thread holds while it waits for the write lock, up to SQLite's busy
-timeout (Prefect sets 60 s). So the whole server froze: the transaction that held the
-write lock could not commit, because committing needs the event loop, and everything
-waited until the busy timeout expired. py-spy showed the loop's thread in
-``cursor_dealloc -> sqlite3_reset -> pthread_mutex_lock`` during each stall.
-
-The fix closes every such cursor on its connection's own thread (queued behind the
-statement that is still running there), so nothing is left for the event loop's thread
-to reset. PostgreSQL is untouched.
+The cursor fix: SQLAlchemy's aiosqlite adapter leaves the cursor of a failed or cancelled
+statement for the garbage collector, whose reset of it on the event loop's thread froze the
+whole server for SQLite's busy timeout; each such cursor is closed on its connection's own
+thread instead. Both fixes, and how they were found, are in docs/prefect.md. PostgreSQL is
+untouched.
 """
 
 from __future__ import annotations
@@ -113,16 +102,9 @@ def close_cursors_in_their_thread() -> None:
 def immediate_write_transactions() -> None:
     """On SQLite, begin every explicit transaction of the server with ``BEGIN IMMEDIATE``.
 
-    Prefect begins most write transactions DEFERRED: the first read takes a read lock,
-    and the first write must then upgrade it. If another connection committed a write
-    in between, SQLite refuses the upgrade at once ("database is locked", no busy wait),
-    the server answers 503 and Prefect's client retries after about 2 s. Creating a
-    run from a deployment reads the deployment first, so on the embedded server a
-    run-now that met any other write (the events and automations of the run before it)
-    took 2 s instead of 0.3 (measured: 11 of 20 sequential run-nows). IMMEDIATE takes
-    the write lock at BEGIN and waits for it (busy timeout), as Prefect already does
-    where it asks for ``with_for_update``; SQLite writes one at a time anyway. Reads
-    outside explicit transactions are untouched.
+    A DEFERRED transaction's upgrade from read to write lock is refused at once when another
+    connection committed in between (503, and the client retries after 2 s); IMMEDIATE
+    waits for the write lock at BEGIN instead. Reads outside transactions are untouched.
     """
     from contextlib import asynccontextmanager
 

@@ -109,7 +109,7 @@ def without_due(tags: list[str] | None) -> list[str]:
 
 
 # -- States ----------------------------------------------------------------------------------
-#: The Scheduled state of a run waiting for its constraints (see triggers.waiting).
+#: The Scheduled state of a run waiting for its constraints (see triggers.constraints.waiting).
 AWAITING = "AwaitingConstraints"
 
 

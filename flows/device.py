@@ -19,7 +19,6 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from bgtasks import stored
-from bgtasks.models import CreateTaskOptions
 from flows._handler import past_end, retry_options
 
 
@@ -53,8 +52,8 @@ async def _attempt(spec_json: dict[str, Any], data: Any) -> dict[str, Any]:
     from mobile_push.reports import RunLedger
     from mobile_push.senders import make_senders
 
-    spec = CreateTaskOptions.model_validate({**spec_json, "data": data}, context={"stored": True})
-    assert spec.target is not None, "device-task runs only tasks with a target"
+    spec = stored.decode(spec_json, data)
+    assert spec is not None and spec.target is not None, "device-task runs only tasks with a target"
     settings = load_settings()
     wait_s = spec.timeout_ms / 1000.0 if spec.timeout_ms else settings.push.report_wait_s
     try:

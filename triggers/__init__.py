@@ -2,7 +2,6 @@
 
 The daemon (:mod:`triggers.daemon`) watches the host through ``sensors/`` and emits
 Prefect events that start triggered tasks and release runs waiting for constraints;
-:mod:`triggers.constraints` is the one evaluation of WorkManager's constraints, used
-by the worker, the daemon and the API; :mod:`triggers.waiting` is the visible
-waiting state.
+:mod:`triggers.constraints` is the one room of WorkManager's constraints (the host's
+snapshot, their evaluation, the visible waiting state), used by the worker and the daemon.
 """

@@ -38,7 +38,7 @@ from typing import Any
 from bgtasks import stored
 from bgtasks.settings import Settings
 from triggers.prefect_api import PrefectApi
-from triggers.host import HostSensors, SensorSettingError, file_sensor, plain
+from triggers.constraints.host import HostSensors, HostSnapshot, SensorSettingError, file_sensor
 from triggers.sensors import Change, FileRule, Tracker
 
 logger = logging.getLogger("bgtasks.daemon")
@@ -146,7 +146,7 @@ class TriggerDaemon:
     def save(self) -> None:
         """Write the sensors' last snapshots (restored at the next start), and for people and
         tests: the file rules being watched and how many events were emitted."""
-        state: dict[str, Any] = {name: plain(t.current) for name, t in self.trackers.items() if t.current is not None}
+        state = self.host_snapshot().to_json()
         state["_daemon"] = {"pid": os.getpid(), "emitted": self.emitted, "rules": sorted(self._rule_specs),
                             "mechanisms": self.mechanisms}
         tmp = self.state_path.with_suffix(".tmp")
@@ -154,12 +154,15 @@ class TriggerDaemon:
         tmp.write_text(json.dumps(state, default=str))
         os.replace(tmp, self.state_path)
 
+    def host_snapshot(self) -> HostSnapshot:
+        """The state sensors' last readings (what constraint checks read)."""
+        return HostSnapshot.of({name: t.current for name, t in self.trackers.items()})
+
     def snapshot(self) -> dict[str, Any]:
-        """The current state of every sensor (for ``bgtasks daemon status`` and constraint checks)."""
-        out = {}
-        for name, tracker in self.trackers.items():
-            current = tracker.current if tracker.current is not None else tracker.prime()
-            out[name] = plain(current)
+        """Every sensor's state as plain JSON, read now where there is no reading yet, and the
+        file rules (for ``bgtasks daemon status``)."""
+        out = HostSnapshot.of({name: t.current if t.current is not None else t.prime()
+                               for name, t in self.trackers.items()}).to_json()
         if self.files is not None:
             out["file"] = {"rules": [{"task": r.rule_id, "root": r.root, "patterns": list(r.patterns),
                                       "kinds": sorted(r.kinds)} for r in self.files.rules]}
@@ -230,9 +233,9 @@ class TriggerDaemon:
 
     async def release_waiting(self) -> list[str]:
         """Release the pool's runs waiting for constraints that now hold here; their ids."""
-        from triggers.waiting import releasable, waiting_filter
+        from triggers.constraints.waiting import releasable, waiting_filter
 
-        snapshot = {name: plain(t.current) for name, t in self.trackers.items() if t.current is not None}
+        snapshot = self.host_snapshot()
         runs = await self.api.flow_runs(waiting_filter(self.settings.worker.pool))
         released = []
         for run_id, body in releasable(runs, snapshot, f"Constraints hold on {self.host}: released"):

@@ -10,8 +10,8 @@
   hold here are released (the trigger daemon does it at once on a change; this covers a
   host without one).
 
-The evaluation and the waiting state are :mod:`triggers.constraints` and
-:mod:`triggers.waiting`, shared with the daemon and the API.
+The host's snapshot, the evaluation and the waiting state are :mod:`triggers.constraints`,
+shared with the trigger daemon.
 """
 
 from __future__ import annotations
@@ -19,13 +19,16 @@ from __future__ import annotations
 import os
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
 
 from bgtasks import stored
 from bgtasks.policies.base import Periodic, Policy, Worker
+
+if TYPE_CHECKING:
+    from triggers.constraints import HostSnapshot
 
 #: How often running runs with constraints are checked (stopped when a constraint is lost).
 RUNNING_CHECK_S = 1.0
@@ -34,7 +37,7 @@ RUNNING_CHECK_S = 1.0
 class Constraints(Policy):
     def __init__(self, settings: Any) -> None:
         self.settings = settings
-        self._host: Any = None  # triggers.host.HostSensors, made on first use
+        self._host: Any = None  # triggers.constraints.host.HostSensors, made on first use
         self._stopping: dict[Any, str] = {}  # runs stopped because a constraint was lost -> why
         self._overridden: set[Any] = set()  # runs started at their constraint deadline
 
@@ -42,10 +45,10 @@ class Constraints(Policy):
         return [Periodic(self.settings.worker.constraint_recheck_s, self._release_logged),
                 Periodic(RUNNING_CHECK_S, self._watch_running)]
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self) -> HostSnapshot:
         """This host's state now (blocking: sysfs and psutil reads)."""
         if self._host is None:
-            from triggers.host import HostSensors
+            from triggers.constraints.host import HostSensors
 
             self._host = HostSensors(self.settings)
         return self._host.snapshot()
@@ -55,7 +58,7 @@ class Constraints(Policy):
         from prefect.states import Failed, Scheduled
 
         from triggers.constraints import describe, unmet
-        from triggers.waiting import constraints_of, deadline_of, due_of, due_tag, waiting_until
+        from triggers.constraints.waiting import constraints_of, deadline_of, due_of, due_tag, waiting_until
 
         cons = constraints_of(flow_run.parameters)
         if cons is None:
@@ -97,7 +100,7 @@ class Constraints(Policy):
         from prefect.states import Cancelling
 
         from triggers.constraints import describe, unmet
-        from triggers.waiting import constraints_of
+        from triggers.constraints.waiting import constraints_of
 
         watched = {rid: (fr, cons) for rid, fr in worker.running.items()
                    if rid not in self._stopping and rid not in self._overridden
@@ -125,7 +128,7 @@ class Constraints(Policy):
         """After a stopped run's process is gone: back to AwaitingConstraints, due now."""
         from prefect.states import Scheduled
 
-        from triggers.waiting import constraints_of, due_tag, waiting_until
+        from triggers.constraints.waiting import constraints_of, due_tag, waiting_until
 
         reason = self._stopping.pop(flow_run.id)
         # Prefect's cancellation manager marks the run Cancelled a moment after its process
@@ -151,7 +154,7 @@ class Constraints(Policy):
 
     async def release_waiting(self, worker: Worker) -> int:
         """Release the pool's waiting runs whose constraints hold here (as the daemon does)."""
-        from triggers.waiting import releasable, waiting_filter
+        from triggers.constraints.waiting import releasable, waiting_filter
 
         resp = await worker.client.request("POST", "/flow_runs/filter", json=waiting_filter(worker.pool_name))
         runs = resp.json()

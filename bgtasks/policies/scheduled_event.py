@@ -23,18 +23,8 @@ FOLLOWS_WINDOW = timedelta(minutes=6)
 def missing_scheduled_event(flow_run: Any, initial: Any, now: datetime) -> dict[str, Any] | None:
     """The ``prefect.flow-run.Scheduled`` event Prefect's scheduler never emitted for a
     run it created (``emit_event`` keyword arguments), or None when nothing is missing.
-    ``initial``: the run's first state.
-
-    The server emits an event for every later state change, with the state's id as the
-    event's id and, when the previous state is less than 5 minutes old, that state's id
-    as the event it ``follows``. Prefect's automations hold an event until the one it
-    follows has been seen, for up to 15 minutes (PRECEDING_EVENT_LOOKBACK). A periodic
-    run created less than 5 minutes before it is due (any task's first runs; every run
-    of a task due again within minutes after a pause or a restart) thus had all its
-    state events held for 15 minutes: the crashed-runs automation saw its first
-    heartbeat but not its ``Completed`` and tried to mark it Crashed (refused: the run
-    was final), and a user's automation on its ``Completed`` acted 15 minutes late. This is
-    that first event, with the id and time of the run's initial state.
+    ``initial``: the run's first state. The event has that state's id and time, so the
+    server's next state event follows it (docs/prefect.md says what went wrong without it).
     """
     from prefect.client.schemas.objects import StateType
 

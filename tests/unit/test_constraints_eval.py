@@ -8,18 +8,25 @@ import pytest
 from pydantic import ValidationError
 
 from bgtasks.models import TaskConstraints, field_errors
-from triggers.constraints import describe, unmet
-from triggers.waiting import FAR, deadline_of, due_of, due_tag, original_due, release_order, waiting_until
+from triggers.constraints import HostSnapshot, describe, unmet
+from triggers.constraints.waiting import FAR, deadline_of, due_of, due_tag, original_due, release_order, waiting_until
 
-WIFI = {"connected": True, "interface": "wlan0", "kind": "wifi", "metered": False}
-LTE = {"connected": True, "interface": "wwan0", "kind": "cellular", "metered": True}
-NONE = {"connected": False, "interface": None}
-PLUGGED = {"plugged": True, "percent": 80, "battery_low": False}
-LOW = {"plugged": False, "percent": 12, "battery_low": True}
+from triggers.sensors import IdleState, InterfaceKind, NetworkSnapshot, PowerState, StorageSnapshot
+
+WIFI = NetworkSnapshot(connected=True, interface="wlan0", kind=InterfaceKind.WIFI, metered=False)
+LTE = NetworkSnapshot(connected=True, interface="wwan0", kind=InterfaceKind.CELLULAR, metered=True)
+NONE = NetworkSnapshot(connected=False)
+PLUGGED = PowerState(has_battery=True, percent=80, plugged=True, charging=True, battery_low=False)
+LOW = PowerState(has_battery=True, percent=12, plugged=False, charging=False, battery_low=True)
+
+
+def idle(is_idle: bool, cpu: float | None = None) -> IdleState:
+    return IdleState(idle=is_idle, cpu_percent=cpu, psi_some_avg10=None, user_idle_s=None, streak=0,
+                     cpu_busy_s=0.0, cpu_total_s=0.0)
 
 
 def names(cons: dict[str, Any], snap: dict[str, Any]) -> list[str]:
-    return [u.constraint for u in unmet(TaskConstraints.model_validate(cons), snap)]
+    return [u.constraint for u in unmet(TaskConstraints.model_validate(cons), HostSnapshot(**snap))]
 
 
 @pytest.mark.parametrize(
@@ -40,9 +47,9 @@ def names(cons: dict[str, Any], snap: dict[str, Any]) -> list[str]:
         ({"requiresCharging": True}, {"power": LOW}, ["requiresCharging"]),
         ({"requiresCharging": True, "requiresBatteryNotLow": True}, {"power": PLUGGED}, []),
         ({"requiresBatteryNotLow": True}, {"power": LOW}, ["requiresBatteryNotLow"]),
-        ({"requiresDeviceIdle": True}, {"idle": {"idle": False, "cpu_percent": 55.0}}, ["requiresDeviceIdle"]),
-        ({"requiresDeviceIdle": True}, {"idle": {"idle": True}}, []),
-        ({"requiresStorageNotLow": True}, {"storage": {"low": True, "free_bytes": 2**20, "path": "/"}},
+        ({"requiresDeviceIdle": True}, {"idle": idle(False, 55.0)}, ["requiresDeviceIdle"]),
+        ({"requiresDeviceIdle": True}, {"idle": idle(True)}, []),
+        ({"requiresStorageNotLow": True}, {"storage": StorageSnapshot(path="/", free_bytes=2**20, total_bytes=2**30, low=True)},
          ["requiresStorageNotLow"]),
         ({"requiresNetwork": True, "requiresCharging": True}, {"network": NONE, "power": LOW},
          ["requiresNetwork", "requiresCharging"]),
@@ -54,7 +61,8 @@ def test_unmet(cons: dict[str, Any], snap: dict[str, Any], failing: list[str]) -
 
 def test_the_message_names_the_constraint_and_what_was_observed() -> None:
     text = describe(unmet(TaskConstraints(requires_network=True, requires_charging=True),
-                          {"network": NONE, "power": {"plugged": False, "percent": 40}}))
+                          HostSnapshot(network=NONE, power=PowerState(has_battery=True, percent=40, plugged=False,
+                                                                      charging=False, battery_low=False))))
     assert text == "Waiting for requiresNetwork (no default route); requiresCharging (unplugged, battery 40%)"
 
 
@@ -93,7 +101,7 @@ def test_waiting_times_round_trip() -> None:
 def test_releasable_picks_the_runs_whose_constraints_hold_in_priority_order() -> None:
     from datetime import UTC, datetime
 
-    from triggers.waiting import releasable
+    from triggers.constraints.waiting import releasable
 
     due = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
@@ -105,7 +113,7 @@ def test_releasable_picks_the_runs_whose_constraints_hold_in_priority_order() ->
 
     runs = [run("low", "low", {"requiresCharging": True}), run("net", "high", {"requiresNetwork": True}),
             run("high", "high", {"requiresCharging": True}), run("normal", "normal", {"requiresCharging": True})]
-    released = releasable(runs, {"power": PLUGGED, "network": NONE}, "released")
+    released = releasable(runs, HostSnapshot(power=PLUGGED, network=NONE), "released")
     assert [run_id for run_id, _ in released] == ["high", "normal", "low"]  # "net" still waits
     body = released[0][1]
     assert body["force"] is True and body["state"]["type"] == "SCHEDULED" and body["state"]["message"] == "released"

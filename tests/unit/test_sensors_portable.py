@@ -9,7 +9,7 @@ import pydantic
 import pytest
 
 from bgtasks.settings import DaemonSettings, Settings
-from triggers.host import HostSensors, SensorSettingError
+from triggers.constraints.host import HostSensors, SensorSettingError
 from triggers.sensors import IdleSample, IdleSensor, InterfaceKind, NetworkSensor, PollWakeups, PowerSensor
 from triggers.sensors._mechanism import MechanismUnavailable, choose
 from triggers.sensors.idle import next_idle_state
@@ -136,3 +136,12 @@ def test_windows_guid_names_are_joined_to_psutil_by_address() -> None:
 ])
 def test_interface_class_from_the_name_where_there_is_no_sysfs(name: str, kind: InterfaceKind) -> None:
     assert classify_by_name(name) is kind
+
+
+def test_the_host_snapshot_is_typed_and_holds_only_the_enabled_sensors(tmp_path: Path) -> None:
+    from triggers.sensors import StorageSnapshot
+
+    snap = HostSensors(_settings(tmp_path, sensors=["storage"])).snapshot()
+    assert isinstance(snap.storage, StorageSnapshot) and snap.storage.path == str(tmp_path)
+    assert snap.network is None and snap.power is None and snap.idle is None
+    assert set(snap.to_json()) == {"storage"} and snap.to_json()["storage"]["free_bytes"] == snap.storage.free_bytes

@@ -12,7 +12,7 @@ the sensor is built, from a probe that says why the native mechanism is
 missing (``None``: available). A *forced* native mode on a host without it
 raises :class:`MechanismUnavailable` instead of silently degrading: whoever
 asked for netlink wants to know they are not getting it. The entry point
-(``triggers.host``) turns that into a one-line error naming the setting.
+(``triggers.constraints.host``) turns that into a one-line error naming the setting.
 
 See docs/sensors.md for what each path can and cannot see on each platform.
 """

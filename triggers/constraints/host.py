@@ -1,4 +1,5 @@
-"""The state sensors of this host, stepped on demand: what constraint checks read.
+"""This host's state as constraint checks read it: :class:`HostSnapshot`, from the state
+sensors (:class:`HostSensors`), stepped on demand.
 
 The trigger daemon and the worker each hold one. The idle sensor needs
 consecutive samples (CPU since the last one, "idle for N samples"), so a
@@ -16,12 +17,24 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
-from dataclasses import asdict, is_dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields, is_dataclass
 from typing import Any
 
 from bgtasks.settings import Settings
-from triggers.sensors import FileSensor, IdleSensor, IdleThresholds, NetworkSensor, PowerSensor, StorageSensor, Tracker
+from triggers.sensors import (
+    FileSensor,
+    IdleSensor,
+    IdleState,
+    IdleThresholds,
+    NetworkSensor,
+    NetworkSnapshot,
+    PowerSensor,
+    PowerState,
+    StorageSensor,
+    StorageSnapshot,
+    Tracker,
+)
 from triggers.sensors._mechanism import MechanismUnavailable
 
 STATE_SENSORS = ("network", "power", "idle", "storage")
@@ -69,6 +82,26 @@ def plain(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+@dataclass(frozen=True)
+class HostSnapshot:
+    """The state sensors' readings (None: that sensor is off or has no reading yet, so
+    every constraint that needs it fails as unknown)."""
+
+    network: NetworkSnapshot | None = None
+    power: PowerState | None = None
+    idle: IdleState | None = None
+    storage: StorageSnapshot | None = None
+
+    @classmethod
+    def of(cls, states: Mapping[str, Any]) -> HostSnapshot:
+        """From the readings by sensor name (other sensors' entries are ignored)."""
+        return cls(**{f.name: states.get(f.name) for f in fields(cls)})
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON by sensor name (enums as strings), for people and the status file."""
+        return {f.name: plain(getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None}
+
+
 class HostSensors:
     """Trackers for the host's state sensors (those enabled in the daemon settings).
 
@@ -95,12 +128,10 @@ class HostSensors:
         storage has one path everywhere (``psutil``)."""
         return {name: getattr(t.sensor, "mechanism", "psutil") for name, t in self.trackers.items()}
 
-    def snapshot(self, refresh: bool = True) -> dict[str, Any]:
-        """Each sensor's state as plain JSON; ``refresh`` takes new readings first."""
+    def snapshot(self, refresh: bool = True) -> HostSnapshot:
+        """Each sensor's state; ``refresh`` takes new readings first."""
         with self._lock:
-            out = {}
-            for name, tracker in self.trackers.items():
+            for tracker in self.trackers.values():
                 if refresh or tracker.current is None:
                     tracker.step()
-                out[name] = plain(tracker.current)
-            return out
+            return HostSnapshot.of({name: t.current for name, t in self.trackers.items()})

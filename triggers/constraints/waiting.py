@@ -20,6 +20,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bgtasks.models import TaskConstraints
+from triggers.constraints.evaluate import unmet
+from triggers.constraints.host import HostSnapshot
 from bgtasks.stored import AWAITING, constraints_of, due_tag, queue_rank
 from bgtasks.stored import due_of as _tagged_due
 
@@ -78,12 +80,10 @@ def waiting_filter(pool: str, limit: int = 200, offset: int = 0) -> dict[str, An
             "limit": limit, "offset": offset}
 
 
-def releasable(runs: list[dict[str, Any]], snapshot: dict[str, Any], message: str) -> list[tuple[str, dict[str, Any]]]:
+def releasable(runs: list[dict[str, Any]], snapshot: HostSnapshot, message: str) -> list[tuple[str, dict[str, Any]]]:
     """The waiting runs (Prefect's JSON, from :func:`waiting_filter`) whose constraints hold in
     ``snapshot``, in release order: ``(run id, set_state body)`` each. The daemon (plain HTTP)
     and the worker (Prefect's client) release through this one function."""
-    from triggers.constraints import unmet
-
     out = []
     for run in sorted(runs, key=lambda r: release_order(r.get("work_queue_name"),
                                                         r["state"]["state_details"]["scheduled_time"])):
