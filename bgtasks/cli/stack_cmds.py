@@ -23,8 +23,11 @@ def up(
 ) -> int:
     """Start the Prefect server + UI, a worker of the background-tasks pool, the trigger daemon and the
     REST API; Ctrl-C stops them."""
+    from bgtasks.installed import shadowed
     from bgtasks.settings import load_settings
 
+    for problem in shadowed():  # before anything imports a room that is not bgtasks'
+        cli.fail(problem)
     # The flags are settings: put them in the environment, so every part reads the same.
     for key, value in (("BGTASKS_SERVER_PORT", port), ("BGTASKS_SERVER_DATABASE_URL", database),
                        ("BGTASKS_API_PORT", api_port)):

@@ -15,7 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("bgtasks", "flows", "deployments", "triggers", "mobile_push")
 
-KERNEL = ("bgtasks.models", "bgtasks.errors", "bgtasks.settings", "bgtasks.durations", "bgtasks.text",
+KERNEL = ("bgtasks.models", "bgtasks.installed", "bgtasks.errors", "bgtasks.settings", "bgtasks.durations", "bgtasks.text",
           "bgtasks.home", "bgtasks.retry", "bgtasks.guard", "bgtasks.auth", "bgtasks.store",
           "bgtasks.prefect_seam", "bgtasks.crash", "bgtasks.stored")
 WORKER = ("bgtasks.warm_worker", "bgtasks.zygote", "bgtasks.policies")
