@@ -452,12 +452,16 @@ class TaskTarget(_SpecModel):
     platform: Literal["android", "ios"] | None = Field(None, description="Only this platform.")
     high_priority: bool = Field(False, description="FCM android priority high (deprioritised by FCM when "
                                 "no notification is shown: use it only for urgent work).")
-    collapse_key: SafeText | None = Field(None, max_length=64, description="Newer pushes replace queued older ones.")
+    collapse_key: SafeText | None = Field(None, max_length=64, description="Newer pushes replace queued older "
+                                          "ones; at most 64 bytes in UTF-8 (APNs' apns-collapse-id, on both paths).")
 
     @model_validator(mode="after")
     def _says_something(self) -> TaskTarget:
         if self.device_ids is None and self.labels is None and self.platform is None:
             raise FieldProblem("deviceIds", "name deviceIds, labels or a platform")
+        if self.collapse_key is not None and len(self.collapse_key.encode()) > 64:
+            # iOS devices get it as apns-collapse-id, directly or through FCM: 64 bytes.
+            raise FieldProblem("collapseKey", f"{len(self.collapse_key.encode())} bytes in UTF-8; at most 64")
         return self
 
 

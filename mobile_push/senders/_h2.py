@@ -73,7 +73,13 @@ class _Stream:
 
 
 class _H2Protocol(asyncio.Protocol):
-    """One client HTTP/2 connection; frames queued in one loop turn leave in one write."""
+    """One client HTTP/2 connection; frames queued in one loop turn leave in one write.
+
+    A new connection sends nothing until the server's SETTINGS have arrived, then one
+    request: APNs allows a single stream until it has seen a valid provider token (h2
+    reports an unlimited stream count before SETTINGS). Once an answer other than 403
+    (a token refused) has come back, up to the server's MAX_CONCURRENT_STREAMS are open.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -85,6 +91,8 @@ class _H2Protocol(asyncio.Protocol):
         self._unsent: dict[int, bytes] = {}  # bodies waiting for flow-control window, in order
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._flush_handle: asyncio.Handle | None = None
+        self._settings = asyncio.Event()  # the server's SETTINGS (or the connection's end) arrived
+        self.proven = False  # the server has answered a request with an accepted token
         self.closed = False
         self.reason = "connection closed"
 
@@ -121,6 +129,8 @@ class _H2Protocol(asyncio.Protocol):
             elif isinstance(ev, h2.events.StreamReset):
                 self._fail(ev.stream_id or 0, ApnsConnectionError(f"APNs reset the stream (error {ev.error_code})"))
             elif isinstance(ev, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+                if isinstance(ev, h2.events.RemoteSettingsChanged):
+                    self._settings.set()
                 self._send_unsent()
                 self._wake(len(self._waiters))
             elif isinstance(ev, h2.events.ConnectionTerminated):
@@ -130,8 +140,16 @@ class _H2Protocol(asyncio.Protocol):
             self._loop.call_soon(self._transport.close)
 
     # -- requests ----------------------------------------------------------------
+    def _capacity(self) -> int:
+        return self._h2.remote_settings.max_concurrent_streams if self.proven else 1
+
     async def request(self, headers: list[tuple[bytes, bytes]], body: bytes, timeout_s: float) -> _Answer:
-        while not self.closed and len(self._streams) >= self._h2.remote_settings.max_concurrent_streams:
+        if not self._settings.is_set():
+            try:
+                await asyncio.wait_for(self._settings.wait(), timeout_s)
+            except TimeoutError:
+                raise TimeoutError(f"no HTTP/2 SETTINGS from the server within {timeout_s:g} s") from None
+        while not self.closed and len(self._streams) >= self._capacity():
             waiter = self._loop.create_future()
             self._waiters.append(waiter)
             await waiter
@@ -200,6 +218,9 @@ class _H2Protocol(asyncio.Protocol):
             status = raw.pop(":status", "")
             if status.isdigit():
                 st.future.set_result(_Answer(int(status), raw, bytes(st.body)))
+                if not self.proven and int(status) != 403:
+                    self.proven = True  # the token was accepted: the server's own limit from now on
+                    self._wake(len(self._waiters))
             else:
                 st.future.set_exception(ApnsConnectionError("APNs answered without a :status"))
         self._wake()
@@ -234,6 +255,7 @@ class _H2Protocol(asyncio.Protocol):
         except (ValueError, AttributeError):
             pass
         self.closed = True
+        self._settings.set()
         self.reason = f"APNs closed the connection (GOAWAY {reason or ev.error_code})"
         last = ev.last_stream_id or 0
         for sid in [s for s in self._streams if s > last]:  # never processed: safe to send again
@@ -243,6 +265,7 @@ class _H2Protocol(asyncio.Protocol):
     def _close(self, reason: str) -> None:
         if not self.closed:
             self.closed, self.reason = True, reason
+        self._settings.set()  # a request waiting for SETTINGS sees the end instead
         for sid in list(self._streams):
             self._fail(sid, ApnsConnectionError(self.reason))
         self._wake(len(self._waiters))

@@ -33,13 +33,17 @@ Two HTTP/2 engines, same behaviour, one contract test suite:
   which caps one process near 1,000 msg/s; this client writes every frame
   queued in one event-loop turn with a single ``write`` and sends header
   literals without Huffman coding (a few more bytes, far less CPU), about
-  0.2 ms per request. It handles what APNs does: the server's
-  MAX_CONCURRENT_STREAMS, flow control, RST_STREAM, GOAWAY (streams the
+  0.2 ms per request. It handles what APNs does: a new connection waits
+  for the server's SETTINGS and sends one request until APNs has accepted a
+  provider token on it (APNs allows one stream until then), then up to the
+  server's MAX_CONCURRENT_STREAMS; flow control, RST_STREAM, GOAWAY (streams the
   server did not process fail as transport errors, the next request opens a
   new connection), per-request timeouts, ALPN ``h2`` over TLS (``http://``:
   h2c prior knowledge for local servers). No proxy support.
 * ``engine="httpx"``, or an injected ``client``: ``httpx.AsyncClient(http2=True,
-  http1=False)`` (proxies, ``httpx.MockTransport`` in tests).
+  http1=False)`` (proxies, ``httpx.MockTransport`` in tests). Its first request,
+  and the first after a transport error, goes alone; a connection httpx's pool
+  opens on its own may still start with several streams.
 
 Secrets: the private key is loaded once from the ``.p8`` file and kept as a
 key object; its bytes, the JWT and the file's content never appear in logs,
@@ -307,6 +311,11 @@ class ApnsSender:
         self._http = self._make_http()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sem: asyncio.Semaphore | None = None
+        # httpx's client opens streams before the server's SETTINGS arrive: its first request
+        # goes alone (APNs allows one stream until it has seen a valid token). The h2 engine
+        # does this per connection itself.
+        self._first: asyncio.Lock | None = None
+        self._proven = False
         self._closed = False
 
     def _make_http(self) -> _H2Client | _HttpxClient:
@@ -332,6 +341,7 @@ class ApnsSender:
             self._http = self._make_http()
         self._loop = loop
         self._sem = asyncio.Semaphore(self.max_concurrency)
+        self._first, self._proven = (asyncio.Lock(), False) if self.engine == "httpx" else (None, True)
 
     def __repr__(self) -> str:
         return (f"ApnsSender(environment={self.environment!r}, base_url={self.base_url!r}, engine={self.engine!r}, "
@@ -375,6 +385,21 @@ class ApnsSender:
 
     async def _post(self, req: ApnsRequest, token: str
                     ) -> tuple[int, str | None, str | None, str | None, dict[str, Any]] | BaseException:
+        if self._proven or self._first is None:
+            return await self._post_now(req, token)
+        async with self._first:
+            if not self._proven:
+                answer = await self._post_now(req, token)
+                if isinstance(answer, tuple) and answer[0] != 403:
+                    self._proven = True
+                return answer
+        answer = await self._post_now(req, token)
+        if isinstance(answer, BaseException):
+            self._proven = False  # the connection may be new next time: one request first again
+        return answer
+
+    async def _post_now(self, req: ApnsRequest, token: str
+                        ) -> tuple[int, str | None, str | None, str | None, dict[str, Any]] | BaseException:
         headers = dict(req.headers)
         headers["authorization"] = f"bearer {token}"
         try:

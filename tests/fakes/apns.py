@@ -34,6 +34,11 @@ Real behaviours covered (Apple, "Sending notification requests to APNs" and
   ``apns-id`` header; 410 ``{"reason": "Unregistered", "timestamp": <ms>}``.
 * ``goaway(reason)`` sends GOAWAY with ``{"reason": ...}`` as debug data, as
   APNs does when it closes a connection (e.g. ``Shutdown``).
+* One stream until a token is proven: the server's MAX_CONCURRENT_STREAMS is
+  only in its SETTINGS frame, and until the connection has answered a request
+  whose provider token it accepted, a second open stream is refused
+  (RST_STREAM ``REFUSED_STREAM``, counted in ``refused_streams``). A stream
+  sent before the client could have read that answer (in the same read) counts.
 
 Not covered: certificate-based auth, ``apns-unique-id`` (development only),
 the broadcast/channels API, Apple's per-device throttling (script 429s).
@@ -71,6 +76,7 @@ from typing import Any
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
@@ -230,6 +236,8 @@ class FakeAPNs(LoopThreadServer):
         self.enforce_token_update_interval = enforce_token_update_interval
 
         self.requests: Recorder[APNsRequest] = Recorder()
+        #: Streams refused because the connection had not yet answered an authenticated request.
+        self.refused_streams = 0
         self._lock = threading.Lock()
         self._scripts: dict[str, deque[Any]] = {}
         self._unregistered: dict[str, int | None] = {}
@@ -354,6 +362,7 @@ class FakeAPNs(LoopThreadServer):
     def reset(self) -> None:
         """Forget scripts, token sets, forced expiries and recorded requests."""
         with self._lock:
+            self.refused_streams = 0
             self._scripts.clear()
             self._unregistered.clear()
             self._bad_tokens.clear()
@@ -417,6 +426,7 @@ class FakeAPNs(LoopThreadServer):
         if stale or now - check.iat > TOKEN_MAX_AGE_S:
             proto.current_jwt = None
             return fail("ExpiredProviderToken")
+        proto.authenticated = True
         if token != proto.current_jwt:
             if (self.enforce_token_update_interval and proto.current_jwt is not None
                     and now - proto.jwt_since < TOKEN_MIN_UPDATE_INTERVAL_S):
@@ -504,6 +514,9 @@ class _APNsProtocol(TrackedProtocol):
         self.pending: dict[int, bytes] = {}
         self.current_jwt: str | None = None
         self.jwt_since = 0.0
+        self.authenticated = False  # a request's token was accepted (its answer may be unsent)
+        self.proven = False  # ... and that answer has been written to the client
+        self.answered_in_read = 0
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -524,8 +537,14 @@ class _APNsProtocol(TrackedProtocol):
             self.transport.write(self.h2.data_to_send())
             self.transport.close()
             return
+        self.answered_in_read = 0
         for ev in events:
-            if isinstance(ev, h2.events.RequestReceived):
+            if isinstance(ev, h2.events.RequestReceived) and not self.proven and (
+                    self.streams or self.answered_in_read):
+                self.h2.reset_stream(ev.stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+                with self.server._lock:
+                    self.server.refused_streams += 1
+            elif isinstance(ev, h2.events.RequestReceived):
                 headers: dict[str, str] = {}
                 dup = False
                 for k, v in ev.headers or ():
@@ -555,9 +574,11 @@ class _APNsProtocol(TrackedProtocol):
         out = self.h2.data_to_send()
         if out:
             self.transport.write(out)
+        self.proven = self.proven or self.authenticated
 
     def _respond(self, stream_id: int, st: _Stream) -> None:
         server = self.server
+        self.answered_in_read += 1
         try:
             req, resp = server._handle(self, stream_id, st)
         except Exception as exc:  # a bug in the fake: answer 500 rather than hang the client

@@ -226,16 +226,48 @@ async def test_apns_many_messages_share_one_connection_and_one_token(
     assert len({q.headers["authorization"] for q in recorded}) == 1 and apns_sender.tokens.issued == 1
 
 
-async def test_apns_respects_the_servers_stream_limit(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["h2", "httpx"])
+async def test_apns_a_new_connection_sends_one_request_then_up_to_the_servers_limit(tmp_path: Path,
+                                                                                   engine: str) -> None:
+    """Cold: 60 messages on a connection that has just opened. APNs allows one stream until it
+    has seen a valid token; the fake refuses a second one (and counts it)."""
     with FakeAPNs(topics={TOPIC}, max_concurrent_streams=3) as fake:
-        for engine in ("h2", "httpx"):
-            sender = ApnsSender(fake.write_auth_key(tmp_path), fake.key_id, fake.team_id, base_url=fake.base_url,
-                                ca_file=fake.ca_cert_path, engine=engine)  # type: ignore[arg-type]
-            try:
-                await sender.send([ios()])  # the server's SETTINGS are in
-                assert {r.kind for r in await sender.send([ios() for _ in range(60)])} == {D}
-            finally:
-                await sender.aclose()
+        sender = ApnsSender(fake.write_auth_key(tmp_path), fake.key_id, fake.team_id, base_url=fake.base_url,
+                            ca_file=fake.ca_cert_path, engine=engine)  # type: ignore[arg-type]
+        try:
+            assert {r.kind for r in await sender.send([ios() for _ in range(60)])} == {D}
+            assert fake.refused_streams == 0 and len(fake.requests.snapshot()) == 60
+            if engine == "h2":  # each new connection starts over (httpx's pool opens its own)
+                fake.goaway("Shutdown")
+                results = await retried(sender, [ios() for _ in range(20)])  # transient at worst, then resent
+                assert {r.kind for r, _ in results} == {D} and fake.refused_streams == 0
+                assert len({q.connection_id for q in fake.requests.snapshot()}) == 2
+        finally:
+            await sender.aclose()
+
+
+async def test_the_fake_refuses_a_second_stream_before_a_token_is_accepted(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check above can fail: a client that opens streams as soon as it connects (the
+    sender before this rule) gets streams refused."""
+    from mobile_push.senders import _h2
+
+    monkeypatch.setattr(_h2._H2Protocol, "_capacity", lambda self: 2**31)
+    real_request = _h2._H2Protocol.request
+
+    async def no_wait(self: Any, headers: Any, body: bytes, timeout_s: float) -> Any:
+        self._settings.set()  # as if SETTINGS were in: h2 then reports an unlimited stream count
+        return await real_request(self, headers, body, timeout_s)
+
+    monkeypatch.setattr(_h2._H2Protocol, "request", no_wait)
+    with FakeAPNs(topics={TOPIC}) as fake:
+        sender = ApnsSender(fake.write_auth_key(tmp_path), fake.key_id, fake.team_id, base_url=fake.base_url,
+                            ca_file=fake.ca_cert_path)
+        try:
+            kinds = [r.kind for r in await sender.send([ios() for _ in range(20)])]
+        finally:
+            await sender.aclose()
+    assert fake.refused_streams > 0 and TR in kinds
 
 
 async def test_apns_sender_works_from_another_event_loop(apns: FakeAPNs, apns_sender: ApnsSender) -> None:

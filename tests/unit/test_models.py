@@ -106,3 +106,14 @@ def test_one_time_start_in_the_past_only_beyond_grace() -> None:
         CreateTaskOptions.model_validate({"name": "t", "schedule": {"type": "one-time", "startTime": old}})
     # A stored definition stays readable after its time has passed.
     CreateTaskOptions.model_validate({"name": "t", "schedule": {"type": "one-time", "startTime": old}}, context={"stored": True})
+
+
+def test_a_collapse_key_is_at_most_64_bytes_in_utf8_not_64_characters() -> None:
+    """iOS devices get it as apns-collapse-id (directly or through FCM), which APNs counts in bytes."""
+    base = {"name": "wake", "handler": "demo", "schedule": {"type": "one-time"}, "target": {"platform": "ios"}}
+    ok = CreateTaskOptions.model_validate({**base, "target": {"platform": "ios", "collapseKey": "é" * 32}})
+    assert ok.target is not None and len(ok.target.collapse_key.encode()) == 64
+    with pytest.raises(ValidationError) as info:
+        CreateTaskOptions.model_validate({**base, "target": {"platform": "ios", "collapseKey": "é" * 33}})
+    [err] = field_errors(info.value)
+    assert err["field"] == "target.collapseKey" and "66 bytes" in err["message"]
