@@ -23,7 +23,13 @@ from flows._handler import past_end, retry_options
 
 
 class DevicesIncomplete(RuntimeError):
-    """A device reported failure, a report is missing, or no device was reachable."""
+    """A device reported failure, a report is missing, or no device was reachable. Not
+    retried when a retry cannot help (``retryable``: every problem is a device's
+    configuration, such as its topic)."""
+
+    def __init__(self, message: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 @task(name="push-chunk", cache_policy=NO_CACHE, persist_result=False)
@@ -75,7 +81,7 @@ async def _attempt(spec_json: dict[str, Any], data: Any) -> dict[str, Any]:
         await store.close()
     problems = outcome.problems()
     if problems:
-        raise DevicesIncomplete("; ".join(problems))
+        raise DevicesIncomplete("; ".join(problems), retryable=outcome.retry_can_help())
     return outcome.summary()
 
 

@@ -21,15 +21,18 @@ Every answer becomes a :class:`Verdict` of one :class:`~mobile_push.types.Outcom
                     TopicDisallowed, BadTopic, other 400s (a bug of ours), 413
 
 FCM answers 400 INVALID_ARGUMENT both for a bad registration token and for a
-bad message. The two are told apart by what the error says: a
-``google.rpc.BadRequest`` field violation on ``message.token``/``message.fid``
-or a message mentioning the registration token means the token; a violation
-on any other field, or a message about the payload ("Invalid JSON payload",
-"data message key", "too big", "Invalid value at 'message.<not the
-target>'"), means our message (CONFIG: don't drop a good device for our bug).
-A bare "Request contains an invalid argument." is taken as the token: the
-payload causes (non-string values, reserved keys, size) are refused before
-sending by :mod:`mobile_push.payload`, so the token is what is left.
+bad message. It is a dead token only when FCM says so: a ``google.rpc.BadRequest``
+field violation on ``message.token``/``message.fid`` only, or a message about the
+registration token. Anything else, a bare "Request contains an invalid argument."
+included, is our message (CONFIG: a good device is never dropped for a bug of
+ours). For iOS devices reached through FCM, an ``INVALID_ARGUMENT`` carrying a
+``google.firebase.fcm.v1.ApnsError`` detail is APNs' own answer relayed: it is
+classified by its APNs reason (``BadDeviceToken``, ``DeviceTokenNotForTopic``,
+payload reasons) as :func:`classify_apns` would.
+
+A configuration error that belongs to one device (its token is from another
+Firebase project, its topic is not the app's) is marked ``scope=device`` in the
+verdict's ``extra``: that device's delivery fails, the run goes on for the others.
 
 Error sentences never carry credentials: texts that come from elsewhere go
 through :func:`scrub` (PEM blocks, bearer tokens, JWTs, OAuth access tokens).
@@ -42,18 +45,22 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mobile_push.types import OutcomeKind, PushMessage, SendResult
 
 __all__ = [
-    "Verdict", "parse_retry_after", "scrub", "classify_fcm", "classify_apns", "classify_fcm_exception",
+    "Verdict", "parse_retry_after", "scrub", "classify_fcm", "classify_fcm_answer", "classify_apns",
+    "classify_fcm_exception",
     "classify_transport_error", "fcm_error_details", "FcmErrorDetails", "to_result",
 ]
 
 FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
+APNS_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.ApnsError"
+#: ``Verdict.extra`` of a configuration error that concerns one device only.
+DEVICE_SCOPE = {"scope": "device"}
 
 _CREDS_FCM = "BGTASKS_PUSH_FCM_CREDENTIALS_FILE"
 _APNS_KEY = "BGTASKS_PUSH_APNS_KEY_FILE, BGTASKS_PUSH_APNS_KEY_ID and BGTASKS_PUSH_APNS_TEAM_ID"
@@ -133,6 +140,8 @@ class FcmErrorDetails:
     error_code: str | None = None
     message: str | None = None
     field_violations: tuple[str, ...] = ()
+    apns_status: int | None = None  # an ApnsError detail: APNs' answer, relayed for an iOS device
+    apns_reason: str | None = None
 
 
 def fcm_error_details(body: Any) -> FcmErrorDetails:
@@ -149,34 +158,34 @@ def fcm_error_details(body: Any) -> FcmErrorDetails:
         return FcmErrorDetails()
     code: str | None = None
     fields: list[str] = []
+    apns_status: int | None = None
+    apns_reason: str | None = None
     for d in err.get("details") or ():
         if not isinstance(d, dict):
             continue
         if d.get("@type") == FCM_ERROR_TYPE and isinstance(d.get("errorCode"), str):
             code = code or d["errorCode"]
+        if d.get("@type") == APNS_ERROR_TYPE:
+            apns_status = d["statusCode"] if isinstance(d.get("statusCode"), int) else None
+            apns_reason = d["reason"] if isinstance(d.get("reason"), str) else None
         if d.get("@type") == BAD_REQUEST_TYPE:
             for v in d.get("fieldViolations") or ():
                 if isinstance(v, dict) and isinstance(v.get("field"), str):
                     fields.append(v["field"])
     status = err.get("status") if isinstance(err.get("status"), str) else None
     message = err.get("message") if isinstance(err.get("message"), str) else None
-    return FcmErrorDetails(status, code, message, tuple(fields))
+    return FcmErrorDetails(status, code, message, tuple(fields), apns_status, apns_reason)
 
 
 _TARGET_FIELDS = ("message.token", "message.fid")
-_PAYLOAD_WORDS = re.compile(r"(?i)invalid json payload|data message key|too big|message is too large|"
-                            r"invalid value at 'message\.(?!token|fid)|unknown name|ttl|priority|"
-                            r"invalid (android|apns|webpush)|collapse")
+_TOKEN_WORDS = re.compile(r"(?i)registration token|invalid token|not a valid fcm")
 
 
 def _fcm_invalid_argument_is_token(message: str | None, field_violations: Sequence[str]) -> bool:
-    """See the module docstring: does this INVALID_ARGUMENT mean the token, not the payload?"""
+    """See the module docstring: does this INVALID_ARGUMENT say the token is invalid?"""
     if field_violations:
         return all(f.split("[", 1)[0] in _TARGET_FIELDS for f in field_violations)
-    text = message or ""
-    if _PAYLOAD_WORDS.search(text):
-        return False
-    return True  # the token words, or nothing specific: the payload causes are excluded before sending
+    return bool(_TOKEN_WORDS.search(message or ""))
 
 
 def classify_fcm(
@@ -187,6 +196,8 @@ def classify_fcm(
     message: str | None = None,
     field_violations: Sequence[str] = (),
     google_status: str | None = None,
+    apns_status: int | None = None,
+    apns_reason: str | None = None,
 ) -> Verdict:
     """Classify one FCM v1 answer.
 
@@ -197,6 +208,7 @@ def classify_fcm(
         message: Google's ``error.message`` (used to tell token from payload errors).
         field_violations: ``google.rpc.BadRequest`` field paths.
         google_status: Google's ``error.status`` (``NOT_FOUND``...).
+        apns_status, apns_reason: an ``ApnsError`` detail (APNs' answer for an iOS device).
     """
     wait = parse_retry_after(retry_after)
     code = (error_code or "").upper() or None
@@ -219,10 +231,14 @@ def classify_fcm(
                  "FCM could not authenticate to APNs for this iOS app: upload a valid APNs auth key (.p8) "
                  "in the Firebase console (Project settings > Cloud Messaging > Apple app configuration)")
     if code == "SENDER_ID_MISMATCH":
-        return v(OutcomeKind.CONFIG, reason,
-                 "FCM: the token was issued for another Firebase project (sender id) than the service "
-                 f"account in {_CREDS_FCM}: use that project's service-account key, or have the app "
-                 "register again with this project's google-services.json / GoogleService-Info.plist")
+        return replace(v(OutcomeKind.CONFIG, reason,
+                         "FCM: this device's token was issued for another Firebase project (sender id) than the "
+                         f"service account in {_CREDS_FCM}: use that project's service-account key, or have the "
+                         "app register again with this project's google-services.json / GoogleService-Info.plist"),
+                       extra=DEVICE_SCOPE)
+    if apns_reason is not None and status == 400:
+        relayed = classify_apns(apns_status or 400, apns_reason, retry_after)
+        return replace(relayed, status=status, error=f"FCM relayed APNs' answer: {relayed.error}")
     if code == "QUOTA_EXCEEDED" or status == 429:
         return v(OutcomeKind.TRANSIENT, reason, f"FCM sending quota exceeded{_retry_hint(wait)}")
     if code in ("UNAVAILABLE", "INTERNAL") or status >= 500:
@@ -233,7 +249,8 @@ def classify_fcm(
                      f"FCM rejected the registration token as invalid{said}: the device is marked invalid")
         where = f" ({', '.join(field_violations)})" if field_violations else ""
         return v(OutcomeKind.CONFIG, reason,
-                 f"FCM rejected the message itself{where}{said}: a bgtasks payload bug, please report it")
+                 f"FCM rejected the message itself{where}{said}: the task's push options or a bgtasks "
+                 "payload bug (the device is not marked invalid)")
     if status == 401:
         return v(OutcomeKind.CONFIG, reason,
                  f"FCM refused the service account's credentials{said}: check that {_CREDS_FCM} is a current "
@@ -250,6 +267,15 @@ def classify_fcm(
     if status == 413:
         return v(OutcomeKind.CONFIG, reason, "FCM: message too large (the 4096-byte check should have refused it)")
     return v(OutcomeKind.CONFIG, reason, f"FCM answered {status} {reason}{said}")
+
+
+def classify_fcm_answer(status: int, body: Any, retry_after: str | float | None = None,
+                        fallback_message: str | None = None) -> Verdict:
+    """Classify one FCM v1 answer from its status and error body (:func:`fcm_error_details`)."""
+    d = fcm_error_details(body)
+    return classify_fcm(status, d.error_code, retry_after, message=d.message or fallback_message,
+                        field_violations=d.field_violations, google_status=d.google_status,
+                        apns_status=d.apns_status, apns_reason=d.apns_reason)
 
 
 def _header(response: Any, name: str) -> str | None:
@@ -293,10 +319,7 @@ def classify_fcm_exception(exc: BaseException) -> Verdict:
             body: Any = response.content
         except Exception:
             body = b""
-        d = fcm_error_details(body)
-        return classify_fcm(response.status_code, d.error_code, _header(response, "retry-after"),
-                            message=d.message or str(exc), field_violations=d.field_violations,
-                            google_status=d.google_status)
+        return classify_fcm_answer(response.status_code, body, _header(response, "retry-after"), str(exc))
     for cause in _causes(exc):
         if _is_google_auth_error(cause, "RefreshError"):
             return Verdict(OutcomeKind.CONFIG, "RefreshError",
@@ -368,6 +391,10 @@ _APNS_CONFIG = {
 }
 
 
+#: Configuration errors of one device's registration (its topic), not of the credentials.
+_APNS_DEVICE_CONFIG = frozenset({"MissingTopic", "TopicDisallowed", "BadTopic"})
+
+
 def classify_apns(status: int | None, reason: str | None = None, retry_after: str | float | None = None) -> Verdict:
     """Classify one APNs answer (``status`` ``None`` for a transport error) by Apple's ``reason``.
 
@@ -389,7 +416,8 @@ def classify_apns(status: int | None, reason: str | None = None, retry_after: st
     if reason in _APNS_TRANSIENT:
         return v(OutcomeKind.TRANSIENT, _APNS_TRANSIENT[reason] + _retry_hint(wait))
     if reason in _APNS_CONFIG:
-        return v(OutcomeKind.CONFIG, _APNS_CONFIG[reason])
+        verdict = v(OutcomeKind.CONFIG, _APNS_CONFIG[reason])
+        return replace(verdict, extra=DEVICE_SCOPE) if reason in _APNS_DEVICE_CONFIG else verdict
     if status == 410:
         return v(OutcomeKind.INVALID_TOKEN, f"APNs answered 410 {reason}: the device is marked invalid")
     if status == 429 or status >= 500:

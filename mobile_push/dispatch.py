@@ -9,8 +9,11 @@
    whose payload is checked for size first (nothing is sent when it is too big).
    Pushes go out in chunks (``push.chunk_size``), each retried per the push
    settings for transient errors; every outcome is recorded as a delivery. A
-   rejected token marks the device invalid. A configuration error (credentials,
-   topic, sender) fails the run without retry, with the fix in the message.
+   rejected token marks the device invalid. A configuration error of the
+   credentials or the message fails the run without retry, with the fix in the
+   message; one that belongs to a device (its token is from another Firebase
+   project, its topic is not the app's) fails that device's delivery only, and
+   the run goes on for the others.
 4. The run waits until every reached device has reported or the deadline passes.
 
 The outcome's ``summary()`` is the run's result data; ``problems()`` say why it
@@ -77,6 +80,16 @@ class DeviceRunOutcome:
             "skipped": [{"deviceId": d.id, "reason": d.invalid_reason or "invalid"} for d in self.skipped_invalid],
             "unknown": self.unknown_ids,
         }
+
+    def retry_can_help(self) -> bool:
+        """False when the only problems are pushes refused for a device's configuration
+        (its token is from another project, its topic is not the app's): pushing again
+        would be refused the same way."""
+        if self.missing or not self.devices or any(not r.success for r in self.reports.values()):
+            return True
+        ids = {d.id for d in self.devices}
+        undelivered = [d for i, d in self.deliveries.items() if i in ids and d.outcome != OutcomeKind.DELIVERED]
+        return not undelivered or any(d.outcome != OutcomeKind.CONFIG for d in undelivered)
 
     def problems(self) -> list[str]:
         out = []
@@ -168,7 +181,7 @@ async def run_attempt(
                     outcome=result.kind.value, attempts=attempts, message_id=result.message_id, error=result.error)
                 if result.kind == OutcomeKind.INVALID_TOKEN:
                     await registry.mark_invalid(device_id, invalid_reason(result))
-                elif result.kind == OutcomeKind.CONFIG:
+                elif result.kind == OutcomeKind.CONFIG and result.extra.get("scope") != "device":
                     config_errors.append(result.error or result.reason or "configuration error")
     if config_errors:
         raise PushConfigError("; ".join(dict.fromkeys(config_errors)))

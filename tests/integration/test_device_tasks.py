@@ -282,7 +282,7 @@ async def test_a_retried_run_does_not_push_again_to_devices_that_accepted(
 
 
 async def test_payload_too_large_and_configuration_errors_fail_without_sending_or_retrying(
-    fakes: Any, push_worker: WorkerHandle, admin: httpx.Client
+    fakes: Any, push_worker: WorkerHandle, admin: httpx.Client, api_process: ApiProcess, settings: Settings
 ) -> None:
     fcm, apns, _ = fakes
     big = register(admin, "android", fcm_token())
@@ -293,11 +293,22 @@ async def test_payload_too_large_and_configuration_errors_fail_without_sending_o
     assert done["status"] == "failed" and "4096" in done["result"]["error"]
     assert done["result"]["attempts"] == 1 and len(fcm.requests) == before  # nothing reached the network
 
+    # A topic that is not the app's is that device's configuration: its push fails, the run
+    # goes on for the device beside it (which reports), and no retry can help.
     other_app = register(admin, "ios", apns_token(), topic="com.other.app")  # not a topic of these credentials
-    task = create(admin, {"deviceIds": [other_app["id"]]}, retryPolicy={"maxRetries": 2, "initialBackoffMs": 100})
+    good_token = apns_token()
+    good = register(admin, "ios", good_token, topic=BUNDLE)
+    task = create(admin, {"deviceIds": [other_app["id"], good["id"]]},
+                  retryPolicy={"maxRetries": 2, "initialBackoffMs": 100})
+    payload = apns_payload(await pushed(admin, task["id"], apns, apns_payload, good_token))
+    with device_client(api_process, settings, good["id"]) as phone:
+        assert phone.post(payload["reportUrl"].removeprefix(api_process.base),
+                          json={"reportToken": payload["reportToken"], "success": True}).status_code == 201
     done = await settled(admin, task["id"])
-    assert done["status"] == "failed" and "topic" in done["result"]["error"].lower()
-    assert done["result"]["attempts"] == 1
+    error = done["result"]["error"]
+    assert done["status"] == "failed" and f"push to {other_app['id']} not delivered" in error, done
+    assert "topic" in error.lower() and "no report" not in error  # the good device's report counted
+    assert done["result"]["attempts"] == 1 and len(pushes_to(apns, good_token)) == 1
     assert admin.get(f"/devices/{other_app['id']}").json()["state"] == "active"  # not the device's fault
 
 

@@ -19,7 +19,7 @@ import requests
 from firebase_admin import _utils, exceptions, messaging
 
 from mobile_push.classify import (
-    Verdict, classify_apns, classify_fcm, classify_fcm_exception, classify_transport_error, fcm_error_details,
+    Verdict, classify_apns, classify_fcm, classify_fcm_answer, classify_fcm_exception, classify_transport_error,
     parse_retry_after, scrub, to_result,
 )
 from mobile_push.types import OutcomeKind, Platform, PushMessage, PushTarget, Transport
@@ -43,13 +43,28 @@ def gerr(code: int, status: str, message: str, fcm: str | None = None,
     return {"error": err}
 
 
+def apns_err(reason: str, apns_status: int = 400) -> dict[str, Any]:
+    """FCM's answer for an iOS device whose APNs push was refused: INVALID_ARGUMENT with the
+    FcmError and ApnsError details."""
+    body = gerr(400, "INVALID_ARGUMENT", "Request contains an invalid argument.", "INVALID_ARGUMENT")
+    body["error"]["details"].append({"@type": "type.googleapis.com/google.firebase.fcm.v1.ApnsError",
+                                     "statusCode": apns_status, "reason": reason})
+    return body
+
+
 FCM_BODIES: list[tuple[str, int, dict[str, Any], OutcomeKind, str | None]] = [
     ("unregistered", 404, gerr(404, "NOT_FOUND", "Requested entity was not found.", "UNREGISTERED"),
      INV, "UNREGISTERED"),
     ("bad token", 400, gerr(400, "INVALID_ARGUMENT", "The registration token is not a valid FCM registration token",
                               "INVALID_ARGUMENT"), INV, "INVALID_ARGUMENT"),
+    # Not said to be the token: the message (a good device is never dropped for it).
     ("bare invalid argument", 400, gerr(400, "INVALID_ARGUMENT", "Request contains an invalid argument.",
-                                          "INVALID_ARGUMENT"), INV, "INVALID_ARGUMENT"),
+                                          "INVALID_ARGUMENT"), CF, "INVALID_ARGUMENT"),
+    # iOS through FCM: APNs' answer relayed in an ApnsError detail decides.
+    ("apns bad device token via fcm", 400, apns_err("BadDeviceToken"), INV, "BadDeviceToken"),
+    ("apns token not for topic via fcm", 400, apns_err("DeviceTokenNotForTopic"), INV, "DeviceTokenNotForTopic"),
+    ("apns bad collapse id via fcm", 400, apns_err("BadCollapseId"), CF, "BadCollapseId"),
+    ("apns payload too large via fcm", 400, apns_err("PayloadTooLarge", 413), CF, "PayloadTooLarge"),
     ("token field violation", 400, gerr(400, "INVALID_ARGUMENT", "Invalid registration token", "INVALID_ARGUMENT",
                                           ["message.token"]), INV, "INVALID_ARGUMENT"),
     ("data value not a string", 400, gerr(400, "INVALID_ARGUMENT",
@@ -83,9 +98,7 @@ FCM_BODIES: list[tuple[str, int, dict[str, Any], OutcomeKind, str | None]] = [
 
 @pytest.mark.parametrize(("name", "status", "body", "kind", "reason"), FCM_BODIES, ids=[b[0] for b in FCM_BODIES])
 def test_fcm_bodies(name: str, status: int, body: dict[str, Any], kind: OutcomeKind, reason: str | None) -> None:
-    d = fcm_error_details(json.dumps(body).encode())
-    v = classify_fcm(status, d.error_code, None, message=d.message, field_violations=d.field_violations,
-                     google_status=d.google_status)
+    v = classify_fcm_answer(status, json.dumps(body).encode())
     assert (v.kind, v.reason, v.status) == (kind, reason, status)
     assert v.error and v.error[0].isupper()
 
@@ -120,6 +133,17 @@ def test_fcm_config_errors_say_how_to_fix() -> None:
     assert "APNs auth key" in (classify_fcm(401, "THIRD_PARTY_AUTH_ERROR").error or "")
     assert "Firebase Cloud Messaging API" in (classify_fcm(403, None, message="denied").error or "")
     assert "payload bug" in (classify_fcm(400, "INVALID_ARGUMENT", field_violations=["message.data"]).error or "")
+
+
+def test_a_configuration_error_of_one_device_is_scoped_to_it() -> None:
+    """Its token from another Firebase project, its topic not the app's: that device's push
+    fails, not the run (mobile_push.dispatch); credentials errors stay the run's."""
+    assert classify_fcm(403, "SENDER_ID_MISMATCH").extra == {"scope": "device"}
+    for reason in ("MissingTopic", "TopicDisallowed", "BadTopic"):
+        assert classify_apns(400, reason).extra == {"scope": "device"}
+    assert classify_apns(403, "InvalidProviderToken").extra == {}
+    assert classify_fcm(401, "THIRD_PARTY_AUTH_ERROR").extra == {}
+    assert classify_fcm(400, "INVALID_ARGUMENT", message="Request contains an invalid argument.").extra == {}
 
 
 @pytest.mark.parametrize(("exc", "kind", "reason"), [
