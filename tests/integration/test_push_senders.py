@@ -738,6 +738,22 @@ async def test_memory_sender_refuses_big_payloads_and_wrong_transport() -> None:
 # ------------------------------------------------------------------- factory
 
 
+async def test_the_apns_environment_picks_apples_host(apns: FakeAPNs, tmp_path: Path) -> None:
+    """BGTASKS_PUSH_APNS_ENVIRONMENT: production is api.push.apple.com, sandbox (development
+    builds) api.sandbox.push.apple.com; BGTASKS_PUSH_APNS_BASE_URL overrides both."""
+    key = apns.write_auth_key(tmp_path)
+    hosts = {}
+    for environment in ("production", "sandbox"):
+        push = PushSettings(sender="auto", apns_key_file=key, apns_key_id=apns.key_id, apns_team_id=apns.team_id,
+                            apns_environment=environment)
+        sender = make_senders(push)[Transport.APNS]
+        hosts[environment] = sender.base_url  # type: ignore[attr-defined]
+        await sender.aclose()
+    assert hosts == {"production": "https://api.push.apple.com", "sandbox": "https://api.sandbox.push.apple.com"}
+    with pytest.raises(ValueError, match="BGTASKS_PUSH_APNS_ENVIRONMENT"):
+        ApnsSender(key, apns.key_id, apns.team_id, environment="development")  # type: ignore[arg-type]
+
+
 async def test_make_senders_from_settings(apns: FakeAPNs, fcm: FakeFCM, tmp_path: Path) -> None:
     memory = make_senders(PushSettings(sender="memory"))
     assert {t: type(s) for t, s in memory.items()} == {Transport.FCM: RecordingSender,
