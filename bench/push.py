@@ -16,6 +16,10 @@ message, and how many were delivered.
   ``max_concurrency`` streams in flight, on each engine: ``h2`` (the default,
   a small client on the h2 state machine) and ``httpx``.
 * APNs, baseline: one request at a time over one httpx HTTP/2 client.
+* APNs, run after run (``--runs``, default 100 runs of 10 devices, back to back): each
+  run through the worker's push service (``mobile_push.service``: the senders outlive
+  the run), against each run building its own sender as device-task runs did. Printed
+  beside the rate: the TLS connections made and provider tokens signed.
 
     .venv/bin/python bench/push.py                 # 10,000 devices per transport
     .venv/bin/python bench/push.py --devices 1000  # a quick run
@@ -72,6 +76,9 @@ def _serve(kind: str, conn: Connection, workdir: str) -> None:
                 conn.send(None)
             elif cmd == "count":
                 conn.send(len(fake.requests))
+            elif cmd == "connections-and-tokens":  # APNs: TLS connections made, provider tokens seen
+                seen = fake.requests.snapshot()
+                conn.send((len({q.connection_id for q in seen}), len({q.headers.get("authorization") for q in seen})))
             else:
                 break
     finally:
@@ -193,6 +200,46 @@ async def bench_fcm(server: Server, n: int) -> list[Row]:
 # ----------------------------------------------------------------------- APNs
 
 
+async def bench_runs(server: Server, runs: int, devices: int, workdir: Path) -> list[tuple[Row, int, int]]:
+    """Run after run: through the worker's push service, and each run on its own."""
+    from bgtasks.settings import PushSettings
+    from mobile_push.service import ENV_SOCKET, PushService, senders_for
+    from mobile_push.types import Platform, PushMessage, PushTarget, Transport
+
+    info = server.info
+    push = PushSettings(sender="auto", apns_key_file=Path(info["key_file"]), apns_key_id=info["key_id"],
+                        apns_team_id=info["team_id"], apns_base_url=info["base_url"], apns_ca_file=Path(info["ca"]))
+    batches = [[PushMessage(PushTarget(f"i{r}-{i}", Platform.IOS, Transport.APNS, uuid.uuid4().hex * 2, TOPIC),
+                            _payload(i, f"i{r}-{i}")) for i in range(devices)] for r in range(runs)]
+
+    async def all_runs() -> int:
+        ok = 0
+        for batch in batches:
+            senders = await senders_for(push)  # what each device-task run does
+            try:
+                ok += sum(r.kind.value == "delivered" for r in await senders[Transport.APNS].send(batch))
+            finally:
+                for s in senders.values():
+                    await s.aclose()
+        return ok
+
+    out = []
+    service = PushService(push, workdir / "run" / "push.sock")
+    await service.start()
+    os.environ[ENV_SOCKET] = str(service.path)
+    try:
+        row = await measure("APNs", f"ours: {runs} runs x {devices}, worker's push service", server,
+                            runs * devices, all_runs)
+        out.append((row, *server.call("connections-and-tokens")))
+    finally:
+        del os.environ[ENV_SOCKET]
+        await service.close()
+    row = await measure("APNs", f"baseline: {runs} runs x {devices}, a sender per run", server,
+                        runs * devices, all_runs)
+    out.append((row, *server.call("connections-and-tokens")))
+    return out
+
+
 async def bench_apns(server: Server, n: int, concurrencies: list[int]) -> list[Row]:
     import httpx
 
@@ -266,13 +313,21 @@ async def main_async(args: argparse.Namespace) -> None:
                 rows += await bench_fcm(server, args.devices)
             finally:
                 server.stop()
+        per_run: list[tuple[Row, int, int]] = []
         if not args.skip_apns:
             server = Server("apns", Path(tmp))
             try:
                 rows += await bench_apns(server, args.devices, args.concurrency)
+                if args.runs:
+                    per_run = await bench_runs(server, args.runs, args.run_devices, Path(tmp))
             finally:
                 server.stop()
         print_table(rows)
+        if per_run:
+            print_table([r for r, _, _ in per_run])
+            for r, connections, tokens in per_run:
+                print(f"{r.client}: {connections} TLS connection(s), {tokens} provider token(s) signed")
+            print()
 
 
 def main() -> None:
@@ -280,6 +335,8 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=10_000, help="devices per transport (default 10000)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[100, 256],
                         help="ApnsSender max_concurrency values to try")
+    parser.add_argument("--runs", type=int, default=100, help="run-after-run case: runs (0: skip)")
+    parser.add_argument("--run-devices", type=int, default=10, help="run-after-run case: devices per run")
     parser.add_argument("--skip-fcm", action="store_true")
     parser.add_argument("--skip-apns", action="store_true")
     asyncio.run(main_async(parser.parse_args()))

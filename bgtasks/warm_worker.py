@@ -326,6 +326,9 @@ class WarmWorker(ProcessWorker):
         # runs task group has drained: in-flight runs keep their supervisor.
         self._zygote = await self._exit_stack.enter_async_context(ZygoteClient())
         self._ctx = await self._exit_stack.enter_async_context(FlowRunExecutorContext())
+        for policy in self.policies:  # stopped after the runs task group has drained, too
+            await policy.start(self)
+            self._exit_stack.push_async_callback(self._logged, policy.stop, self)
         await super().setup()
         # Its own task group, cancelled first at teardown: a wake-up timer for a
         # run due in an hour must not hold the worker's shutdown.
@@ -474,9 +477,10 @@ class WarmWorker(ProcessWorker):
         if task_status is None:
             task_status = anyio.TASK_STATUS_IGNORED
         assert self._ctx is not None and self._zygote is not None
-        starter = ZygoteStarter(
-            self._zygote, dict(configuration.env), self._ctx.control_channel, await self._entrypoint_of(flow_run)
-        )
+        env = dict(configuration.env)
+        for policy in self.policies:
+            env.update(policy.child_env())
+        starter = ZygoteStarter(self._zygote, env, self._ctx.control_channel, await self._entrypoint_of(flow_run))
         executor = self._ctx.create_executor(
             flow_run, starter, resolve_flow=load_flow_from_flow_run, propose_submitting=False
         )

@@ -56,14 +56,14 @@ async def _attempt(spec_json: dict[str, Any], data: Any) -> dict[str, Any]:
     from mobile_push.dispatch import PushConfigError, run_attempt
     from mobile_push.registry import DeviceRegistry
     from mobile_push.reports import RunLedger
-    from mobile_push.senders import make_senders
+    from mobile_push.service import senders_for
 
     spec = stored.decode(spec_json, data)
     assert spec is not None and spec.target is not None, "device-task runs only tasks with a target"
     settings = load_settings()
     wait_s = spec.timeout_ms / 1000.0 if spec.timeout_ms else settings.push.report_wait_s
     try:
-        senders = make_senders(settings.push)
+        senders = await senders_for(settings.push)  # the worker's, when it serves them
     except ValueError as exc:  # a credentials file unreadable, wrong, or open to others
         raise PushConfigError(str(exc)) from None
     store = await open_store(settings.store_url)

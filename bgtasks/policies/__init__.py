@@ -25,6 +25,7 @@ def default_policies(settings: Any) -> list[Policy]:
     from bgtasks.policies.crash import CrashRecovery
     from bgtasks.policies.failed_triggers import FailedTriggers
     from bgtasks.policies.paused import DropPausedRuns
+    from bgtasks.policies.push import PushSenders
     from bgtasks.policies.scheduled_event import EmitScheduledEvent
     from bgtasks.policies.start_time import DropBeforeStartTime
     from bgtasks.policies.until_due import WaitUntilDue
@@ -38,4 +39,5 @@ def default_policies(settings: Any) -> list[Policy]:
         CatchUp(settings.worker.misfire_grace_s),
         CrashRecovery(settings.worker.crash_scan_s),
         FailedTriggers(settings.worker.crash_scan_s),
+        PushSenders(settings),
     ]

@@ -44,6 +44,16 @@ class Policy:
     def periodic(self) -> list[Periodic]:
         return []
 
+    async def start(self, worker: Worker) -> None:
+        """Once, when the worker starts (before it takes a run)."""
+
+    async def stop(self, worker: Worker) -> None:
+        """Once, when the worker stops (after its runs are gone)."""
+
+    def child_env(self) -> dict[str, str]:
+        """Environment variables every run's process gets."""
+        return {}
+
     async def before_poll(self, worker: Worker) -> None:
         """Before each look for due runs."""
 

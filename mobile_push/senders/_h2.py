@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import ssl
 from collections import deque
 from typing import Any, NamedTuple
@@ -270,6 +271,12 @@ class _H2Protocol(asyncio.Protocol):
             self._fail(sid, ApnsConnectionError(self.reason))
         self._wake(len(self._waiters))
 
+    def ping(self) -> None:
+        """An HTTP/2 PING: keeps an idle connection open (APNs closes idle ones)."""
+        if not self.closed:
+            self._h2.ping(os.urandom(8))
+            self._schedule_flush()
+
     def close(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
             try:
@@ -326,6 +333,10 @@ class _H2Client:
                  (b":path", path.encode()), (b"content-length", str(len(body)).encode())]
         block.extend((k.encode(), v.encode()) for k, v in headers.items())
         return await proto.request(block, body, self._timeout_s)
+
+    def ping(self) -> None:
+        if self._proto is not None:
+            self._proto.ping()
 
     async def aclose(self) -> None:
         if self._proto is not None:

@@ -416,6 +416,12 @@ class ApnsSender:
         reason = body.get("reason") if isinstance(body.get("reason"), str) else None
         return answer.status, reason, answer.headers.get("retry-after"), answer.headers.get("apns-id"), body
 
+    async def keepalive(self) -> None:
+        """Keep an idle connection open (HTTP/2 PING; the h2 engine). A closed one is opened
+        again by the next send."""
+        if isinstance(self._http, _H2Client) and self._loop is asyncio.get_running_loop():
+            self._http.ping()
+
     async def aclose(self) -> None:
         """Close the HTTP/2 connection (an injected httpx client is left open)."""
         self._closed = True

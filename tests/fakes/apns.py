@@ -238,6 +238,8 @@ class FakeAPNs(LoopThreadServer):
         self.requests: Recorder[APNsRequest] = Recorder()
         #: Streams refused because the connection had not yet answered an authenticated request.
         self.refused_streams = 0
+        #: HTTP/2 PINGs received (a client keeping its connection open).
+        self.pings = 0
         self._lock = threading.Lock()
         self._scripts: dict[str, deque[Any]] = {}
         self._unregistered: dict[str, int | None] = {}
@@ -567,6 +569,9 @@ class _APNsProtocol(TrackedProtocol):
                 self.pending.pop(ev.stream_id, None)
             elif isinstance(ev, h2.events.WindowUpdated):
                 self._flush_pending()
+            elif isinstance(ev, h2.events.PingReceived):  # h2 queues the PING ACK itself
+                with self.server._lock:
+                    self.server.pings += 1
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 self.transport.write(self.h2.data_to_send())
                 self.transport.close()

@@ -312,6 +312,32 @@ async def test_payload_too_large_and_configuration_errors_fail_without_sending_o
     assert admin.get(f"/devices/{other_app['id']}").json()["state"] == "active"  # not the device's fault
 
 
+async def test_runs_push_through_the_workers_senders_one_connection_and_one_token(
+    fakes: Any, push_worker: WorkerHandle, admin: httpx.Client, api_process: ApiProcess, settings: Settings
+) -> None:
+    """Two runs back to back: the second pushes on the first's APNs connection with its provider
+    token, and fetches no new FCM access token (the senders live in the worker, not the run)."""
+    fcm, apns, _ = fakes
+    a_tok, i_tok = fcm_token(), apns_token()
+    android = register(admin, "android", a_tok)
+    ios = register(admin, "ios", i_tok, topic=BUNDLE)
+    seen, fetches = [], []
+    for _ in range(2):
+        task = create(admin, {"deviceIds": [android["id"], ios["id"]]})
+        a_req = await pushed(admin, task["id"], fcm, fcm_payload, a_tok)
+        i_req = await pushed(admin, task["id"], apns, apns_payload, i_tok)
+        for device, payload in ((android, fcm_payload(a_req)), (ios, apns_payload(i_req))):
+            with device_client(api_process, settings, device["id"]) as phone:
+                assert phone.post(payload["reportUrl"].removeprefix(api_process.base),
+                                  json={"reportToken": payload["reportToken"], "success": True}).status_code == 201
+        assert (await settled(admin, task["id"]))["status"] == "completed"
+        seen.append(i_req)
+        fetches.append(len(fcm.token_requests))
+    assert seen[0].connection_id == seen[1].connection_id
+    assert seen[0].headers["authorization"] == seen[1].headers["authorization"]
+    assert fetches[0] == fetches[1] >= 1
+
+
 async def test_transient_errors_are_retried_and_recorded_once_as_delivered(
     fakes: Any, push_worker: WorkerHandle, admin: httpx.Client, api_process: ApiProcess, settings: Settings
 ) -> None:

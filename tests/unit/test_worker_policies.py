@@ -42,7 +42,7 @@ def test_the_default_policies_run_in_the_order_their_hooks_depend_on() -> None:
     # Dropped runs emit nothing; the missing event goes out before any state change; the
     # constraints gate a run only once it is due.
     assert names == ["DropPausedRuns", "DropBeforeStartTime", "EmitScheduledEvent", "WaitUntilDue",
-                     "Constraints", "CatchUp", "CrashRecovery", "FailedTriggers"]
+                     "Constraints", "CatchUp", "CrashRecovery", "FailedTriggers", "PushSenders"]
 
 
 class FakeClient:
