@@ -33,15 +33,16 @@ class DevicesIncomplete(RuntimeError):
 
 
 @task(name="push-chunk", cache_policy=NO_CACHE, persist_result=False)
-async def push_chunk(sender: Any, messages: Sequence[Any]) -> list[Any]:
-    """Send one chunk with retries for transient errors (``mobile_push.delivery``)."""
+async def push_chunk(sender: Any, messages: Sequence[Any], deadline: float) -> list[Any]:
+    """Send one chunk with retries for transient errors (``mobile_push.delivery``), none
+    waiting past ``deadline`` (``time.monotonic()``: the run's timeout)."""
     from bgtasks.settings import load_settings
     from mobile_push.delivery import send_with_retries
 
     p = load_settings().push
     results = await send_with_retries(
         sender, list(messages), max_attempts=p.max_attempts, initial_backoff_s=p.initial_backoff_s,
-        max_backoff_s=p.max_backoff_s, max_retry_after_s=p.max_retry_after_s,
+        max_backoff_s=p.max_backoff_s, max_retry_after_s=p.max_retry_after_s, deadline=deadline,
     )
     get_run_logger().info("Pushed %d message(s): %s", len(messages),
                           ", ".join(f"{r.message.target.device_id}={r.kind.value}" for r, _ in results))

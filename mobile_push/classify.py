@@ -59,6 +59,11 @@ __all__ = [
 FCM_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
 BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
 APNS_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.ApnsError"
+#: The least wait after FCM's quota error (doubled per attempt), when it sends no Retry-After.
+QUOTA_MIN_BACKOFF_S = 60.0
+#: The least wait after APNs' TooManyProviderTokenUpdates: the connection refuses the new
+#: token for a while; sending again at once only repeats the refusal.
+TOKEN_UPDATES_MIN_BACKOFF_S = 60.0
 #: ``Verdict.extra`` of a configuration error that concerns one device only.
 DEVICE_SCOPE = {"scope": "device"}
 
@@ -76,6 +81,7 @@ class Verdict:
     retry_after_s: float | None = None
     status: int | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
+    min_backoff_s: float | None = None  # the service's floor for the backoff (see SendResult)
 
 
 def to_result(message: PushMessage, verdict: Verdict, *, message_id: str | None = None,
@@ -83,7 +89,7 @@ def to_result(message: PushMessage, verdict: Verdict, *, message_id: str | None 
     """The ``SendResult`` of ``message`` for ``verdict``."""
     return SendResult(message=message, kind=verdict.kind, message_id=message_id, status=verdict.status,
                       reason=verdict.reason, error=verdict.error, retry_after_s=verdict.retry_after_s,
-                      extra={**verdict.extra, **(extra or {})})
+                      extra={**verdict.extra, **(extra or {})}, min_backoff_s=verdict.min_backoff_s)
 
 
 # ------------------------------------------------------------------------ helpers
@@ -240,7 +246,9 @@ def classify_fcm(
         relayed = classify_apns(apns_status or 400, apns_reason, retry_after)
         return replace(relayed, status=status, error=f"FCM relayed APNs' answer: {relayed.error}")
     if code == "QUOTA_EXCEEDED" or status == 429:
-        return v(OutcomeKind.TRANSIENT, reason, f"FCM sending quota exceeded{_retry_hint(wait)}")
+        # Firebase: back off exponentially from at least a minute after a quota error.
+        return replace(v(OutcomeKind.TRANSIENT, reason, f"FCM sending quota exceeded{_retry_hint(wait)}"),
+                       min_backoff_s=QUOTA_MIN_BACKOFF_S)
     if code in ("UNAVAILABLE", "INTERNAL") or status >= 500:
         return v(OutcomeKind.TRANSIENT, reason, f"FCM answered {status} {reason}{_retry_hint(wait)}")
     if code == "INVALID_ARGUMENT" or status == 400:
@@ -414,7 +422,10 @@ def classify_apns(status: int | None, reason: str | None = None, retry_after: st
     if reason in _APNS_INVALID_TOKEN:
         return v(OutcomeKind.INVALID_TOKEN, _APNS_INVALID_TOKEN[reason])
     if reason in _APNS_TRANSIENT:
-        return v(OutcomeKind.TRANSIENT, _APNS_TRANSIENT[reason] + _retry_hint(wait))
+        verdict = v(OutcomeKind.TRANSIENT, _APNS_TRANSIENT[reason] + _retry_hint(wait))
+        if reason == "TooManyProviderTokenUpdates":
+            return replace(verdict, min_backoff_s=TOKEN_UPDATES_MIN_BACKOFF_S)
+        return verdict
     if reason in _APNS_CONFIG:
         verdict = v(OutcomeKind.CONFIG, _APNS_CONFIG[reason])
         return replace(verdict, extra=DEVICE_SCOPE) if reason in _APNS_DEVICE_CONFIG else verdict

@@ -12,8 +12,11 @@ again and when:
   lengthened: no delay exceeds ``max_backoff_s``);
 * a ``Retry-After`` is honoured: the wait is at least that long (rounded up to
   a whole second so messages asking for about the same wait travel together);
-  a ``Retry-After`` above ``max_retry_after_s`` ends that message's retries at
-  once, TRANSIENT, with an error that says so: a run never blocks for hours;
+  so is a service's own floor for the backoff (``SendResult.min_backoff_s``,
+  doubled per attempt: FCM's quota errors, APNs' TooManyProviderTokenUpdates).
+  A wait above ``max_retry_after_s``, or one that would end after the run's
+  ``deadline``, ends that message's retries at once, TRANSIENT, with an error
+  that says so: a run never blocks for hours, nor past its timeout;
 * retries travel in *waves*: the messages that failed together and must wait
   the same time are resent together in one ``sender.send`` call (one batch, not
   one call per message), and every wave is its own task, so a message told to
@@ -30,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 
@@ -67,6 +71,8 @@ async def send_with_retries(
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     rand: Callable[[], float] = random.random,
     jitter: float = DEFAULT_JITTER,
+    deadline: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> list[tuple[SendResult, int]]:
     """Send ``messages`` through ``sender``, retrying transient failures (see the module docstring).
 
@@ -78,6 +84,7 @@ async def send_with_retries(
         max_retry_after_s: the longest ``Retry-After`` worth waiting for.
         sleep, rand: injectable for tests.
         jitter: fraction by which a backoff delay may be shortened.
+        deadline: a ``clock()`` time no retry may wait past (the run's timeout).
 
     Returns:
         ``(final result, attempts)`` per message, in the order given.
@@ -114,6 +121,8 @@ async def send_with_retries(
             if result.kind is not OutcomeKind.TRANSIENT or attempts[i] >= max_attempts:
                 continue
             wait = result.retry_after_s
+            if result.min_backoff_s is not None:  # the service's floor, doubled per attempt
+                wait = max(wait or 0.0, result.min_backoff_s * 2 ** (attempts[i] - 1))
             if wait is not None and wait > max_retry_after_s:
                 final[i] = replace(result, error=(
                     f"{result.error or 'transient failure'}; the service asked to retry after {wait:g} s, more "
@@ -123,6 +132,11 @@ async def send_with_retries(
             if backoff_s is None:
                 backoff_s = retry_delay_s(policy, attempts[i], rand)  # one draw per wave
             delay = backoff_s if wait is None or wait <= backoff_s else float(math.ceil(wait))
+            if deadline is not None and clock() + delay > deadline:
+                final[i] = replace(result, error=(
+                    f"{result.error or 'transient failure'}; the next try ({delay:g} s from now) would come after "
+                    "the run's timeout: the message stays undelivered"))
+                continue
             later.setdefault(delay, []).append(i)
         for delay, group in later.items():
             tg.create_task(wave(tg, group, delay))

@@ -37,7 +37,8 @@ from mobile_push.types import OutcomeKind, PushMessage, Sender, SendResult, Tran
 #: How often the run looks for new reports while it waits.
 REPORT_POLL_S = 0.5
 
-ChunkSender = Callable[[Sender, Sequence[PushMessage]], Awaitable[list[tuple[SendResult, int]]]]
+#: ``send_chunk(sender, messages, deadline)``: one chunk with retries, none waiting past ``deadline``.
+ChunkSender = Callable[[Sender, Sequence[PushMessage], float], Awaitable[list[tuple[SendResult, int]]]]
 
 
 class PushConfigError(RuntimeError):
@@ -174,7 +175,7 @@ async def run_attempt(
     for transport in sorted({m.target.transport for m in messages}):
         batch = [m for m in messages if m.target.transport == transport]
         for i in range(0, len(batch), size):
-            for result, attempts in await send_chunk(senders[transport], batch[i:i + size]):
+            for result, attempts in await send_chunk(senders[transport], batch[i:i + size], deadline):
                 device_id = result.message.target.device_id
                 await ledger.record_delivery(
                     run_id=run_id, task_id=task_id, device_id=device_id, transport=transport.value,

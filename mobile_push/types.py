@@ -61,6 +61,8 @@ class SendResult:
     error: str | None = None        # a sentence for people (never contains credentials)
     retry_after_s: float | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    #: The service's own floor for the backoff, doubled per attempt (FCM: a minute for quota errors).
+    min_backoff_s: float | None = None
 
 
 class Sender(Protocol):

@@ -385,6 +385,36 @@ async def test_apns_429_retry_after_is_honoured(apns: FakeAPNs, apns_sender: Apn
     assert len(sleeps.waits) == 1 and sleeps.waits[0] >= 5
 
 
+async def test_fcm_quota_errors_back_off_from_a_minute_doubling(fcm: FakeFCM, fcm_sender: FcmSender) -> None:
+    """Firebase asks for at least a minute after a quota error, growing exponentially."""
+    m = android()
+    fcm.script(m.target.token, ["QUOTA_EXCEEDED", "QUOTA_EXCEEDED"])  # 429 without Retry-After, twice
+    sleeps = Sleeps()
+    [(r, attempts)] = await retried(fcm_sender, [m], sleeps, max_retry_after_s=300)
+    assert (r.kind, attempts) == (D, 3) and sleeps.waits == [60.0, 120.0]
+
+
+async def test_apns_too_many_provider_token_updates_waits_instead_of_retrying_at_once(
+        apns: FakeAPNs, apns_sender: ApnsSender) -> None:
+    m = ios()
+    apns.script(m.target.token, [(429, "TooManyProviderTokenUpdates", {})])
+    sleeps = Sleeps()
+    [(r, attempts)] = await retried(apns_sender, [m], sleeps)
+    assert (r.kind, attempts) == (D, 2) and sleeps.waits == [60.0]
+
+
+async def test_no_retry_waits_past_the_runs_timeout(fcm: FakeFCM, fcm_sender: FcmSender) -> None:
+    m = android()
+    fcm.script(m.target.token, [(503, "UNAVAILABLE", {"Retry-After": "30"})])
+    sleeps = Sleeps()
+    now = 1000.0
+    [(r, attempts)] = await send_with_retries(fcm_sender, [m], max_attempts=5, initial_backoff_s=0.5,
+                                              max_backoff_s=30.0, max_retry_after_s=120.0, sleep=sleeps,
+                                              rand=lambda: 0.0, deadline=now + 10, clock=lambda: now)
+    assert (r.kind, attempts) == (TR, 1) and sleeps.waits == []
+    assert "after the run's timeout" in (r.error or "")
+
+
 async def test_a_retry_after_beyond_the_cap_is_not_waited(
     fcm: FakeFCM, fcm_sender: FcmSender, apns: FakeAPNs, apns_sender: ApnsSender
 ) -> None:
