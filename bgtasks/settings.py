@@ -183,7 +183,11 @@ class PushSettings(BaseSettings):
     apns_team_id: str | None = Field(None, description="Apple developer team id (JWT iss).")
     apns_environment: Literal["production", "sandbox"] = Field(
         "production", description="api.push.apple.com or api.sandbox.push.apple.com.")
-    apns_base_url: str | None = Field(None, description="Override of the APNs base URL (tests).")
+    apns_base_url: str | None = Field(None, description="Override of the APNs base URL of "
+                                      "BGTASKS_PUSH_APNS_ENVIRONMENT (tests).")
+    apns_other_base_url: str | None = Field(None, description="Override of the other APNs environment's base URL "
+                                            "(tests): where devices registered for it, and tokens refused by the "
+                                            "default one, are pushed.")
     apns_ca_file: Path | None = Field(None, description="Extra CA bundle for the APNs connection (tests).")
     chunk_size: int = Field(100, ge=1, le=500, description="Messages per send batch (and per Prefect task).")
     max_attempts: int = Field(5, ge=1, le=20, description="Attempts per message for transient errors.")

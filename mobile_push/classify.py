@@ -358,9 +358,9 @@ _APNS_INVALID_TOKEN = {
     "Unregistered": "APNs: the device token is no longer active for the topic (app uninstalled or "
                     "notifications reset): the device is marked invalid until it registers again",
     "ExpiredToken": "APNs: the device token has expired: the device is marked invalid",
-    "BadDeviceToken": "APNs: bad device token (not a token, or a sandbox token sent to production or the "
-                      "reverse: check BGTASKS_PUSH_APNS_ENVIRONMENT against the app's build): the device is "
-                      "marked invalid",
+    "BadDeviceToken": "APNs: bad device token (refused by production and sandbox alike, or not a token; a "
+                      "development build registers for sandbox: see the device's environment and "
+                      "BGTASKS_PUSH_APNS_ENVIRONMENT): the device is marked invalid",
     "DeviceTokenNotForTopic": "APNs: the device token does not belong to this topic (bundle id): the device is "
                               "marked invalid",
     "MissingDeviceToken": "APNs: the device has no token: it is marked invalid",

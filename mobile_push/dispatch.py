@@ -182,6 +182,8 @@ async def run_attempt(
                     outcome=result.kind.value, attempts=attempts, message_id=result.message_id, error=result.error)
                 if result.kind == OutcomeKind.INVALID_TOKEN:
                     await registry.mark_invalid(device_id, invalid_reason(result))
+                elif (environment := result.extra.get("apnsEnvironment")) is not None:
+                    await registry.set_environment(device_id, environment)  # its token is from there
                 elif result.kind == OutcomeKind.CONFIG and result.extra.get("scope") != "device":
                     config_errors.append(result.error or result.reason or "configuration error")
     if config_errors:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -91,6 +91,9 @@ class DeviceIn(_Json):
     topic: str | None = Field(None, max_length=255,
                               description="APNs: the app's bundle id (apns-topic). FCM: the app id, informational.")
     labels: list[str] = Field(default_factory=list, max_length=50)
+    environment: Literal["production", "sandbox"] | None = Field(
+        None, description="APNs: the environment the app's build registered with (sandbox for development "
+        "builds); default BGTASKS_PUSH_APNS_ENVIRONMENT. A token refused there is tried on the other once.")
 
     @field_validator("id")
     @classmethod
@@ -116,6 +119,8 @@ class DeviceIn(_Json):
             token = normalize_token(transport, self.token)
         except ValueError as exc:
             raise FieldProblem("token", str(exc)) from None
+        if self.environment is not None and transport != Transport.APNS:
+            raise FieldProblem("environment", "only devices pushed through APNs have an APNs environment")
         if transport == Transport.APNS:
             if not self.topic:
                 raise FieldProblem("topic", "APNs needs the app's bundle id (e.g. com.example.app)")
@@ -144,6 +149,7 @@ class Device(_Json):
     token: str
     topic: str | None = None
     labels: list[str]
+    environment: str | None = Field(None, description="APNs: production or sandbox (none: the default).")
     state: str = Field(description="active, or invalid (its token was rejected).")
     invalid_reason: str | None = None
     invalid_at: datetime | None = None
@@ -151,7 +157,7 @@ class Device(_Json):
     last_seen_at: datetime | None = None
 
     def target(self) -> PushTarget:
-        return PushTarget(self.id, self.platform, self.transport, self.token, self.topic)
+        return PushTarget(self.id, self.platform, self.transport, self.token, self.topic, self.environment)
 
     def public(self) -> dict[str, Any]:
         """JSON for clients: camelCase, the token shortened (it is a credential of sorts)."""
@@ -170,7 +176,7 @@ def _aware(v: datetime | None) -> datetime | None:
 def _device(row: Any) -> Device:
     return Device(
         id=row.id, platform=row.platform, transport=row.transport, token=row.token, topic=row.topic,
-        labels=list(row.labels or []), state=row.state, invalid_reason=row.invalid_reason,
+        labels=list(row.labels or []), environment=row.apns_environment, state=row.state, invalid_reason=row.invalid_reason,
         invalid_at=_aware(row.invalid_at), created_at=_aware(row.created_at), last_seen_at=_aware(row.last_seen_at),
     )
 
@@ -193,7 +199,8 @@ class DeviceRegistry:
                 raise DeviceConflict("token", f"already registered as device {other.id!r}")
             await s.execute(devices.insert().values(
                 id=device_id, platform=new.platform.value, transport=new.transport.value,  # type: ignore[union-attr]
-                token=new.token, topic=new.topic, labels=new.labels, state="active", created_at=now,
+                token=new.token, topic=new.topic, labels=new.labels, apns_environment=new.environment,
+                state="active", created_at=now,
             ))
         return await self.get(device_id)
 
@@ -248,6 +255,11 @@ class DeviceRegistry:
                         raise DeviceConflict("token", f"already registered as device {other.id!r}")
                 await s.execute(devices.update().where(devices.c.id == device_id).values(**values))
         return await self.get(device_id)
+
+    async def set_environment(self, device_id: str, environment: str) -> None:
+        """The APNs environment that accepted the device's token (it was refused on the other)."""
+        async with self.store.session() as s:
+            await s.execute(devices.update().where(devices.c.id == device_id).values(apns_environment=environment))
 
     async def mark_invalid(self, device_id: str, reason: str) -> None:
         async with self.store.session() as s:

@@ -54,7 +54,8 @@ def message_json(m: PushMessage) -> dict[str, Any]:
 
 def message_from(d: dict[str, Any]) -> PushMessage:
     t = d["target"]
-    target = PushTarget(t["device_id"], Platform(t["platform"]), Transport(t["transport"]), t["token"], t.get("topic"))
+    target = PushTarget(t["device_id"], Platform(t["platform"]), Transport(t["transport"]), t["token"], t.get("topic"),
+                        t.get("environment"))
     return PushMessage(target, dict(d["payload"]), d.get("collapse_key"), int(d.get("ttl_s", 3600)),
                        bool(d.get("high_priority")), d.get("push_id"))
 
@@ -67,7 +68,7 @@ def result_json(r: SendResult) -> dict[str, Any]:
 
 def result_from(d: dict[str, Any], message: PushMessage) -> SendResult:
     return SendResult(message, OutcomeKind(d["kind"]), d.get("message_id"), d.get("status"), d.get("reason"),
-                      d.get("error"), d.get("retry_after_s"), dict(d.get("extra") or {}))
+                      d.get("error"), d.get("retry_after_s"), dict(d.get("extra") or {}), d.get("min_backoff_s"))
 
 
 # ---------------------------------------------------------------------- the service

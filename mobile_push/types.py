@@ -35,6 +35,7 @@ class PushTarget:
     transport: Transport
     token: str                 # FCM registration token or FID; APNs hex device token
     topic: str | None = None   # APNs bundle id (apns-topic); FCM: the app id, informational
+    environment: str | None = None  # APNs: production or sandbox (None: the sender's default)
 
 
 @dataclass(frozen=True)

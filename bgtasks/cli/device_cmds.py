@@ -41,6 +41,9 @@ def add(
         help="fcm or apns (default: fcm for android, apns for ios).")] = None,
     topic: Annotated[str | None, Parameter(help="APNs: the app's bundle id. FCM: the app id.")] = None,
     label: Annotated[list[str] | None, Parameter(name=["--label", "-l"], help="Repeatable.")] = None,
+    environment: Annotated[Literal["production", "sandbox"] | None, Parameter(
+        help="APNs: the app build's environment (sandbox for development builds; default: "
+             "BGTASKS_PUSH_APNS_ENVIRONMENT).")] = None,
     output: Output = "table",
 ) -> None:
     """Register a device; its push token is checked for shape."""
@@ -49,7 +52,8 @@ def add(
     from mobile_push.registry import DeviceConflict, DeviceIn
 
     try:
-        new = DeviceIn(id=id, platform=platform, transport=transport, token=token, topic=topic, labels=label or [])
+        new = DeviceIn(id=id, platform=platform, transport=transport, token=token, topic=topic, labels=label or [],
+                       environment=environment)
     except ValidationError as exc:
         _invalid(exc)
     try:

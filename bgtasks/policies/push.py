@@ -5,12 +5,24 @@ private Unix socket by :class:`mobile_push.service.PushService`."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from bgtasks.policies.base import Policy, Worker
 
 #: A Unix socket's path has room for about 100 bytes.
 MAX_SOCKET_PATH = 100
+
+
+def _remove_stale(folder: Path) -> None:
+    """Sockets left by workers that were killed (their process is gone)."""
+    for sock in folder.glob("push-*.sock"):
+        try:
+            os.kill(int(sock.stem.removeprefix("push-")), 0)
+        except ProcessLookupError:
+            sock.unlink(missing_ok=True)
+        except (ValueError, PermissionError):
+            pass  # not ours to judge
 
 
 class PushSenders(Policy):
@@ -26,8 +38,15 @@ class PushSenders(Policy):
             worker.log.warning("The bgtasks home's path is too long for a Unix socket (%s): device-task runs "
                                "open their own push connections", path)
             return
-        self.service = PushService(self.settings.push, path)
-        await self.service.start()
+        _remove_stale(path.parent)
+        service = PushService(self.settings.push, path)
+        try:
+            await service.start()
+        except OSError as exc:  # runs then push on their own: slower, never wrong
+            worker.log.warning("The push service could not listen on %s (%s): device-task runs open their "
+                               "own push connections", path, exc)
+            return
+        self.service = service
 
     async def stop(self, worker: Worker) -> None:
         if self.service is not None:

@@ -28,6 +28,7 @@ devices = sa.Table(
     sa.Column("token", sa.String(4096), nullable=False),
     sa.Column("topic", sa.String(255), nullable=True),
     sa.Column("labels", sa.JSON, nullable=False),
+    sa.Column("apns_environment", sa.String(16), nullable=True),  # None: the setting's
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("invalid_reason", sa.String(500), nullable=True),
     sa.Column("invalid_at", sa.DateTime(timezone=True), nullable=True),

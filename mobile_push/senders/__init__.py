@@ -90,5 +90,5 @@ def make_senders(push: PushSettings) -> dict[Transport, Sender]:
         assert push.apns_key_file and push.apns_key_id and push.apns_team_id
         senders[Transport.APNS] = ApnsSender(push.apns_key_file, push.apns_key_id, push.apns_team_id,
                                              environment=push.apns_environment, base_url=push.apns_base_url,
-                                             ca_file=push.apns_ca_file)
+                                             other_base_url=push.apns_other_base_url, ca_file=push.apns_ca_file)
     return senders

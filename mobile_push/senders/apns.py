@@ -239,6 +239,18 @@ def _load_key(key_file: Path) -> ec.EllipticCurvePrivateKey:
     return key
 
 
+def _other(environment: str) -> str:
+    return "sandbox" if environment == "production" else "production"
+
+
+def _url(url: str, setting: str) -> str:
+    url = url.rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path:
+        raise ValueError(f"{setting}: {url!r} is not an http(s)://host[:port] URL")
+    return url
+
+
 class ApnsSender:
     """Sends background pushes to APNs directly (token auth). One attempt per message.
 
@@ -269,6 +281,7 @@ class ApnsSender:
         *,
         environment: Literal["production", "sandbox"] = "production",
         base_url: str | None = None,
+        other_base_url: str | None = None,
         ca_file: Path | str | None = None,
         max_concurrency: int = 256,
         timeout_s: float = 30.0,
@@ -285,12 +298,11 @@ class ApnsSender:
             raise ValueError(f"engine: {engine!r} is not h2 or httpx")
         if max_concurrency < 1 or timeout_s <= 0:
             raise ValueError("max_concurrency and timeout_s: must be positive")
-        url = (base_url or APNS_URLS[environment]).rstrip("/")
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.path:
-            raise ValueError(f"BGTASKS_PUSH_APNS_BASE_URL: {url!r} is not an http(s)://host[:port] URL")
+        other = _other(environment)
+        self.base_urls = {environment: _url(base_url or APNS_URLS[environment], "BGTASKS_PUSH_APNS_BASE_URL"),
+                          other: _url(other_base_url or APNS_URLS[other], "BGTASKS_PUSH_APNS_OTHER_BASE_URL")}
         self.environment = environment
-        self.base_url = url
+        self.base_url = self.base_urls[environment]
         self.max_concurrency = max_concurrency
         self.engine = "httpx" if client is not None else engine
         self._clock = clock
@@ -308,7 +320,7 @@ class ApnsSender:
         self._ctx = ctx
         self._timeout_s = timeout_s
         self._injected = client
-        self._http = self._make_http()
+        self._clients: dict[str, _H2Client | _HttpxClient] = {}  # by environment, opened on first use
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sem: asyncio.Semaphore | None = None
         # httpx's client opens streams before the server's SETTINGS arrive: its first request
@@ -318,13 +330,18 @@ class ApnsSender:
         self._proven = False
         self._closed = False
 
-    def _make_http(self) -> _H2Client | _HttpxClient:
+    def _client(self, environment: str) -> _H2Client | _HttpxClient:
+        if environment not in self._clients:
+            self._clients[environment] = self._make_http(self.base_urls[environment])
+        return self._clients[environment]
+
+    def _make_http(self, url: str) -> _H2Client | _HttpxClient:
         if self.engine == "h2":
             assert self._ctx is not None
-            return _H2Client(self.base_url, self._ctx, self._timeout_s)
+            return _H2Client(url, self._ctx, self._timeout_s)
         if self._injected is not None:
-            return _HttpxClient(self.base_url, self._injected, owned=False)
-        return _HttpxClient(self.base_url, httpx.AsyncClient(
+            return _HttpxClient(url, self._injected, owned=False)
+        return _HttpxClient(url, httpx.AsyncClient(
             http1=False, http2=True, verify=self._ctx if self._ctx is not None else True,
             timeout=httpx.Timeout(self._timeout_s), limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
         ), owned=True)
@@ -335,10 +352,11 @@ class ApnsSender:
         if self._loop is loop:
             return
         if self._loop is not None:
-            old, old_loop = self._http, self._loop
+            old, old_loop = list(self._clients.values()), self._loop
             if old_loop.is_running() and not old_loop.is_closed():
-                asyncio.run_coroutine_threadsafe(old.aclose(), old_loop)
-            self._http = self._make_http()
+                for client in old:
+                    asyncio.run_coroutine_threadsafe(client.aclose(), old_loop)
+            self._clients = {}
         self._loop = loop
         self._sem = asyncio.Semaphore(self.max_concurrency)
         self._first, self._proven = (asyncio.Lock(), False) if self.engine == "httpx" else (None, True)
@@ -369,12 +387,21 @@ class ApnsSender:
             return to_result(message, Verdict(OutcomeKind.CONFIG, "PayloadTooLarge", str(exc)))
         assert self._sem is not None
         extra: dict[str, str] = {}
+        environment = message.target.environment or self.environment
         async with self._sem:
             token = self.tokens.current()
-            answer = await self._post(req, token)
+            answer = await self._post(req, token, environment)
             if isinstance(answer, tuple) and answer[0] == 403 and answer[1] == "ExpiredProviderToken":
                 extra["providerTokenRenewed"] = "1"
-                answer = await self._post(req, self.tokens.renew_rejected(token))
+                token = self.tokens.renew_rejected(token)
+                answer = await self._post(req, token, environment)
+            if isinstance(answer, tuple) and answer[0] == 400 and answer[1] == "BadDeviceToken":
+                # Usually a development build's token sent to production or the reverse: the
+                # other environment is tried once before the device is marked invalid.
+                other = _other(environment)
+                second = await self._post(req, token, other)
+                if isinstance(second, tuple) and second[0] == 200:
+                    answer, extra["apnsEnvironment"] = second, other
         if isinstance(answer, BaseException):
             return to_result(message, classify_transport_error(answer, "APNs"), extra=extra)
         status, reason, retry_after, apns_id, body = answer
@@ -383,27 +410,27 @@ class ApnsSender:
         return to_result(message, classify_apns(status, reason, retry_after), message_id=apns_id or req.apns_id,
                          extra=extra)
 
-    async def _post(self, req: ApnsRequest, token: str
+    async def _post(self, req: ApnsRequest, token: str, environment: str
                     ) -> tuple[int, str | None, str | None, str | None, dict[str, Any]] | BaseException:
         if self._proven or self._first is None:
-            return await self._post_now(req, token)
+            return await self._post_now(req, token, environment)
         async with self._first:
             if not self._proven:
-                answer = await self._post_now(req, token)
+                answer = await self._post_now(req, token, environment)
                 if isinstance(answer, tuple) and answer[0] != 403:
                     self._proven = True
                 return answer
-        answer = await self._post_now(req, token)
+        answer = await self._post_now(req, token, environment)
         if isinstance(answer, BaseException):
             self._proven = False  # the connection may be new next time: one request first again
         return answer
 
-    async def _post_now(self, req: ApnsRequest, token: str
+    async def _post_now(self, req: ApnsRequest, token: str, environment: str
                         ) -> tuple[int, str | None, str | None, str | None, dict[str, Any]] | BaseException:
         headers = dict(req.headers)
         headers["authorization"] = f"bearer {token}"
         try:
-            answer = await self._http.request(req.path, headers, req.body)
+            answer = await self._client(environment).request(req.path, headers, req.body)
         except (OSError, httpx.HTTPError, h2.exceptions.H2Error) as exc:  # connect, TLS, timeout, reset, GOAWAY
             return exc
         body: dict[str, Any] = {}
@@ -419,14 +446,17 @@ class ApnsSender:
     async def keepalive(self) -> None:
         """Keep an idle connection open (HTTP/2 PING; the h2 engine). A closed one is opened
         again by the next send."""
-        if isinstance(self._http, _H2Client) and self._loop is asyncio.get_running_loop():
-            self._http.ping()
+        if self._loop is asyncio.get_running_loop():
+            for client in self._clients.values():
+                if isinstance(client, _H2Client):
+                    client.ping()
 
     async def aclose(self) -> None:
         """Close the HTTP/2 connection (an injected httpx client is left open)."""
         self._closed = True
         loop = self._loop
-        if loop is None or loop is asyncio.get_running_loop():
-            await self._http.aclose()
-        elif loop.is_running():  # opened by a loop in another thread: close it there
-            await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._http.aclose(), loop))
+        for client in list(self._clients.values()):
+            if loop is None or loop is asyncio.get_running_loop():
+                await client.aclose()
+            elif loop.is_running():  # opened by a loop in another thread: close it there
+                await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(client.aclose(), loop))

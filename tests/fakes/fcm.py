@@ -29,6 +29,12 @@ Real behaviours covered:
   its target) at most 4096 bytes, 2048 for topic/condition messages. Success:
   ``{"name": "projects/{project}/messages/0:<ms>%<hex>"}``; with
   ``validate_only``: ``.../messages/fake_message_id``.
+* The ``apns`` block of a message for an iOS device: headers a map of strings
+  (else 400 INVALID_ARGUMENT with a field violation); what APNs would refuse
+  (``apns-push-type`` missing or not Apple's, ``apns-priority`` not 1/5/10 or
+  10 with a background push, ``apns-collapse-id`` over 64 bytes, a non-numeric
+  ``apns-expiration``) is answered as FCM relays APNs' answer: 400
+  INVALID_ARGUMENT with an ``ApnsError`` detail (``statusCode``, ``reason``).
 * Errors are Google's JSON ``{"error": {"code", "message", "status",
   "details": [{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError",
   "errorCode": ...}]}}`` with ``Content-Type: application/json; charset=UTF-8``.
@@ -40,7 +46,7 @@ scripted too (``script_token_endpoint``) and issued access tokens revoked.
 
 Not covered: the batch endpoint (removed by Google), topic management / IID,
 HTTP/2 (firebase-admin's ``send_each_async`` asks for HTTP/2 but httpx falls
-back to HTTP/1.1 over plain ``http://``), Android/APNs/Webpush sub-message
+back to HTTP/1.1 over plain ``http://``), Android/Webpush sub-message
 validation beyond the fields listed.
 
 Pointing firebase-admin 7.7 at the fake (both the sync ``send``/``send_each``
@@ -215,6 +221,20 @@ class TokenRequest:
 class _Invalid(Exception):
     def __init__(self, response: FCMResponse) -> None:
         self.response = response
+
+
+APNS_ERROR_TYPE = "type.googleapis.com/google.firebase.fcm.v1.ApnsError"
+#: Apple's push types (what APNs accepts in apns-push-type).
+_APNS_PUSH_TYPES = {"alert", "background", "location", "voip", "complication", "fileprovider", "mdm",
+                    "liveactivity", "pushtotalk", "widgets"}
+
+
+def _apns_refused(reason: str, status: int = 400) -> _Invalid:
+    """APNs refused what FCM relayed for an iOS device: FCM's 400 INVALID_ARGUMENT with an
+    ``ApnsError`` detail carrying Apple's status and reason."""
+    return _Invalid(FCMResponse(400, google_error(400, "Request contains an invalid argument.", "INVALID_ARGUMENT",
+                                                  "INVALID_ARGUMENT", [{"@type": APNS_ERROR_TYPE,
+                                                                        "statusCode": status, "reason": reason}])))
 
 
 def _bad_request(message: str, field_path: str | None = None, fcm_code: str | None = "INVALID_ARGUMENT") -> _Invalid:
@@ -592,11 +612,43 @@ class FakeFCM(LoopThreadServer):
                 raise _bad_request(f"Invalid value at 'message.android.ttl' (type.googleapis.com/google.protobuf"
                                    f".Duration), {json.dumps(ttl)}", "message.android.ttl", None)
 
+        apns = msg.get("apns")
+        if apns is not None:
+            self._validate_apns(apns)
+
         payload = {k: v for k, v in msg.items() if k not in _TARGETS}
         size = len(json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode())
         limit = self.max_topic_message_bytes if kind in ("topic", "condition") else self.max_message_bytes
         if size > limit:
             raise _bad_request(f"Message is too big: {size} bytes, the limit is {limit} bytes.")
+
+
+    @staticmethod
+    def _validate_apns(apns: Any) -> None:
+        """The ``apns`` block of a message to an iOS device: FCM checks its shape, APNs the
+        headers it is given (answered as FCM relays them: an ``ApnsError`` detail)."""
+        if not isinstance(apns, dict):
+            raise _bad_request("Invalid value at 'message.apns'.", "message.apns", None)
+        headers = apns.get("headers") or {}
+        if not isinstance(headers, dict):
+            raise _bad_request("Invalid value at 'message.apns.headers'.", "message.apns.headers", None)
+        for i, (k, v) in enumerate(headers.items()):
+            if not isinstance(v, str):
+                raise _bad_request(f"Invalid value at 'message.apns.headers[{i}].value' (TYPE_STRING), "
+                                   f"{json.dumps(v)}", f"message.apns.headers[{i}].value", None)
+        push_type = headers.get("apns-push-type")
+        if push_type is None or push_type not in _APNS_PUSH_TYPES:
+            raise _apns_refused("InvalidPushType")
+        priority = headers.get("apns-priority")
+        if priority is not None and (priority not in ("1", "5", "10") or
+                                     (priority == "10" and push_type == "background")):
+            raise _apns_refused("BadPriority")
+        collapse = headers.get("apns-collapse-id")
+        if collapse is not None and len(collapse.encode()) > 64:
+            raise _apns_refused("BadCollapseId")
+        expiration = headers.get("apns-expiration")
+        if expiration is not None and not expiration.isdigit():
+            raise _apns_refused("BadExpirationDate")
 
 
 class _H11Protocol(TrackedProtocol):

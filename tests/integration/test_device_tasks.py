@@ -33,9 +33,23 @@ def apns_token() -> str:
 
 
 @pytest.fixture(scope="module")
-def fakes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FakeFCM, FakeAPNs, dict[str, str]]]:
+def apns_pair() -> Iterator[tuple[FakeAPNs, FakeAPNs]]:
+    """APNs production and sandbox: two hosts, one team key."""
+    with FakeAPNs(topics={BUNDLE}) as production:
+        assert production.private_key is not None
+        with FakeAPNs(production.team_id, production.key_id, production.private_key.public_key(),
+                      topics={BUNDLE}) as sandbox:
+            yield production, sandbox
+
+
+@pytest.fixture(scope="module")
+def fakes(tmp_path_factory: pytest.TempPathFactory,
+          apns_pair: tuple[FakeAPNs, FakeAPNs]) -> Iterator[tuple[FakeFCM, FakeAPNs, dict[str, str]]]:
     keys = tmp_path_factory.mktemp("push-keys")
-    with FakeFCM() as fcm, FakeAPNs(topics={BUNDLE}) as apns:
+    apns, sandbox = apns_pair
+    cas = keys / "cas.pem"
+    cas.write_bytes(apns.ca_cert_path.read_bytes() + sandbox.ca_cert_path.read_bytes())
+    with FakeFCM() as fcm:
         env = {
             "BGTASKS_PUSH_FCM_CREDENTIALS_FILE": str(fcm.write_service_account_file(keys / "service-account.json")),
             "BGTASKS_PUSH_FCM_URL": fcm.send_url,
@@ -43,7 +57,8 @@ def fakes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[FakeFCM, F
             "BGTASKS_PUSH_APNS_KEY_ID": apns.key_id,
             "BGTASKS_PUSH_APNS_TEAM_ID": apns.team_id,
             "BGTASKS_PUSH_APNS_BASE_URL": apns.base_url,
-            "BGTASKS_PUSH_APNS_CA_FILE": str(apns.ca_cert_path),
+            "BGTASKS_PUSH_APNS_OTHER_BASE_URL": sandbox.base_url,
+            "BGTASKS_PUSH_APNS_CA_FILE": str(cas),
             "BGTASKS_PUSH_INITIAL_BACKOFF_S": "0.05",
         }
         yield fcm, apns, env
@@ -310,6 +325,31 @@ async def test_payload_too_large_and_configuration_errors_fail_without_sending_o
     assert "topic" in error.lower() and "no report" not in error  # the good device's report counted
     assert done["result"]["attempts"] == 1 and len(pushes_to(apns, good_token)) == 1
     assert admin.get(f"/devices/{other_app['id']}").json()["state"] == "active"  # not the device's fault
+
+
+async def test_a_development_build_is_found_on_the_sandbox_and_pushed_there_from_then_on(
+    fakes: Any, apns_pair: tuple[FakeAPNs, FakeAPNs], push_worker: WorkerHandle, admin: httpx.Client,
+    api_process: ApiProcess, settings: Settings
+) -> None:
+    """A token production refuses (BadDeviceToken) is tried on the sandbox once; accepted there,
+    the device's environment becomes sandbox and later runs push there directly."""
+    production, sandbox = apns_pair
+    token = apns_token()
+    production.mark_bad(token)
+    phone = register(admin, "ios", token, topic=BUNDLE)
+    assert "environment" not in phone
+    for run in range(2):
+        task = create(admin, {"deviceIds": [phone["id"]]})
+        payload = apns_payload(await pushed(admin, task["id"], sandbox, apns_payload, token))
+        with device_client(api_process, settings, phone["id"]) as client:
+            assert client.post(payload["reportUrl"].removeprefix(api_process.base),
+                               json={"reportToken": payload["reportToken"], "success": True}).status_code == 201
+        assert (await settled(admin, task["id"]))["status"] == "completed"
+        assert admin.get(f"/devices/{phone['id']}").json()["environment"] == "sandbox"
+        assert len(pushes_to(production, token)) == 1  # the first run's try only
+    assert len(pushes_to(sandbox, token)) == 2
+    android = admin.post("/devices", json={"platform": "android", "token": fcm_token(), "environment": "sandbox"})
+    assert android.status_code == 422 and "environment" in android.text
 
 
 async def test_runs_push_through_the_workers_senders_one_connection_and_one_token(

@@ -123,6 +123,10 @@ def test_cli_device_commands(prefect_server: object, tmp_path: Path) -> None:
     assert added["id"] == "cli-phone" and added["transport"] == "fcm"
     refused = cli("device", "add", "android", "short", ok=False)
     assert "Invalid token" in refused.stderr
+    iphone = json.loads(cli("device", "add", "ios", secrets.token_hex(32), "--id", "cli-iphone", "--topic",
+                            "com.example.app", "--environment", "sandbox", "-o", "json").stdout)
+    assert iphone["environment"] == "sandbox"
+    cli("device", "rm", "cli-iphone")
     listed = json.loads(cli("device", "ls", "--label", "lab", "-o", "json").stdout)
     assert [d["id"] for d in listed] == ["cli-phone"]
     # No FCM credentials here: the test push says which setting is missing.

@@ -184,6 +184,29 @@ async def test_ios_silent_push_through_fcm(fcm: FakeFCM, fcm_sender: FcmSender) 
                                expires_at_s=int(headers["apns-expiration"]))
 
 
+@pytest.mark.parametrize(("headers", "reason"), [
+    ({"apns-priority": "5"}, "InvalidPushType"),  # no apns-push-type
+    ({"apns-push-type": "background", "apns-priority": "10"}, "BadPriority"),
+    ({"apns-push-type": "background", "apns-collapse-id": "é" * 33}, "BadCollapseId"),
+])
+async def test_a_bad_apns_block_through_fcm_is_refused_as_apns_would_and_blames_no_device(
+        fcm: FakeFCM, fcm_sender: FcmSender, headers: dict[str, str], reason: str) -> None:
+    """FCM relays APNs' answer for an iOS device (INVALID_ARGUMENT with an ApnsError detail):
+    a message APNs refuses is the task's configuration, never a dead token."""
+    from mobile_push.classify import classify_fcm_exception
+
+    msg = messaging.Message(token=fcm_token(), data={"a": "b"}, apns=messaging.APNSConfig(
+        headers=headers, payload=messaging.APNSPayload(aps=messaging.Aps(content_available=True))))
+    with pytest.raises(firebase_exceptions.InvalidArgumentError) as raised:
+        await asyncio.to_thread(messaging.send, msg, app=fcm_sender.app)
+    verdict = classify_fcm_exception(raised.value)
+    assert (verdict.kind, verdict.reason, verdict.status) == (CF, reason, 400)
+    assert "FCM relayed APNs' answer" in (verdict.error or "")
+    # The sender's own messages pass the same checks.
+    [r] = await fcm_sender.send([ios_fcm(collapse_key="é" * 32)])
+    assert r.kind is D
+
+
 def test_fcm_message_builder_matches_the_size_model() -> None:
     """firebase-admin's encoder and ``payload.fcm_message`` agree for every option (pinned)."""
     for m in (android(), android(collapse_key="k", high_priority=True, ttl_s=0), ios_fcm(), ios_fcm(collapse_key="c")):
@@ -766,6 +789,37 @@ async def test_memory_sender_refuses_big_payloads_and_wrong_transport() -> None:
 
 
 # ------------------------------------------------------------------- factory
+
+
+@pytest.mark.parametrize("engine", ["h2", "httpx"])
+async def test_a_token_refused_by_one_apns_environment_is_tried_on_the_other(
+        apns: FakeAPNs, tmp_path: Path, engine: str) -> None:
+    """BadDeviceToken is usually a development build's (sandbox) token sent to production or
+    the reverse: the other environment is tried once; only a token both refuse is invalid. A
+    device registered for an environment is pushed there directly."""
+    assert apns.private_key is not None
+    with FakeAPNs(apns.team_id, apns.key_id, apns.private_key.public_key(), topics={TOPIC}) as sandbox:
+        cas = tmp_path / "cas.pem"  # the two fakes' CAs, as one bundle
+        cas.write_bytes(apns.ca_cert_path.read_bytes() + sandbox.ca_cert_path.read_bytes())
+        sender = ApnsSender(apns.write_auth_key(tmp_path), apns.key_id, apns.team_id, base_url=apns.base_url,
+                            other_base_url=sandbox.base_url, ca_file=cas, engine=engine)  # type: ignore[arg-type]
+        try:
+            dev_build, dead, pinned = ios(), ios(), ios()
+            pinned = PushMessage(PushTarget("dev-pinned", Platform.IOS, Transport.APNS, pinned.target.token, TOPIC,
+                                            "sandbox"), pinned.payload)
+            apns.mark_bad(dev_build.target.token)
+            apns.mark_bad(dead.target.token)
+            sandbox.mark_bad(dead.target.token)
+            moved, gone, direct = await sender.send([dev_build, dead, pinned])
+        finally:
+            await sender.aclose()
+        assert (moved.kind, moved.extra.get("apnsEnvironment")) == (D, "sandbox")
+        assert (gone.kind, gone.reason) == (INV, "BadDeviceToken") and "apnsEnvironment" not in gone.extra
+        assert direct.kind is D and "apnsEnvironment" not in direct.extra
+        production = [q.device_token for q in apns.requests.snapshot()]
+        assert sorted(production) == sorted([dev_build.target.token, dead.target.token])  # not the pinned one
+        assert sorted(q.device_token for q in sandbox.requests.snapshot()) == sorted(
+            [dev_build.target.token, dead.target.token, pinned.target.token])
 
 
 async def test_the_apns_environment_picks_apples_host(apns: FakeAPNs, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ device-task run does: senders_for(), one send, aclose().
 
 from __future__ import annotations
 
+import json
 import stat
 import uuid
 from collections.abc import AsyncIterator
@@ -121,3 +122,17 @@ async def test_an_idle_connection_is_kept_open_with_ping(fakes: Any, service: Pu
     await apns_sender.keepalive()  # type: ignore[attr-defined]
     await run_once(push, 1)  # the PING went out with the next frames, at the latest
     assert apns.pings >= 1 and apns_connections_and_tokens(apns) == (1, 1)
+
+
+def test_messages_and_results_cross_the_socket_unchanged() -> None:
+    from mobile_push.service import message_from, message_json, result_from, result_json
+    from mobile_push.types import SendResult
+
+    m = message(Transport.APNS, 7)
+    m = PushMessage(PushTarget("dev-7", Platform.IOS, Transport.APNS, m.target.token, TOPIC, "sandbox"), m.payload,
+                    collapse_key="c", ttl_s=90, high_priority=True, push_id="ID-7")
+    wire = json.loads(json.dumps(message_json(m)))
+    assert message_from(wire) == m
+    r = SendResult(m, OutcomeKind.TRANSIENT, "mid", 429, "TooManyRequests", "wait", 5.0, {"apnsEnvironment": "sandbox"},
+                   min_backoff_s=60.0)
+    assert result_from(json.loads(json.dumps(result_json(r))), m) == r

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 from uuid import uuid4
@@ -93,3 +94,18 @@ async def test_a_periodic_run_due_before_the_start_time_is_dropped() -> None:
     assert await DropBeforeStartTime().before_submit(fake_worker(client), early) is False
     assert await DropBeforeStartTime().before_submit(fake_worker(client), on_time) is True
     assert client.deleted == [early.id]
+
+
+def test_the_push_policy_removes_sockets_of_workers_that_are_gone(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from bgtasks.policies.push import _remove_stale
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()  # a pid whose process has exited
+    (tmp_path / f"push-{gone}.sock").touch()
+    (tmp_path / f"push-{os.getpid()}.sock").touch()
+    _remove_stale(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"push-{os.getpid()}.sock"]
