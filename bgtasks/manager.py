@@ -271,9 +271,11 @@ class TaskManager:
         )
         latest = last[0] if last else None
         done = finished[0] if finished else None
-        # The three reads are not one snapshot: a run can finish between them.
+        # The reads are not one snapshot: a run can finish between them, and a run the worker
+        # has just made wait can be read as due by one and as waiting by the other.
         if latest is not None and done is not None and latest.id == done.id:
             latest = done
+        nxt = [r for r in nxt if r.id not in {w.id for w in waiting}]
         result = await self._result(done, attempts=detailed)
         return mapping.task_from(dep, latest, nxt[0] if nxt else None, result, waiting)
 

@@ -326,8 +326,8 @@ class ApnsSender:
         # httpx's client opens streams before the server's SETTINGS arrive: its first request
         # goes alone (APNs allows one stream until it has seen a valid token). The h2 engine
         # does this per connection itself.
-        self._first: asyncio.Lock | None = None
-        self._proven = False
+        self._first: dict[str, asyncio.Lock] | None = None  # by environment (each is a connection)
+        self._proven: set[str] = set()
         self._closed = False
 
     def _client(self, environment: str) -> _H2Client | _HttpxClient:
@@ -359,7 +359,7 @@ class ApnsSender:
             self._clients = {}
         self._loop = loop
         self._sem = asyncio.Semaphore(self.max_concurrency)
-        self._first, self._proven = (asyncio.Lock(), False) if self.engine == "httpx" else (None, True)
+        self._first, self._proven = ({} if self.engine == "httpx" else None), set()
 
     def __repr__(self) -> str:
         return (f"ApnsSender(environment={self.environment!r}, base_url={self.base_url!r}, engine={self.engine!r}, "
@@ -412,17 +412,16 @@ class ApnsSender:
 
     async def _post(self, req: ApnsRequest, token: str, environment: str
                     ) -> tuple[int, str | None, str | None, str | None, dict[str, Any]] | BaseException:
-        if self._proven or self._first is None:
-            return await self._post_now(req, token, environment)
-        async with self._first:
-            if not self._proven:
-                answer = await self._post_now(req, token, environment)
-                if isinstance(answer, tuple) and answer[0] != 403:
-                    self._proven = True
-                return answer
+        if self._first is not None and environment not in self._proven:
+            async with self._first.setdefault(environment, asyncio.Lock()):
+                if environment not in self._proven:
+                    answer = await self._post_now(req, token, environment)
+                    if isinstance(answer, tuple) and answer[0] != 403:
+                        self._proven.add(environment)
+                    return answer
         answer = await self._post_now(req, token, environment)
-        if isinstance(answer, BaseException):
-            self._proven = False  # the connection may be new next time: one request first again
+        if self._first is not None and isinstance(answer, BaseException):
+            self._proven.discard(environment)  # the connection may be new next time: one request first
         return answer
 
     async def _post_now(self, req: ApnsRequest, token: str, environment: str

@@ -145,3 +145,22 @@ def test_the_host_snapshot_is_typed_and_holds_only_the_enabled_sensors(tmp_path:
     assert isinstance(snap.storage, StorageSnapshot) and snap.storage.path == str(tmp_path)
     assert snap.network is None and snap.power is None and snap.idle is None
     assert set(snap.to_json()) == {"storage"} and snap.to_json()["storage"]["free_bytes"] == snap.storage.free_bytes
+
+
+def test_the_idle_reading_is_not_retaken_sooner_than_its_poll_interval(tmp_path: Path) -> None:
+    """A CPU share over a few milliseconds is noise: the worker's two checks a moment apart
+    (release, then submission) must see the same reading, not a fresh one each."""
+    now = [1000.0]
+    host = HostSensors(_settings(tmp_path, sensors=["idle", "storage"], idle_mode="cpu", idle_poll_s=30.0),
+                       clock=lambda: now[0])
+    sensor = host.trackers["idle"].sensor
+    samples, sample = [], sensor.sample
+    sensor.sample = lambda: samples.append(now[0]) or sample()  # type: ignore[method-assign]
+    first = host.snapshot()
+    now[0] += 1.0
+    again = host.snapshot()
+    assert samples == [1000.0] and again.idle is first.idle
+    assert again.storage is not first.storage  # an instant reading is taken each time
+    now[0] += 30.0
+    host.snapshot()
+    assert samples == [1000.0, 1031.0]

@@ -4,7 +4,11 @@ sensors (:class:`HostSensors`), stepped on demand.
 The trigger daemon and the worker each hold one. The idle sensor needs
 consecutive samples (CPU since the last one, "idle for N samples"), so a
 holder that checks rarely sees a fresh device as "active" until its next
-samples; the daemon's 30 s poll keeps it current.
+samples; the daemon's 30 s poll keeps it current. A windowed sensor (idle) is
+sampled at most once per its poll interval: the worker checks a run's
+constraints at release and again at submission a moment later, and a CPU share
+measured over those few milliseconds is noise that flipped the run back to
+waiting.
 
 Each sensor's mechanism (native or portable) comes from the daemon settings
 (``BGTASKS_DAEMON_NETWORK_MODE``, ``..._POWER_MODE``, ``..._IDLE_MODE``,
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields, is_dataclass
 from typing import Any
@@ -108,7 +113,7 @@ class HostSensors:
     :raises SensorSettingError: a mode setting forces a mechanism this host lacks.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic) -> None:
         d = settings.daemon
         makers: dict[str, Callable[[], Any]] = {
             "network": lambda: NetworkSensor(mode=d.network_mode, poll_s=d.network_poll_s,
@@ -122,6 +127,8 @@ class HostSensors:
             name: Tracker(_build(name, make)) for name, make in makers.items() if name in d.sensors
         }
         self._lock = threading.Lock()
+        self._clock = clock
+        self._sampled: dict[str, float] = {}  # windowed sensors: when each was last sampled
 
     def mechanisms(self) -> dict[str, str]:
         """The mechanism each state sensor runs with (``netlink``, ``poll``, ``sysfs``, ...);
@@ -131,7 +138,12 @@ class HostSensors:
     def snapshot(self, refresh: bool = True) -> HostSnapshot:
         """Each sensor's state; ``refresh`` takes new readings first."""
         with self._lock:
-            for tracker in self.trackers.values():
+            now = self._clock()
+            for name, tracker in self.trackers.items():
+                if tracker.current is not None and getattr(tracker.sensor, "windowed", False) and (
+                        now - self._sampled.get(name, -float("inf")) < tracker.sensor.poll_s):
+                    continue  # too soon for a meaningful reading: the last one stands
                 if refresh or tracker.current is None:
                     tracker.step()
+                    self._sampled[name] = now
             return HostSnapshot.of({name: t.current for name, t in self.trackers.items()})

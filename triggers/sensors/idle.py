@@ -229,6 +229,9 @@ class IdleSensor:
     """
 
     name = "device"
+    #: A reading is the CPU share since the last one: sampled sooner than ``poll_s`` apart, it
+    #: measures a few clock ticks (noise), so on-demand holders reuse the last one meanwhile.
+    windowed = True
 
     def __init__(
         self,
