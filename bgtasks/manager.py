@@ -275,7 +275,8 @@ class TaskManager:
         # has just made wait can be read as due by one and as waiting by the other.
         if latest is not None and done is not None and latest.id == done.id:
             latest = done
-        nxt = [r for r in nxt if r.id not in {w.id for w in waiting}]
+        waiting_ids = {w.id for w in waiting}
+        nxt = [r for r in nxt if r.id not in waiting_ids]
         result = await self._result(done, attempts=detailed)
         return mapping.task_from(dep, latest, nxt[0] if nxt else None, result, waiting)
 

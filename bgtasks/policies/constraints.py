@@ -58,9 +58,9 @@ class Constraints(Policy):
         from prefect.states import Failed, Scheduled
 
         from triggers.constraints import describe, unmet
-        from triggers.constraints.waiting import constraints_of, deadline_of, due_of, due_tag, waiting_until
+        from triggers.constraints.waiting import deadline_of, due_of, waiting_until
 
-        cons = constraints_of(flow_run.parameters)
+        cons = stored.constraints_of(flow_run.parameters)
         if cons is None:
             return True
         missing = unmet(cons, await anyio.to_thread.run_sync(self.snapshot))
@@ -83,7 +83,7 @@ class Constraints(Policy):
             run_logger.info("Constraint deadline reached: running anyway (%s)", message)
             return True
         if not any(t.startswith(stored.DUE_TAG) for t in flow_run.tags):
-            await worker.client.update_flow_run(flow_run.id, tags=[*flow_run.tags, due_tag(due)])
+            await worker.client.update_flow_run(flow_run.id, tags=[*flow_run.tags, stored.due_tag(due)])
         await worker.client.set_flow_run_state(
             flow_run.id, Scheduled(name=stored.AWAITING, scheduled_time=waiting_until(due, cons), message=message),
             force=True)
@@ -100,11 +100,10 @@ class Constraints(Policy):
         from prefect.states import Cancelling
 
         from triggers.constraints import describe, unmet
-        from triggers.constraints.waiting import constraints_of
 
         watched = {rid: (fr, cons) for rid, fr in worker.running.items()
                    if rid not in self._stopping and rid not in self._overridden
-                   and (cons := constraints_of(fr.parameters)) is not None and cons.stops_when_lost}
+                   and (cons := stored.constraints_of(fr.parameters)) is not None and cons.stops_when_lost}
         if not watched:
             return
         try:
@@ -128,7 +127,7 @@ class Constraints(Policy):
         """After a stopped run's process is gone: back to AwaitingConstraints, due now."""
         from prefect.states import Scheduled
 
-        from triggers.constraints.waiting import constraints_of, due_tag, waiting_until
+        from triggers.constraints.waiting import waiting_until
 
         reason = self._stopping.pop(flow_run.id)
         # Prefect's cancellation manager marks the run Cancelled a moment after its process
@@ -140,10 +139,10 @@ class Constraints(Policy):
                 break
             await anyio.sleep(0.2)
         now = datetime.now(UTC)
-        tags = [*stored.without_due(flow_run.tags), due_tag(now)]
+        tags = [*stored.without_due(flow_run.tags), stored.due_tag(now)]
         await worker.client.update_flow_run(flow_run.id, tags=tags)
         await worker.client.set_flow_run_state(flow_run.id, Scheduled(
-            name=stored.AWAITING, scheduled_time=waiting_until(now, constraints_of(flow_run.parameters)),
+            name=stored.AWAITING, scheduled_time=waiting_until(now, stored.constraints_of(flow_run.parameters)),
             message=reason), force=True)
 
     async def _release_logged(self, worker: Worker) -> None:

@@ -84,6 +84,13 @@ def device_client(api_process: ApiProcess, settings: Settings, device_id: str) -
     return httpx.Client(base_url=api_process.base, timeout=60, headers={"Authorization": f"Bearer {token}"})
 
 
+def report_success(api_process: ApiProcess, settings: Settings, device_id: str, payload: dict[str, str]) -> int:
+    """The device reports its run done, with its own token and the run's report token (the status)."""
+    with device_client(api_process, settings, device_id) as phone:
+        return phone.post(payload["reportUrl"].removeprefix(api_process.base),
+                          json={"reportToken": payload["reportToken"], "success": True}).status_code
+
+
 def register(admin: httpx.Client, platform: str, token: str, **extra: Any) -> dict[str, Any]:
     body = {"id": f"{platform}-{secrets.token_hex(4)}", "platform": platform, "token": token, **extra}
     resp = admin.post("/devices", json=body)
@@ -236,9 +243,7 @@ async def test_dead_tokens_mark_devices_invalid_and_the_next_run_skips_them(
         task = create(admin, {"labels": [label]}, timeoutMs=60_000)
         req = await pushed(admin, task["id"], apns, apns_payload, live_apns)
         payload = apns_payload(req)
-        with device_client(api_process, settings, alive["id"]) as phone:
-            assert phone.post(payload["reportUrl"].removeprefix(api_process.base),
-                              json={"reportToken": payload["reportToken"], "success": True}).status_code == 201
+        assert report_success(api_process, settings, alive["id"], payload) == 201
         return await until(lambda: finished(admin, task["id"]), "the run to finish")
 
     first = await run_and_report()
@@ -270,10 +275,8 @@ async def test_a_retried_run_does_not_push_again_to_devices_that_accepted(
                   retryPolicy={"maxRetries": 1, "initialBackoffMs": 1000, "jitter": 0})
     a_req = await pushed(admin, task["id"], fcm, fcm_payload, quick)
     i_req = await pushed(admin, task["id"], apns, apns_payload, slow)
-    with device_client(api_process, settings, android["id"]) as phone:
-        p = fcm_payload(a_req)
-        assert phone.post(p["reportUrl"].removeprefix(api_process.base),
-                          json={"reportToken": p["reportToken"], "success": True}).status_code == 201
+    p = fcm_payload(a_req)
+    assert report_success(api_process, settings, android["id"], p) == 201
 
     async def second_attempt_running() -> bool:
         from prefect.client.orchestration import get_client
@@ -286,10 +289,7 @@ async def test_a_retried_run_does_not_push_again_to_devices_that_accepted(
     from tests.fixtures import wait_for
 
     await wait_for(second_attempt_running, DEADLINE_S, "the retried attempt")
-    with device_client(api_process, settings, ios["id"]) as iphone:
-        q = apns_payload(i_req)
-        assert iphone.post(q["reportUrl"].removeprefix(api_process.base),
-                           json={"reportToken": q["reportToken"], "success": True}).status_code == 201
+    assert report_success(api_process, settings, ios["id"], apns_payload(i_req)) == 201
     done = await settled(admin, task["id"])
     assert done["status"] == "completed", done
     assert done["result"]["attempts"] == 2
@@ -316,9 +316,7 @@ async def test_payload_too_large_and_configuration_errors_fail_without_sending_o
     task = create(admin, {"deviceIds": [other_app["id"], good["id"]]},
                   retryPolicy={"maxRetries": 2, "initialBackoffMs": 100})
     payload = apns_payload(await pushed(admin, task["id"], apns, apns_payload, good_token))
-    with device_client(api_process, settings, good["id"]) as phone:
-        assert phone.post(payload["reportUrl"].removeprefix(api_process.base),
-                          json={"reportToken": payload["reportToken"], "success": True}).status_code == 201
+    assert report_success(api_process, settings, good["id"], payload) == 201
     done = await settled(admin, task["id"])
     error = done["result"]["error"]
     assert done["status"] == "failed" and f"push to {other_app['id']} not delivered" in error, done
@@ -341,9 +339,7 @@ async def test_a_development_build_is_found_on_the_sandbox_and_pushed_there_from
     for run in range(2):
         task = create(admin, {"deviceIds": [phone["id"]]})
         payload = apns_payload(await pushed(admin, task["id"], sandbox, apns_payload, token))
-        with device_client(api_process, settings, phone["id"]) as client:
-            assert client.post(payload["reportUrl"].removeprefix(api_process.base),
-                               json={"reportToken": payload["reportToken"], "success": True}).status_code == 201
+        assert report_success(api_process, settings, phone["id"], payload) == 201
         assert (await settled(admin, task["id"]))["status"] == "completed"
         assert admin.get(f"/devices/{phone['id']}").json()["environment"] == "sandbox"
         assert len(pushes_to(production, token)) == 1  # the first run's try only
@@ -367,9 +363,7 @@ async def test_runs_push_through_the_workers_senders_one_connection_and_one_toke
         a_req = await pushed(admin, task["id"], fcm, fcm_payload, a_tok)
         i_req = await pushed(admin, task["id"], apns, apns_payload, i_tok)
         for device, payload in ((android, fcm_payload(a_req)), (ios, apns_payload(i_req))):
-            with device_client(api_process, settings, device["id"]) as phone:
-                assert phone.post(payload["reportUrl"].removeprefix(api_process.base),
-                                  json={"reportToken": payload["reportToken"], "success": True}).status_code == 201
+            assert report_success(api_process, settings, device["id"], payload) == 201
         assert (await settled(admin, task["id"]))["status"] == "completed"
         seen.append(i_req)
         fetches.append(len(fcm.token_requests))
@@ -391,9 +385,7 @@ async def test_transient_errors_are_retried_and_recorded_once_as_delivered(
     a_req = await pushed(admin, task["id"], fcm, fcm_payload, a_tok)
     i_req = await pushed(admin, task["id"], apns, apns_payload, i_tok)
     for device, payload in ((android, fcm_payload(a_req)), (ios, apns_payload(i_req))):
-        with device_client(api_process, settings, device["id"]) as phone:
-            assert phone.post(payload["reportUrl"].removeprefix(api_process.base),
-                              json={"reportToken": payload["reportToken"], "success": True}).status_code == 201
+        assert report_success(api_process, settings, device["id"], payload) == 201
     done = await settled(admin, task["id"])
     assert done["status"] == "completed", done
     rows = {row["deviceId"]: row["delivery"] for row in done["result"]["data"]["devices"]}

@@ -9,7 +9,8 @@ from pydantic import ValidationError
 
 from bgtasks.models import TaskConstraints, field_errors
 from triggers.constraints import HostSnapshot, describe, unmet
-from triggers.constraints.waiting import FAR, deadline_of, due_of, due_tag, original_due, release_order, waiting_until
+from bgtasks.stored import due_tag
+from triggers.constraints.waiting import FAR, deadline_of, due_of, original_due, release_order, waiting_until
 
 from triggers.sensors import IdleState, InterfaceKind, NetworkSnapshot, PowerState, StorageSnapshot
 

@@ -22,10 +22,8 @@ from typing import Any
 from bgtasks.models import TaskConstraints
 from triggers.constraints.evaluate import unmet
 from triggers.constraints.host import HostSnapshot
-from bgtasks.stored import AWAITING, constraints_of, due_tag, queue_rank
+from bgtasks.stored import AWAITING, constraints_of, queue_rank
 from bgtasks.stored import due_of as _tagged_due
-
-__all__ = ["AWAITING", "constraints_of", "due_tag"]
 
 #: Added to a waiting run's due time: far enough that no worker picks it up.
 FAR = timedelta(days=36525)
