@@ -9,9 +9,9 @@ from uuid import UUID
 
 import pytest
 
-from bgtasks.errors import TaskConflict
+from bgtasks.errors import TaskConflict, TaskNotFound
 from bgtasks.models import TaskStatus
-from tests.fixtures import pid_alive, records, wait_for
+from tests.fixtures import pid_alive, records, runs_of, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgresql, pytest.mark.usefixtures("worker")]
 
@@ -197,10 +197,11 @@ async def test_a_one_time_task_resumed_after_its_start_time_runs_now(manager: An
     await wait_for(lambda: _async(datetime.now(UTC) > at + timedelta(seconds=2)), 60, "the start time to pass")
     assert records(rec) == [] and (await manager.history(task.id)) == []  # it did not run while paused
     resumed_at = datetime.now(UTC)
-    resumed = await manager.resume(task.id)
-    assert resumed.next_run is not None and resumed.next_run >= at
+    assert not (await manager.resume(task.id)).paused
+    # (Not next_run: the run is due at once, and the worker may have started it by the time resume reads it.)
     [run] = await _finished(manager, task.id)
     assert run.result.success
+    assert run.scheduled_for is not None and run.scheduled_for >= resumed_at  # now, not the old time
     [record] = records(rec)
     assert datetime.fromisoformat(record["at"]) >= resumed_at
 
@@ -269,6 +270,35 @@ async def test_the_worker_drops_runs_the_scheduler_makes_for_a_paused_task(
     assert records(rec) == [] and (await manager.history(task.id)) == []
     log = worker.part.log_path.read_text()
     assert all(f"Dropped run {run.id}: its task is paused" in log for run in made)
+
+
+@pytest.mark.parametrize("action", ["pause", "cancel", "delete"])
+async def test_a_run_the_worker_drops_meanwhile_fails_no_pause_cancel_or_delete(
+    manager: Any, client: Any, monkeypatch: pytest.MonkeyPatch, action: str
+) -> None:
+    """The worker deletes a paused task's scheduler-made run at submission; when that falls
+    between the manager's read of the runs and its write to one, the run is simply gone."""
+    task = await manager.create({"name": f"raced-{action}", "handler": "demo", "schedule": {
+        "type": "one-time", "startTime": (datetime.now(UTC) + timedelta(hours=1)).isoformat()}})
+    [run] = await runs_of(client, task.id)
+    # The interleaving, made certain: the run is deleted just before the manager's write lands.
+    drop = client.delete_flow_run
+    for name in ("delete_flow_run", "set_flow_run_state"):
+
+        async def racing(run_id: Any, *args: Any, _real: Any = getattr(client, name), **kwargs: Any) -> Any:
+            await drop(run_id)
+            return await _real(run_id, *args, **kwargs)
+
+        monkeypatch.setattr(client, name, racing)
+    await getattr(manager, action)(task.id)
+    monkeypatch.undo()
+    assert [r.id for r in await runs_of(client, task.id)] == []
+    if action == "delete":
+        with pytest.raises(TaskNotFound):
+            await manager.get(task.id)
+    else:
+        got = await manager.get(task.id)
+        assert got.paused if action == "pause" else got.status == TaskStatus.CANCELLED
 
 
 async def test_a_cancelled_periodic_task_never_runs_again(manager: Any, client: Any, tmp_path: Path) -> None:
