@@ -10,9 +10,11 @@ Errors are those of :mod:`bgtasks.errors`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from pathlib import Path
 from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
 
@@ -174,6 +176,7 @@ class TaskManager:
         if opts.schedule.start_time is None and opts.schedule.type != TaskType.TRIGGERED:
             opts = opts.model_copy(update={"schedule": opts.schedule.model_copy(update={"start_time": now})})
         opts = opts.model_copy(update={"handler": handler})
+        warnings = await self.check_target(opts, now)
 
         existing = await self.client.read_deployments(
             deployment_filter=DeploymentFilter(
@@ -210,7 +213,31 @@ class TaskManager:
         except BaseException:
             await self.client.delete_deployment(deployment_id)
             raise
-        return await self.get(str(deployment_id))
+        task = await self.get(str(deployment_id))
+        return task.model_copy(update={"warnings": warnings}) if warnings else task
+
+    async def check_target(self, opts: CreateTaskOptions, now: datetime) -> list[str]:
+        """A device target's checks (``mobile_push.target_checks``): refuse a fifth FCM collapse key
+        of a device; return a warning when the schedule exceeds the push budget."""
+        if opts.target is None:
+            return []
+        from bgtasks.errors import FieldProblem
+        from bgtasks.store import open_store
+        from mobile_push.registry import DeviceRegistry
+        from mobile_push.target_checks import budget_warnings, check_collapse_keys
+
+        if opts.target.collapse_key is not None:
+            deps = await read_all_deployments(self.client, DeploymentFilter(tags=DeploymentFilterTags(all_=[stored.TAG])))
+            live = [(d.name, o.target) for d in deps if stored.CANCELLED_TAG not in (d.tags or [])
+                    and (o := stored.peek(d.parameters)) is not None and o.target is not None]
+            store = await open_store(self.settings.store_url)
+            try:
+                await check_collapse_keys(DeviceRegistry(store), opts.target, live)
+            except FieldProblem as exc:
+                raise InvalidTask([{"field": exc.field, "message": exc.reason}]) from None
+            finally:
+                await store.close()
+        return budget_warnings(opts, self.settings.push, now)
 
     async def _schedule_one_time(self, deployment_id: UUID, at: datetime) -> None:
         await self.client.create_flow_run_from_deployment(
@@ -243,12 +270,28 @@ class TaskManager:
         flt.deployment_id = FlowRunFilterDeploymentId(any_=[deployment_id])
         return await self.client.read_flow_runs(flow_run_filter=flt, sort=sort, limit=limit)
 
-    async def _attempts(self, run_id: UUID) -> int | None:
-        runs = await self.client.read_task_runs(
+    async def _task_runs(self, run_id: UUID) -> list[Any]:
+        return await self.client.read_task_runs(
             flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])), task_run_filter=TaskRunFilter()
         )
-        counts = [tr.run_count for tr in runs if tr.run_count]
+
+    async def _attempts(self, run_id: UUID) -> int | None:
+        counts = [tr.run_count for tr in await self._task_runs(run_id) if tr.run_count]
         return max(counts) if counts else None
+
+    async def _task_runs_settled(self, run: Any, grace_s: float, poll_s: float) -> None:
+        """Task-run states reach the server as events, after the flow run's own final state:
+        a run that started waits (at most ``grace_s``) until its handler's task run is final,
+        so the attempts it reports are the run's, not a count read mid-way."""
+        if run.start_time is None:  # never started (e.g. failed at its constraint deadline)
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        while loop.time() < deadline:
+            runs = await self._task_runs(run.id)
+            if runs and all(tr.state is not None and tr.state.is_final() for tr in runs):
+                return
+            await asyncio.sleep(poll_s)
 
     async def _result(self, run: Any, attempts: bool) -> TaskResult | None:
         if run is None or run.state is None or run.state.type.value not in mapping.FINISHED:
@@ -303,6 +346,7 @@ class TaskManager:
         while True:
             run = await self.client.read_flow_run(UUID(run_id))
             if run.state is not None and run.state.type.value in mapping.FINISHED:
+                await self._task_runs_settled(run, min(30.0, max(0.0, deadline - loop.time())), poll_s)
                 result = await self._result(run, attempts=True)
                 assert result is not None
                 return result
@@ -396,13 +440,15 @@ class TaskManager:
         # run-now runs would still start. Resume recreates what is due.
         while runs := await self._scheduled_runs(dep.id):
             for run in runs:
-                await self.client.delete_flow_run(run.id)
+                with _gone_ok():
+                    await self.client.delete_flow_run(run.id)
         # A run a worker submitted just before the pause (Pending: its process is starting, its
         # handler has not) is cancelled: its engine's move to Running is refused and it exits.
         # A run already Running finishes.
         for run in await self._runs(dep.id, _state_filter("PENDING"), FlowRunSort.EXPECTED_START_TIME_ASC, PAGE):
-            await self.client.set_flow_run_state(
-                run.id, Cancelled(message="Its task was paused before the run started"), force=True)
+            with _gone_ok():
+                await self.client.set_flow_run_state(
+                    run.id, Cancelled(message="Its task was paused before the run started"), force=True)
         return await self.get(task_id)
 
     async def resume(self, task_id: str) -> BackgroundTask:
@@ -445,7 +491,8 @@ class TaskManager:
                     state = Cancelling(message="Cancelled by bgtasks")
                 else:
                     state = Cancelled(message="Cancelled by bgtasks")
-                await self.client.set_flow_run_state(run.id, state, force=True)
+                with _gone_ok():
+                    await self.client.set_flow_run_state(run.id, state, force=True)
 
     async def cancel(self, task_id: str) -> BackgroundTask:
         """Stop the task for good: no further runs; pending runs cancelled, running ones stopped."""
@@ -464,8 +511,22 @@ class TaskManager:
         await self._set_triggers(dep.id, enabled=False)
         await self._stop_runs(dep.id)  # leaves no Scheduled run behind
         for automation in await self._triggers(dep.id):
-            await self.client.delete_automation(automation.id)
-        await self.client.delete_deployment(dep.id)
+            with _gone_ok():
+                await self.client.delete_automation(automation.id)
+        try:
+            await self.client.delete_deployment(dep.id)
+        except ObjectNotFound:  # deleted by another caller meanwhile
+            raise TaskNotFound(task_id) from None
+
+
+@contextlib.contextmanager
+def _gone_ok() -> Iterator[None]:
+    """A run (or automation) deleted meanwhile needs no stopping: the worker drops a paused
+    task's scheduler-made runs at submission, and may do so between our read and our write."""
+    try:
+        yield
+    except ObjectNotFound:
+        pass
 
 
 def _deployment_update(**fields: Any) -> Any:
