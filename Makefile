@@ -35,7 +35,7 @@ $(TSCLIENT)/node_modules/.package-lock.json: $(TSCLIENT)/package-lock.json
 
 ## Start the embedded stack: Prefect server + UI, the background-tasks worker.
 run: $(STAMP)
-	$(BIN)/bgtasks up
+	$(BIN)/bgtasks up $(ARGS)
 
 ## The whole suite: unit, integration (real Prefect server), e2e (bgtasks up).
 ## Then the tests marked `postgresql` (where the database matters) again with the Prefect
@@ -67,6 +67,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/triggers.py --postgres postgresql://postgres@127.0.0.1:5432 --dirs 0 --idle-s 1
 	$(BIN)/python bench/sensors.py
 	$(BIN)/python bench/push.py
+	$(BIN)/python bench/fleet.py
 	$(BIN)/python bench/crash_detection.py
 	$(BIN)/python bench/workers.py --postgres postgresql://postgres@127.0.0.1:5432
 	$(BIN)/python bench/restart.py

@@ -1,25 +1,28 @@
-"""Push fan-out throughput: our senders against the naive baselines, on the local fakes.
+"""Push fan-out throughput: our senders against the naive baselines, on the push emulators.
 
-Each fake (``tests.fakes.FakeFCM``, ``tests.fakes.FakeAPNs``) runs in its own
+Each emulator (``mobile_push.emulator.FCMEmulator``, ``.APNsEmulator``) runs in its own
 process, so the client's and the server's CPU are both real and measured
 apart. Printed per row: messages/s (wall clock), client CPU and server CPU per
 message, and how many were delivered.
 
-* FCM, ours: ``FcmSender`` (firebase-admin ``send_each_async``, chunks of 100,
-  SDK retries off). The fake speaks HTTP/1.1 only, so the SDK's httpx client
-  runs a pool of up to 100 HTTP/1.1 connections here (httpcore's pool
-  bookkeeping is a large part of its CPU); against fcm.googleapis.com it
-  multiplexes over one HTTP/2 connection.
+* FCM, ours: ``FcmSender`` on each engine against the fake over TLS, as
+  fcm.googleapis.com: ``h2`` (the default: firebase-admin's encoded messages on
+  one HTTP/2 connection of our small client) and ``sdk`` (firebase-admin's
+  ``send_each_async``: httpx, HTTP/2 by ALPN).
 * FCM, baseline: firebase-admin's plain ``messaging.send_each`` loop in chunks
-  of 500 (a thread per message, the SDK's default retry config).
+  of 500 (a thread per message over requests, HTTP/1.1, the SDK's default
+  retry config).
 * APNs, ours: ``ApnsSender`` on one HTTP/2 connection with up to
   ``max_concurrency`` streams in flight, on each engine: ``h2`` (the default,
   a small client on the h2 state machine) and ``httpx``.
 * APNs, baseline: one request at a time over one httpx HTTP/2 client.
-* APNs, run after run (``--runs``, default 100 runs of 10 devices, back to back): each
-  run through the worker's push service (``mobile_push.service``: the senders outlive
-  the run), against each run building its own sender as device-task runs did. Printed
-  beside the rate: the TLS connections made and provider tokens signed.
+* End to end with simulated phones: ``bench/fleet.py`` (one task, 1,000 devices, a real
+  server, worker and REST API), run by ``make bench`` after this script.
+* Run after run, both transports (``--runs``, default 100 runs of 10 devices, back to
+  back): each run through the worker's push service (``mobile_push.service``: the
+  senders outlive the run), against each run building its own sender as device-task
+  runs did. Printed beside the rate: the TLS connections made, and the APNs provider
+  tokens signed / the FCM access tokens fetched.
 
     .venv/bin/python bench/push.py                 # 10,000 devices per transport
     .venv/bin/python bench/push.py --devices 1000  # a quick run
@@ -56,16 +59,16 @@ TOPIC = "com.example.bench"
 
 def _serve(kind: str, conn: Connection, workdir: str) -> None:
     """Run one fake in this process until told to stop (commands over ``conn``)."""
-    from tests.fakes import FakeAPNs, FakeFCM
+    from mobile_push.emulator import APNsEmulator, FCMEmulator
 
     fake: Any
     if kind == "apns":
-        fake = FakeAPNs(topics={TOPIC}).start()
+        fake = APNsEmulator(topics={TOPIC}).start()
         info = {"base_url": fake.base_url, "ca": str(fake.ca_cert_path), "key_file": str(fake.write_auth_key(workdir)),
                 "key_id": fake.key_id, "team_id": fake.team_id}
     else:
-        fake = FakeFCM(project_id="bgtasks-bench").start()
-        info = {"send_url": fake.send_url, "base_url": fake.base_url,
+        fake = FCMEmulator(project_id="bgtasks-bench", tls=True).start()  # HTTP/2 over TLS, as FCM
+        info = {"send_url": fake.send_url, "base_url": fake.base_url, "ca": str(fake.ca_cert_path),
                 "credentials": str(fake.write_service_account_file(Path(workdir) / "service-account.json"))}
     conn.send(info)
     try:
@@ -73,12 +76,16 @@ def _serve(kind: str, conn: Connection, workdir: str) -> None:
             cmd = conn.recv()
             if cmd == "reset":
                 fake.reset()
+                if kind == "fcm":
+                    fake.h2_connections = 0
                 conn.send(None)
             elif cmd == "count":
                 conn.send(len(fake.requests))
-            elif cmd == "connections-and-tokens":  # APNs: TLS connections made, provider tokens seen
+            elif cmd == "connections-and-tokens" and kind == "apns":  # TLS connections, provider tokens seen
                 seen = fake.requests.snapshot()
                 conn.send((len({q.connection_id for q in seen}), len({q.headers.get("authorization") for q in seen})))
+            elif cmd == "connections-and-tokens":  # FCM: HTTP/2 connections, access tokens fetched
+                conn.send((fake.h2_connections, len(fake.token_requests)))
             else:
                 break
     finally:
@@ -134,8 +141,9 @@ def _self_cpu() -> float:
 
 
 async def measure(transport: str, client: str, server: Server, n: int,
-                  run: Callable[[], Awaitable[int]]) -> Row:
-    server.call("reset")
+                  run: Callable[[], Awaitable[int]], reset: bool = True) -> Row:
+    if reset:
+        server.call("reset")
     c0, s0, w0 = _self_cpu(), server.cpu_s(), time.perf_counter()
     delivered = await run()
     wall = time.perf_counter() - w0
@@ -155,32 +163,32 @@ def _payload(i: int, device: str) -> dict[str, str]:
 
 async def bench_fcm(server: Server, n: int) -> list[Row]:
     import firebase_admin
-    import requests.adapters
-    from firebase_admin import _http_client, credentials, messaging
+    from firebase_admin import credentials, messaging
 
     from mobile_push.senders.fcm import FcmSender, build_fcm_message
     from mobile_push.types import Platform, PushMessage, PushTarget, Transport
 
     info = server.info
+    # The SDK's httpx and requests trust the fake's CA as they would a system one.
+    os.environ["SSL_CERT_FILE"] = os.environ["REQUESTS_CA_BUNDLE"] = info["ca"]
     messages = [PushMessage(PushTarget(f"a{i}", Platform.ANDROID, Transport.FCM, f"fid-{i:06d}-" + "x" * 140),
                             _payload(i, f"a{i}")) for i in range(n)]
     rows = []
+    for engine, label in (("h2", "ours: FcmSender engine=h2, 1 HTTP/2 connection"),
+                          ("sdk", "ours: FcmSender engine=sdk (send_each_async, httpx h2)")):
+        sender = FcmSender(info["credentials"], fcm_url=info["send_url"], engine=engine,  # type: ignore[arg-type]
+                           ca_file=info["ca"], app_name=f"bench-{engine}")
+        await sender.send(messages[:200])  # warm up: access token, connection
 
-    sender = FcmSender(info["credentials"], fcm_url=info["send_url"])
-    await sender.send(messages[:200])  # warm up: access token, connections
+        async def ours(sender: FcmSender = sender) -> int:
+            results = await sender.send(messages)
+            return sum(r.kind.value == "delivered" for r in results)
 
-    async def ours() -> int:
-        results = await sender.send(messages)
-        return sum(r.kind.value == "delivered" for r in results)
-
-    rows.append(await measure("FCM", "ours: FcmSender (send_each_async, chunks of 100)", server, n, ours))
-    await sender.aclose()
+        rows.append(await measure("FCM", label, server, n, ours))
+        await sender.aclose()
 
     app = firebase_admin.initialize_app(credentials.Certificate(info["credentials"]), name="bench-baseline")
-    service = messaging._get_messaging_service(app)
-    service._fcm_url = info["send_url"]
-    service._client.session.mount(info["base_url"] + "/", requests.adapters.HTTPAdapter(
-        pool_connections=100, pool_maxsize=100, max_retries=_http_client.DEFAULT_RETRY_CONFIG))
+    messaging._get_messaging_service(app)._fcm_url = info["send_url"]
     fm = [build_fcm_message(m, now_s=time.time()) for m in messages]
     messaging.send_each(fm[:200], app=app)
 
@@ -193,49 +201,75 @@ async def bench_fcm(server: Server, n: int) -> list[Row]:
 
         return await asyncio.to_thread(loop)
 
-    rows.append(await measure("FCM", "baseline: send_each loop (chunks of 500)", server, n, baseline))
+    rows.append(await measure("FCM", "baseline: send_each loop (HTTP/1.1, chunks of 500)", server, n, baseline))
     return rows
 
 
 # ----------------------------------------------------------------------- APNs
 
 
-async def bench_runs(server: Server, runs: int, devices: int, workdir: Path) -> list[tuple[Row, int, int]]:
-    """Run after run: through the worker's push service, and each run on its own."""
+async def bench_runs(kind: str, server: Server, runs: int, devices: int,
+                     workdir: Path) -> list[tuple[Row, int, int]]:
+    """Run after run: through the worker's push service, and each run on its own (a new process
+    each, as runs are: firebase-admin's app and its access token are per process, so the
+    baseline gives each run its own app name)."""
     from bgtasks.settings import PushSettings
     from mobile_push.service import ENV_SOCKET, PushService, senders_for
     from mobile_push.types import Platform, PushMessage, PushTarget, Transport
 
     info = server.info
-    push = PushSettings(sender="auto", apns_key_file=Path(info["key_file"]), apns_key_id=info["key_id"],
-                        apns_team_id=info["team_id"], apns_base_url=info["base_url"], apns_ca_file=Path(info["ca"]))
-    batches = [[PushMessage(PushTarget(f"i{r}-{i}", Platform.IOS, Transport.APNS, uuid.uuid4().hex * 2, TOPIC),
-                            _payload(i, f"i{r}-{i}")) for i in range(devices)] for r in range(runs)]
+    if kind == "apns":
+        transport, name = Transport.APNS, "APNs"
+        push = PushSettings(sender="auto", apns_key_file=Path(info["key_file"]), apns_key_id=info["key_id"],
+                            apns_team_id=info["team_id"], apns_base_url=info["base_url"],
+                            apns_ca_file=Path(info["ca"]))
+        batches = [[PushMessage(PushTarget(f"i{r}-{i}", Platform.IOS, Transport.APNS, uuid.uuid4().hex * 2, TOPIC),
+                                _payload(i, f"i{r}-{i}")) for i in range(devices)] for r in range(runs)]
+    else:
+        transport, name = Transport.FCM, "FCM"
+        push = PushSettings(sender="auto", fcm_credentials_file=Path(info["credentials"]), fcm_url=info["send_url"],
+                            fcm_ca_file=Path(info["ca"]))
+        batches = [[PushMessage(PushTarget(f"a{r}-{i}", Platform.ANDROID, Transport.FCM, f"fid-{r}-{i}-" + "x" * 140),
+                                _payload(i, f"a{r}-{i}")) for i in range(devices)] for r in range(runs)]
 
-    async def all_runs() -> int:
+    def fresh_process() -> None:
+        """As a new process: no firebase-admin apps (nor their access tokens)."""
+        import firebase_admin
+
+        from mobile_push.senders import fcm as fcm_module
+
+        fcm_module._REGISTRY.clear()
+        for app_name in [a for a in firebase_admin._apps if a.startswith("bgtasks-fcm-")]:
+            del firebase_admin._apps[app_name]  # delete_app() cannot run inside this loop
+
+    async def all_runs(fresh_apps: bool = False) -> int:
         ok = 0
         for batch in batches:
+            if fresh_apps:  # each run is a process of its own
+                fresh_process()
             senders = await senders_for(push)  # what each device-task run does
             try:
-                ok += sum(r.kind.value == "delivered" for r in await senders[Transport.APNS].send(batch))
+                ok += sum(r.kind.value == "delivered" for r in await senders[transport].send(batch))
             finally:
                 for s in senders.values():
                     await s.aclose()
         return ok
 
     out = []
-    service = PushService(push, workdir / "run" / "push.sock")
+    fresh_process()  # the worker's senders fetch their own token, counted below
+    server.call("reset")
+    service = PushService(push, workdir / "run" / f"push-{kind}.sock")
     await service.start()
     os.environ[ENV_SOCKET] = str(service.path)
     try:
-        row = await measure("APNs", f"ours: {runs} runs x {devices}, worker's push service", server,
-                            runs * devices, all_runs)
+        row = await measure(name, f"ours: {runs} runs x {devices}, worker's push service", server,
+                            runs * devices, all_runs, reset=False)
         out.append((row, *server.call("connections-and-tokens")))
     finally:
         del os.environ[ENV_SOCKET]
         await service.close()
-    row = await measure("APNs", f"baseline: {runs} runs x {devices}, a sender per run", server,
-                        runs * devices, all_runs)
+    row = await measure(name, f"baseline: {runs} runs x {devices}, a sender per run", server,
+                        runs * devices, lambda: all_runs(fresh_apps=True))
     out.append((row, *server.call("connections-and-tokens")))
     return out
 
@@ -307,26 +341,29 @@ def print_table(rows: list[Row]) -> None:
 async def main_async(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bgtasks-bench-push-") as tmp:
         rows: list[Row] = []
+        per_run: list[tuple[Row, int, int]] = []
         if not args.skip_fcm:
             server = Server("fcm", Path(tmp))
             try:
                 rows += await bench_fcm(server, args.devices)
+                if args.runs:
+                    per_run += await bench_runs("fcm", server, args.runs, args.run_devices, Path(tmp))
             finally:
                 server.stop()
-        per_run: list[tuple[Row, int, int]] = []
         if not args.skip_apns:
             server = Server("apns", Path(tmp))
             try:
                 rows += await bench_apns(server, args.devices, args.concurrency)
                 if args.runs:
-                    per_run = await bench_runs(server, args.runs, args.run_devices, Path(tmp))
+                    per_run += await bench_runs("apns", server, args.runs, args.run_devices, Path(tmp))
             finally:
                 server.stop()
         print_table(rows)
         if per_run:
             print_table([r for r, _, _ in per_run])
             for r, connections, tokens in per_run:
-                print(f"{r.client}: {connections} TLS connection(s), {tokens} provider token(s) signed")
+                what = "provider token(s) signed" if r.transport == "APNs" else "access token(s) fetched"
+                print(f"{r.transport} {r.client}: {connections} TLS connection(s), {tokens} {what}")
             print()
 
 

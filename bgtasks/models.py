@@ -453,7 +453,14 @@ class TaskTarget(_SpecModel):
     high_priority: bool = Field(False, description="FCM android priority high (deprioritised by FCM when "
                                 "no notification is shown: use it only for urgent work).")
     collapse_key: SafeText | None = Field(None, max_length=64, description="Newer pushes replace queued older "
-                                          "ones; at most 64 bytes in UTF-8 (APNs' apns-collapse-id, on both paths).")
+                                          "ones; at most 64 bytes in UTF-8 (APNs' apns-collapse-id, on both paths). "
+                                          "FCM keeps at most four collapse keys per device: a fifth is refused.")
+    pushes_per_hour: int | None = Field(None, ge=0, le=3600, description="The push budget of each target device "
+                                        "for this task's pushes: held beyond it, sent when the trailing hour allows "
+                                        "(default BGTASKS_PUSH_BUDGET_IOS_PER_HOUR / _ANDROID_PER_HOUR; 0: none).")
+    analytics_label: str | None = Field(None, pattern=r"^[A-Za-z0-9\-_.~%]{1,50}$", description="FCM's "
+                                        "fcmOptions.analyticsLabel, so Firebase's delivery reports split by task "
+                                        "(default: the task's name, its other characters as '-').")
 
     @model_validator(mode="after")
     def _says_something(self) -> TaskTarget:
@@ -574,6 +581,8 @@ class BackgroundTask(_SpecModel):
     trigger: TaskTrigger | None = None
     waiting: list[WaitingRun] | None = Field(None, description="Runs waiting for their constraints.")
     data: Any = None
+    warnings: list[str] | None = Field(None, description="Only in the answer to a creation: what will not go as "
+                                       "the definition may suggest (a schedule beyond the devices' push budget).")
 
     @field_validator("created_at", "scheduled_for", "last_run", "next_run")
     @classmethod

@@ -7,6 +7,7 @@ Nothing here reads the environment at import time: call :func:`load_settings`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -178,6 +179,11 @@ class PushSettings(BaseSettings):
     fcm_credentials_file: Path | None = Field(
         None, description="Firebase service-account JSON file (FCM HTTP v1).")
     fcm_url: str | None = Field(None, description="Override of the FCM send URL (tests, proxies).")
+    fcm_engine: Literal["h2", "sdk"] = Field(
+        "h2", description="`h2`: firebase-admin's messages on one HTTP/2 connection of bgtasks' own client "
+        "(fast); `sdk`: firebase-admin's send_each_async.")
+    fcm_ca_file: Path | None = Field(None, description="The CA bundle that verifies FCM's and the token "
+                                     "endpoint's certificates instead of the public roots (a local FCM, tests).")
     apns_key_file: Path | None = Field(None, description="APNs auth key (.p8, ES256).")
     apns_key_id: str | None = Field(None, description="The key's id (JWT header kid).")
     apns_team_id: str | None = Field(None, description="Apple developer team id (JWT iss).")
@@ -199,7 +205,37 @@ class PushSettings(BaseSettings):
         None, description="The REST API's URL as devices reach it (in the payload's reportUrl): https, or "
         "http on a loopback address (development). Device-targeted tasks need it.")
     report_wait_s: float = Field(
-        600.0, gt=0, le=86400, description="How long a run waits for device reports when the task has no timeout.")
+        600.0, gt=0, le=86400, description="How long a run waits for Android devices' reports when the task has no "
+        "timeout.")
+    report_wait_ios_s: float = Field(
+        14400.0, gt=0, le=86400, description="The same for iOS devices, whose longer work runs in a "
+        "BGProcessingTask that iOS starts only while the device is idle and charging (often hours later). "
+        "A run waits for the longest wait of its devices' platforms, and holds its worker slot meanwhile.")
+    budget_ios_per_hour: int = Field(
+        3, ge=0, le=3600, description="Background pushes an iOS device may get per hour (Apple: more than two or "
+        "three an hour are throttled); more are held until the budget allows them. 0: no budget.")
+    budget_android_per_hour: int = Field(
+        20, ge=0, le=3600, description="The same for Android devices (FCM throttles collapsible messages to a "
+        "device after a burst of 20, then one per 3 minutes). 0: no budget.")
+    feedback_url: str | None = Field(
+        None, description="Called (POST, JSON) when a push service declares a device's token dead, with the "
+        "reason and the service's timestamp; signed with BGTASKS_PUSH_FEEDBACK_SECRET (X-Bgtasks-Signature).")
+    feedback_secret: SecretStr | None = Field(
+        None, description="The HMAC-SHA256 key of the feedback webhook's signature (required with its URL).")
+
+    @field_validator("feedback_url")
+    @classmethod
+    def _feedback_http(cls, v: str | None) -> str | None:
+        if v is not None and urlsplit(v).scheme not in ("http", "https"):
+            raise ValueError(f"{v!r}: an http(s) URL")
+        return v
+
+    @model_validator(mode="after")
+    def _feedback_signed(self) -> "PushSettings":
+        if self.feedback_url and not self.feedback_secret:
+            raise ValueError("BGTASKS_PUSH_FEEDBACK_URL needs BGTASKS_PUSH_FEEDBACK_SECRET: the receiver checks "
+                             "each call's HMAC signature with it")
+        return self
 
     @field_validator("public_url")
     @classmethod
@@ -394,12 +430,42 @@ class Settings(BaseSettings):
         return env
 
 
+#: Settings a running ``bgtasks up`` gave its parts beyond the environment it was started in
+#: (``--push emulator``: where pushes go), with its PID: ``<home>/stack-env.json``.
+STACK_ENV_FILE = "stack-env.json"
+
+
 def load_settings() -> Settings:
     """Read the settings from the environment (``BGTASKS_*``) once, and the embedded server's
-    auth string from the home (``bgtasks up`` generates it there on first start)."""
+    auth string from the home (``bgtasks up`` generates it there on first start).
+
+    While a ``bgtasks up`` of the same home runs with settings of its own making (the push
+    emulator's), a command in another terminal takes them too, below its own environment:
+    ``bgtasks task create --device-label`` then checks against the stack it talks to."""
     settings = Settings()
+    extra = running_stack_env(settings.home)
+    if extra:
+        for key, value in extra.items():
+            os.environ.setdefault(key, value)
+        settings = Settings()
     settings.load_auth_string()
     return settings
+
+
+def running_stack_env(home: Path) -> dict[str, str]:
+    """The settings in ``<home>/stack-env.json`` while the ``bgtasks up`` that wrote them runs."""
+    import json
+
+    path = home / STACK_ENV_FILE
+    try:
+        doc = json.loads(path.read_text())
+        os.kill(int(doc["pid"]), 0)  # a stack killed without its clean-up left the file behind
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    env = doc.get("env")
+    if not isinstance(env, dict):
+        return {}
+    return {str(k): str(v) for k, v in env.items() if str(k).startswith("BGTASKS_PUSH_")}
 
 
 def is_loopback(host: str) -> bool:

@@ -4,8 +4,9 @@ Runs under the task's retry policy like any handler (one Prefect task per
 attempt, capped backoff, ``retryOn``), except that configuration errors are not
 retried. A retried attempt pushes only to devices that have not accepted the
 run's push yet. Each chunk of pushes is its own Prefect task, so the UI shows
-the fan-out. The run waits for reports up to the task's ``timeoutMs`` (default
-``BGTASKS_PUSH_REPORT_WAIT_S``); it completes when every reached device reported
+the fan-out. The run waits for reports up to the task's ``timeoutMs`` (default: the longest
+report wait of its devices' platforms, ``BGTASKS_PUSH_REPORT_WAIT_S`` for Android
+and ``BGTASKS_PUSH_REPORT_WAIT_IOS_S`` for iOS); it completes when every reached device reported
 success, and its result lists every device's delivery and report.
 """
 
@@ -62,7 +63,8 @@ async def _attempt(spec_json: dict[str, Any], data: Any) -> dict[str, Any]:
     spec = stored.decode(spec_json, data)
     assert spec is not None and spec.target is not None, "device-task runs only tasks with a target"
     settings = load_settings()
-    wait_s = spec.timeout_ms / 1000.0 if spec.timeout_ms else settings.push.report_wait_s
+    # The task's timeout, else the platforms' report waits (the dispatch knows the devices).
+    explicit_s = spec.timeout_ms / 1000.0 if spec.timeout_ms else None
     try:
         senders = await senders_for(settings.push)  # the worker's, when it serves them
     except ValueError as exc:  # a credentials file unreadable, wrong, or open to others
@@ -74,7 +76,7 @@ async def _attempt(spec_json: dict[str, Any], data: Any) -> dict[str, Any]:
             run_id=str(flow_run.id), task_id=str(deployment.id) if deployment.id else None,
             task_name=spec.name, handler=spec.handler or "", target=spec.target,
             constraints=spec.constraints.to_json_dict(), data=spec.data,
-            deadline=time.monotonic() + wait_s, send_chunk=push_chunk,
+            deadline=None if explicit_s is None else time.monotonic() + explicit_s, send_chunk=push_chunk,
         )
     finally:
         for sender in senders.values():

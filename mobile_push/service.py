@@ -30,7 +30,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +56,8 @@ def message_from(d: dict[str, Any]) -> PushMessage:
     t = d["target"]
     target = PushTarget(t["device_id"], Platform(t["platform"]), Transport(t["transport"]), t["token"], t.get("topic"),
                         t.get("environment"))
-    return PushMessage(target, dict(d["payload"]), d.get("collapse_key"), int(d.get("ttl_s", 3600)),
-                       bool(d.get("high_priority")), d.get("push_id"))
+    rest = {f.name: d[f.name] for f in fields(PushMessage) if f.name not in ("target", "payload") and f.name in d}
+    return PushMessage(target, dict(d["payload"]), **rest)
 
 
 def result_json(r: SendResult) -> dict[str, Any]:
@@ -206,14 +206,28 @@ class RemoteSender:
             self._conn = None
 
 
-async def senders_for(push: PushSettings) -> dict[Transport, Sender]:
-    """The senders a run pushes with: the worker's, through its push service, when the run
-    was started by a warm worker that has one; else built here for this run.
+def worker_socket(home: Path) -> Path | None:
+    """The push service of a warm worker running in this bgtasks home, if any (``bgtasks device
+    test`` pushes through it: a second provider token within 20 minutes would be refused)."""
+    for sock in sorted((home / "run").glob("push-*.sock")):
+        try:
+            os.kill(int(sock.stem.removeprefix("push-")), 0)
+        except (ValueError, ProcessLookupError):
+            continue
+        except PermissionError:
+            pass  # alive, someone else's
+        return sock
+    return None
+
+
+async def senders_for(push: PushSettings, path: Path | str | None = None) -> dict[Transport, Sender]:
+    """The senders a run pushes with: the worker's, through its push service (at ``path``, else
+    the one the warm worker that started this run named), when there is one; else built here.
 
     Raises:
         ValueError: the senders cannot be built (a credentials problem, named).
     """
-    path = os.environ.get(ENV_SOCKET)
+    path = path or os.environ.get(ENV_SOCKET)
     if path and Path(path).exists():
         probe = RemoteSender(path, Transport.APNS)
         try:

@@ -48,6 +48,7 @@ class PushMessage:
     ttl_s: int = 3600
     high_priority: bool = False   # FCM android.priority high; APNs background pushes stay at 5
     push_id: str | None = None    # a UUID: apns-id, and the idempotency key's message part
+    analytics_label: str | None = None  # FCM fcmOptions.analyticsLabel: delivery reports per task
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ def _version() -> str:
 from bgtasks.cli import (  # noqa: E402  (registers the commands)
     daemon_cmds,
     device_cmds,
+    emulator_cmds,
     init_cmds,
     service_cmds,
     stack_cmds,
@@ -50,6 +51,7 @@ app.command(stack_cmds.env)
 app.command(stack_cmds.ui)
 app.command(stack_cmds.api)
 app.command(init_cmds.init)
+app.command(emulator_cmds.emulator)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
 import time
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 from cyclopts import Parameter
 from rich.markup import escape
 
 from bgtasks.cli import _common as cli
-from bgtasks.settings import Settings
+from bgtasks.home import write_private
+from bgtasks.settings import STACK_ENV_FILE, Settings
 
 
 def up(
@@ -20,6 +22,9 @@ def up(
     port: Annotated[int | None, Parameter(help="Port of the Prefect server and UI (default 4200).")] = None,
     api_port: Annotated[int | None, Parameter(help="Port of bgtasks' REST API (default 4300).")] = None,
     database: Annotated[str | None, Parameter(help="Prefect database URL (default: SQLite under the bgtasks home).")] = None,
+    push: Annotated[Literal["settings", "emulator"], Parameter(
+        help="Where device pushes go: the BGTASKS_PUSH_* settings (FCM and APNs), or `emulator`: the push "
+             "emulator with simulated phones, started beside the stack (`bgtasks device simulate`).")] = "settings",
 ) -> int:
     """Start the Prefect server + UI, a worker of the background-tasks pool, the trigger daemon and the
     REST API; Ctrl-C stops them."""
@@ -50,6 +55,7 @@ def up(
 
     from bgtasks.stack import Stack, StackError
 
+    emulator = start_push_emulator(s) if push == "emulator" else None
     stack = Stack(s)
     stop = threading.Event()
 
@@ -63,6 +69,8 @@ def up(
         with cli.console.status("Starting bgtasks...") as status:
             stack.start(progress=lambda msg: status.update(f"bgtasks: {msg}..."))
     except StackError as exc:
+        if emulator is not None:
+            stop_push_emulator(s, emulator)
         cli.fail(f"{exc}. See the logs in {s.home / 'logs'}.")
     for warning in exposure_warnings(s):
         cli.err_console.print(f"[yellow]{escape(warning)}[/]")
@@ -74,7 +82,9 @@ def up(
         + ("no authentication" if s.api.auth == "none" else "tokens from `bgtasks token create NAME`") + ")\n"
         f"  Work pool:   {s.worker.pool} (queues high, normal, low), {s.worker.type} worker, limit {s.worker.limit}\n"
         f"  Triggers:    trigger daemon running (`bgtasks daemon status`)\n"
-        f"  Home:        {s.home}\n"
+        + (f"  Push:        emulator (FCM {os.environ['BGTASKS_PUSH_FCM_URL']}); simulated phones: "
+           "`bgtasks device simulate --platform android`\n" if emulator is not None else "")
+        + f"  Home:        {s.home}\n"
         "Create a task:  bgtasks task create demo --every 1m\n"
         "Press Ctrl-C to stop."
     )
@@ -87,8 +97,46 @@ def up(
             break
     with cli.console.status("Stopping bgtasks..."):
         stack.stop()
+        if emulator is not None:
+            stop_push_emulator(s, emulator)
     cli.console.print("bgtasks stopped.")
     return code
+
+
+def start_push_emulator(s: Settings) -> Any:
+    """The push emulator and its phones in this process (``up --push emulator``): the stack's
+    parts inherit the settings that send their pushes there."""
+    from mobile_push.emulator.control import EmulatorService
+    from mobile_push.emulator.credentials import StoreCredentials
+
+    from bgtasks.cli.emulator_cmds import APNS_PORT, APNS_SANDBOX_PORT, CONTROL_PORT, FCM_PORT
+
+    api_url = f"http://{s.api.host}:{s.api.port}"
+    ports = (FCM_PORT, APNS_PORT, APNS_SANDBOX_PORT, CONTROL_PORT)
+    if os.environ.get("BGTASKS_EMULATOR_PORTS"):  # FCM,APNs,APNs sandbox,control
+        try:
+            ports = tuple(int(p) for p in os.environ["BGTASKS_EMULATOR_PORTS"].split(","))  # type: ignore[assignment]
+            if len(ports) != 4 or not all(0 <= p <= 65535 for p in ports):
+                raise ValueError
+        except ValueError:
+            cli.fail("BGTASKS_EMULATOR_PORTS: four ports, comma-separated (FCM, APNs, APNs sandbox, control)")
+    try:
+        service = EmulatorService(s.home / "emulator", api_url, StoreCredentials(s.store_url, s.api.auth != "none"),
+                                  fcm_port=ports[0], apns_port=ports[1], apns_sandbox_port=ports[2],
+                                  control_port=ports[3]).start()
+    except OSError as exc:  # a port in use
+        cli.fail(f"the push emulator could not start: {exc}")
+    env = service.emulator.settings_env()
+    env.setdefault("BGTASKS_PUSH_PUBLIC_URL", os.environ.get("BGTASKS_PUSH_PUBLIC_URL", api_url))
+    os.environ.update(env)
+    # Commands in other terminals (`bgtasks task create --device-label ...`) take these too.
+    write_private(s.home / STACK_ENV_FILE, json.dumps({"pid": os.getpid(), "env": env}).encode())
+    return service
+
+
+def stop_push_emulator(s: Settings, service: Any) -> None:
+    service.stop()
+    (s.home / STACK_ENV_FILE).unlink(missing_ok=True)
 
 
 def ui_login_hint(s: Settings) -> str:

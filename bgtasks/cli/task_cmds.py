@@ -119,6 +119,8 @@ def create(
     device: Annotated[list[str] | None, Parameter(help="Wake these registered devices (repeatable) instead of "
                                                        "running here.")] = None,
     device_label: Annotated[list[str] | None, Parameter(help="Wake the devices with these labels.")] = None,
+    pushes_per_hour: Annotated[int | None, Parameter(help="With --device/--device-label: each device's push "
+                                                          "budget for this task (default per platform; 0: none).")] = None,
     from_json: Annotated[Path | None, Parameter(name="--json", help="A CreateTaskOptions JSON file ('-' = stdin); other options are ignored.")] = None,
     output: Output = "table",
 ) -> None:
@@ -171,6 +173,10 @@ def create(
             cli.fail("--path/--pattern/--network-type: only with --on (a triggered task)")
         if device or device_label:
             body["target"] = {k: v for k, v in (("deviceIds", device), ("labels", device_label)) if v}
+            if pushes_per_hour is not None:
+                body["target"]["pushesPerHour"] = pushes_per_hour
+        elif pushes_per_hour is not None:
+            cli.fail("--pushes-per-hour: only with --device or --device-label")
         if description:
             body["description"] = description
         if handler:
@@ -210,6 +216,8 @@ def create(
     if output == "json":
         cli.print_json(task.to_json_dict())
         return
+    for warning in task.warnings or []:
+        cli.err_console.print(f"[yellow]Warning:[/] {shown(warning)}")
     cli.console.print(f"Created task [bold]{shown(task.name)}[/] ({task.id}), {task.type.value}, next run {cli.when(task.next_run)}.")
     cli.console.print(f"[dim]Watch it: bgtasks task show {task.id}[/]")
 

@@ -49,8 +49,13 @@ deliveries = sa.Table(
     sa.Column("outcome", sa.String(32), nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("error", sa.String(1000), nullable=True),
+    sa.Column("reason", sa.String(100), nullable=True),  # the service's code (UNREGISTERED, BadDeviceToken)
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    # The push budget: outcome "held" waits until held_until; holds counts how often it was held.
+    sa.Column("held_until", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("holds", sa.Integer, nullable=False, server_default="0"),
+    sa.Index("ix_deliveries_device_updated", "device_id", "updated_at"),
 )
 
 device_reports = sa.Table(
@@ -67,4 +72,9 @@ device_reports = sa.Table(
     sa.Column("error", sa.String(2000), nullable=True),
     sa.Column("duration_ms", sa.Integer, nullable=True),
     sa.Column("stop_reason", sa.String(100), nullable=True),
+    # The latest report's state (mobile_push.reports): progress (started, stopped) or final.
+    sa.Column("state", sa.String(20), nullable=True),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("stops", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=True),
 )

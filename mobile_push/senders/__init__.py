@@ -83,7 +83,8 @@ def make_senders(push: PushSettings) -> dict[Transport, Sender]:
 
         assert push.fcm_credentials_file is not None
         senders[Transport.FCM] = FcmSender(push.fcm_credentials_file, fcm_url=push.fcm_url,
-                                           chunk_size=min(push.chunk_size, 100))
+                                           chunk_size=min(push.chunk_size, 100), engine=push.fcm_engine,
+                                           ca_file=push.fcm_ca_file)
     if not missing_settings(Transport.APNS, push):
         from mobile_push.senders.apns import ApnsSender
 

@@ -129,11 +129,12 @@ class _H2Protocol(asyncio.Protocol):
                 self._finish(ev.stream_id or 0)
             elif isinstance(ev, h2.events.StreamReset):
                 self._fail(ev.stream_id or 0, ApnsConnectionError(f"APNs reset the stream (error {ev.error_code})"))
-            elif isinstance(ev, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
-                if isinstance(ev, h2.events.RemoteSettingsChanged):
-                    self._settings.set()
+            elif isinstance(ev, h2.events.WindowUpdated):
+                self._send_unsent()  # more window: bodies go on; stream capacity is unchanged
+            elif isinstance(ev, h2.events.RemoteSettingsChanged):
+                self._settings.set()
                 self._send_unsent()
-                self._wake(len(self._waiters))
+                self._wake_free()
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 self._goaway(ev)
         self._schedule_flush()
@@ -153,7 +154,12 @@ class _H2Protocol(asyncio.Protocol):
         while not self.closed and len(self._streams) >= self._capacity():
             waiter = self._loop.create_future()
             self._waiters.append(waiter)
-            await waiter
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake()  # it was woken for a free stream it will not use: pass it on
+                raise
         if self.closed:
             raise ApnsConnectionError(self.reason)
         try:
@@ -162,8 +168,8 @@ class _H2Protocol(asyncio.Protocol):
             self._close("stream ids exhausted")
             raise ApnsConnectionError(self.reason) from None
         st = _Stream(self._loop.create_future())
+        self._h2.send_headers(sid, headers)  # raises before the stream is ours if h2 refuses it
         self._streams[sid] = st
-        self._h2.send_headers(sid, headers)
         self._unsent[sid] = body
         self._send_unsent()
         self._schedule_flush()
@@ -202,6 +208,11 @@ class _H2Protocol(asyncio.Protocol):
         if data and self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
 
+    def _wake_free(self) -> None:
+        """Wake as many waiting requests as there are free streams (waking them all, thousands
+        at a time on every WINDOW_UPDATE, cost more CPU than the requests themselves)."""
+        self._wake(self._capacity() - len(self._streams))
+
     def _wake(self, n: int = 1) -> None:
         while n > 0 and self._waiters:
             w = self._waiters.popleft()
@@ -221,7 +232,7 @@ class _H2Protocol(asyncio.Protocol):
                 st.future.set_result(_Answer(int(status), raw, bytes(st.body)))
                 if not self.proven and int(status) != 403:
                     self.proven = True  # the token was accepted: the server's own limit from now on
-                    self._wake(len(self._waiters))
+                    self._wake_free()
             else:
                 st.future.set_exception(ApnsConnectionError("APNs answered without a :status"))
         self._wake()
@@ -302,6 +313,8 @@ class _H2Client:
         self._timeout_s = timeout_s
         self._proto: _H2Protocol | None = None
         self._lock: asyncio.Lock | None = None
+        self._connects = 0  # connection attempts made
+        self._connect_error: BaseException | None = None  # the last one's failure
 
     async def _connection(self) -> _H2Protocol:
         proto = self._proto
@@ -309,9 +322,20 @@ class _H2Client:
             return proto
         if self._lock is None:
             self._lock = asyncio.Lock()
+        attempt = self._connects
         async with self._lock:
             if self._proto is None or self._proto.closed:
-                self._proto = await self._connect()
+                if self._connects != attempt and self._connect_error is not None:
+                    # The connect this request queued behind failed: fail with it rather than try
+                    # again, one request after another, each up to the timeout.
+                    raise ApnsConnectionError(f"{type(self._connect_error).__name__}: {self._connect_error}")
+                self._connects += 1
+                try:
+                    self._proto = await self._connect()
+                except Exception as exc:
+                    self._connect_error = exc
+                    raise
+                self._connect_error = None
             return self._proto
 
     async def _connect(self) -> _H2Protocol:

@@ -47,6 +47,21 @@ def _field(page: object, label: str, inner: str) -> object:
     ).first
 
 
+def choose(page: object, label: str, option: str) -> None:
+    """Pick ``option`` in the select labelled ``label`` and see it chosen with its menu closed
+    (an open menu would cover the next control: a CI run once waited on it for the whole step)."""
+    from playwright.sync_api import expect
+
+    select = page.get_by_label(label)  # type: ignore[attr-defined]
+    select.click()
+    page.get_by_role("option", name=option, exact=True).click()  # type: ignore[attr-defined]
+    expect(select).to_contain_text(option)
+    options = page.get_by_role("option")  # type: ignore[attr-defined]
+    if options.count():
+        page.keyboard.press("Escape")  # type: ignore[attr-defined]
+    expect(options).to_have_count(0)
+
+
 def _wait_completed(stack: Up, name: str) -> dict:
     """The task once its run has finished (a safety-net deadline, not a timing assertion)."""
     import time
@@ -86,10 +101,8 @@ def test_create_background_task_from_the_prefect_ui_form(stack: Up) -> None:
             page.get_by_text("Parameters", exact=True).wait_for()
 
             _field(page, "name", "textarea").fill(name)
-            page.get_by_label("Select Type").click()
-            page.get_by_role("option", name="one-time").click()
-            page.get_by_label("Select priority").click()
-            page.get_by_role("option", name="high").click()
+            choose(page, "Select Type", "one-time")
+            choose(page, "Select priority", "high")
             _field(page, "handler (Optional)", "button[normalize-space(.)='str']").click()
             _field(page, "handler (Optional)", "textarea").fill("demo")
             page.screenshot(path=ARTIFACTS / "2-create-form.png", full_page=True)

@@ -8,16 +8,18 @@ import httpx
 import psutil
 import pytest
 
-from tests.e2e.up import Up
+from tests.e2e.up import Up, poll
 
 pytestmark = pytest.mark.e2e
 
 
 def test_bgtasks_up_serves_the_ui_runs_a_task_and_stops_cleanly(tmp_path: Path) -> None:
+    """Started as the README's simulated-phones walk-through starts it (`--push emulator`), which
+    it then follows step by step."""
     up = Up(tmp_path / "home")
     port, api_port = up.port, up.api_port
     try:
-        up.start()
+        up.start("--push", "emulator")
         assert any(f"http://127.0.0.1:{port}" in line for line in up.output)
         assert len(up.children) >= 3  # server, worker (and its zygote), REST API
 
@@ -36,8 +38,27 @@ def test_bgtasks_up_serves_the_ui_runs_a_task_and_stops_cleanly(tmp_path: Path) 
         via_api = httpx.get(f"http://127.0.0.1:{api_port}/tasks/{task['id']}", timeout=30,
                             headers={"Authorization": f"Bearer {token}"}).json()
         assert via_api["status"] == "completed" and via_api["result"]["success"]
+        _readme_walk_through(up)
     finally:
         code = up.stop()
     assert code == 0
     gone, alive = psutil.wait_procs(up.children, timeout=30)
     assert not alive, alive
+
+
+def _readme_walk_through(up: Up) -> None:
+    """README, "Try it with simulated phones": the same commands, in order."""
+    phones = up.cli_json("device", "simulate", "--platform", "android", "--count", "2", "--label", "demo")
+    assert [p["id"] for p in phones] == ["sim-android-1", "sim-android-2"]
+    up.cli("device", "set", "sim-android-1", "--charging")
+    task = up.cli_json("task", "create", "photos", "--handler", "sync", "--device-label", "demo",
+                       "--requires-charging", "--timeout", "10m")
+    waiting = poll("sim-android-2 to wait for its charger",
+                   lambda: p if (p := up.cli_json("device", "phones", "sim-android-2"))["work"] else None, 120)
+    assert waiting["work"][0]["waitingFor"] == "requiresCharging"
+    assert "requiresCharging" in up.cli("device", "phones")
+    up.cli("device", "set", "sim-android-2", "--charging")
+    done = poll("the run to complete",
+                lambda: t if (t := up.cli_json("task", "show", "photos")).get("result") else None, 180)
+    assert done["id"] == task["id"] and done["status"] == "completed", done
+    assert done["result"]["data"]["reported"] == ["sim-android-1", "sim-android-2"], done["result"]

@@ -40,8 +40,10 @@ class Up:
         self.children: list[psutil.Process] = []
         self.output: list[str] = []
 
-    def start(self, timeout_s: float = 240) -> None:
-        self.proc = subprocess.Popen([str(BIN / "bgtasks"), "up"], env=self.env, stdout=subprocess.PIPE,
+    def start(self, *args: str, timeout_s: float = 240) -> None:
+        if "emulator" in args:  # the push emulator's ports: free ones, not its defaults
+            self.env["BGTASKS_EMULATOR_PORTS"] = ",".join(str(free_port()) for _ in range(4))
+        self.proc = subprocess.Popen([str(BIN / "bgtasks"), "up", *args], env=self.env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
         lines: queue.Queue[str] = queue.Queue()
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from bgtasks.settings import Settings
-from tests.fakes import FakeAPNs, FakeFCM
+from mobile_push.emulator import APNsEmulator, FCMEmulator
 from tests.fixtures import ApiProcess, WorkerHandle, make_token, start_worker
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgresql]
@@ -33,26 +33,27 @@ def apns_token() -> str:
 
 
 @pytest.fixture(scope="module")
-def apns_pair() -> Iterator[tuple[FakeAPNs, FakeAPNs]]:
+def apns_pair() -> Iterator[tuple[APNsEmulator, APNsEmulator]]:
     """APNs production and sandbox: two hosts, one team key."""
-    with FakeAPNs(topics={BUNDLE}) as production:
+    with APNsEmulator(topics={BUNDLE}) as production:
         assert production.private_key is not None
-        with FakeAPNs(production.team_id, production.key_id, production.private_key.public_key(),
+        with APNsEmulator(production.team_id, production.key_id, production.private_key.public_key(),
                       topics={BUNDLE}) as sandbox:
             yield production, sandbox
 
 
 @pytest.fixture(scope="module")
 def fakes(tmp_path_factory: pytest.TempPathFactory,
-          apns_pair: tuple[FakeAPNs, FakeAPNs]) -> Iterator[tuple[FakeFCM, FakeAPNs, dict[str, str]]]:
+          apns_pair: tuple[APNsEmulator, APNsEmulator]) -> Iterator[tuple[FCMEmulator, APNsEmulator, dict[str, str]]]:
     keys = tmp_path_factory.mktemp("push-keys")
     apns, sandbox = apns_pair
     cas = keys / "cas.pem"
     cas.write_bytes(apns.ca_cert_path.read_bytes() + sandbox.ca_cert_path.read_bytes())
-    with FakeFCM() as fcm:
+    with FCMEmulator(tls=True) as fcm:
         env = {
             "BGTASKS_PUSH_FCM_CREDENTIALS_FILE": str(fcm.write_service_account_file(keys / "service-account.json")),
             "BGTASKS_PUSH_FCM_URL": fcm.send_url,
+            "BGTASKS_PUSH_FCM_CA_FILE": str(fcm.ca_cert_path),
             "BGTASKS_PUSH_APNS_KEY_FILE": str(apns.write_auth_key(keys)),
             "BGTASKS_PUSH_APNS_KEY_ID": apns.key_id,
             "BGTASKS_PUSH_APNS_TEAM_ID": apns.team_id,
@@ -64,9 +65,63 @@ def fakes(tmp_path_factory: pytest.TempPathFactory,
         yield fcm, apns, env
 
 
+class FeedbackReceiver:
+    """The app backend's end of the dead-token webhook: a real HTTP server on a free port that
+    records each POST (headers and body)."""
+
+    SECRET = "feedback-" + secrets.token_hex(16)
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        calls = self.calls = []  # type: list[tuple[dict[str, str], bytes]]
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                calls.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/bgtasks/feedback"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def events(self) -> list[dict[str, Any]]:
+        """The verified calls' bodies (a call whose signature does not verify fails the test)."""
+        import time
+
+        from mobile_push.feedback import SIGNATURE_HEADER, verify
+
+        out = []
+        for headers, body in list(self.calls):
+            assert verify(self.SECRET, body, headers[SIGNATURE_HEADER.lower()], time.time()), headers
+            out.append(json.loads(body))
+        return out
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join()
+
+
 @pytest.fixture(scope="module")
-def push_worker(prefect_server: Any, settings: Settings, fakes: Any, api_process: ApiProcess) -> Iterator[WorkerHandle]:
-    env = dict(fakes[2], BGTASKS_PUSH_PUBLIC_URL=api_process.base)
+def feedback() -> Iterator[FeedbackReceiver]:
+    receiver = FeedbackReceiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture(scope="module")
+def push_worker(prefect_server: Any, settings: Settings, fakes: Any, api_process: ApiProcess,
+                feedback: FeedbackReceiver) -> Iterator[WorkerHandle]:
+    env = dict(fakes[2], BGTASKS_PUSH_PUBLIC_URL=api_process.base, BGTASKS_PUSH_FEEDBACK_URL=feedback.url,
+               BGTASKS_PUSH_FEEDBACK_SECRET=FeedbackReceiver.SECRET)
     w = start_worker(settings, limit=4, env=env)
     yield w
     w.stop()
@@ -183,6 +238,7 @@ async def test_a_task_wakes_an_android_and_an_ios_device_and_collects_their_repo
     # FCM: data-only, normal priority, every value a string.
     msg = fcm_req.message
     assert "notification" not in msg and msg["android"]["priority"] == "normal"
+    assert msg["fcm_options"] == {"analytics_label": task["name"]}  # Firebase's reports split by task
     assert all(isinstance(v, str) for v in msg["data"].values())
     # APNs: a background push, priority 5, the bundle as topic, content-available and nothing visible.
     assert apns_req.headers["apns-push-type"] == "background" and apns_req.headers["apns-priority"] == "5"
@@ -227,8 +283,66 @@ async def test_a_task_wakes_an_android_and_an_ios_device_and_collects_their_repo
     assert len(pushes_to(fcm, fcm_req.target)) == 1 and len(pushes_to(apns, apns_req.device_token)) == 1
 
 
-async def test_dead_tokens_mark_devices_invalid_and_the_next_run_skips_them(
+async def test_a_stop_keeps_the_report_token_for_the_retried_work_and_a_device_still_stopped_at_the_deadline_fails_the_run(
     fakes: Any, push_worker: WorkerHandle, admin: httpx.Client, api_process: ApiProcess, settings: Settings
+) -> None:
+    """docs/device-protocol.md: started and stopped are progress (the token stays valid), succeeded
+    and failed are final (once). One phone is stopped by WorkManager and succeeds when it runs the
+    work again; the other is stopped and never resumes: the run fails at its deadline saying so."""
+    fcm, _, _ = fakes
+    tokens = [fcm_token(), fcm_token()]
+    resumed, stuck = [register(admin, "android", t) for t in tokens]
+    task = create(admin, {"deviceIds": [resumed["id"], stuck["id"]]}, timeoutMs=20_000,
+                  retryPolicy={"maxRetries": 0})
+    payloads = {d["id"]: fcm_payload(await pushed(admin, task["id"], fcm, fcm_payload, t))
+                for d, t in zip((resumed, stuck), tokens)}
+
+    def send(phone: httpx.Client, device_id: str, **body: Any) -> httpx.Response:
+        p = payloads[device_id]
+        return phone.post(p["reportUrl"].removeprefix(api_process.base), json={"reportToken": p["reportToken"], **body})
+
+    with device_client(api_process, settings, resumed["id"]) as phone, \
+         device_client(api_process, settings, stuck["id"]) as other:
+        # Bad reports name the field and change nothing.
+        for body, field in (({"state": "stopped"}, "stopReason"), ({"state": "started", "data": {"x": 1}}, "data"),
+                            ({"state": "succeeded", "success": False}, "success"), ({}, "success"),
+                            ({"state": "paused"}, "state")):
+            bad = send(phone, resumed["id"], **body)
+            assert bad.status_code == 422 and bad.json()["errors"][0]["field"] == field, (body, bad.text)
+        first = send(phone, resumed["id"], state="started")
+        assert first.status_code == 201 and first.json()["state"] == "started" and "success" not in first.json()
+        stop = send(phone, resumed["id"], state="stopped", stopReason="STOP_REASON_CONSTRAINT_CHARGING", durationMs=40)
+        assert stop.status_code == 201 and stop.json()["stops"] == 1
+        assert send(phone, resumed["id"], state="started").status_code == 201  # WorkManager runs it again
+        done = send(phone, resumed["id"], state="succeeded", data={"photos": 7})
+        assert done.status_code == 201 and done.json()["success"] is True, done.text
+        for late in ({"state": "stopped", "stopReason": "STOP_REASON_USER"}, {"state": "started"}, {"success": True}):
+            assert send(phone, resumed["id"], **late).status_code == 409  # nothing after the final report
+
+        assert send(other, stuck["id"], state="started").status_code == 201
+        assert send(other, stuck["id"], state="stopped", stopReason="STOP_REASON_QUOTA").status_code == 201
+
+    done_task = await settled(admin, task["id"])
+    assert done_task["status"] == "failed", done_task
+    result = done_task["result"]
+    assert f"device {stuck['id']} was stopped by the system (STOP_REASON_QUOTA)" in result["error"]
+    assert resumed["id"] not in result["error"]
+    assert f"no final report from 1 device(s): {stuck['id']}" in result["error"]
+    from mobile_push.reports import RunLedger
+    from tests.fixtures import _in_store
+
+    reports = _in_store(settings, lambda store: RunLedger(store).reports(result["runId"]))
+    good = reports[resumed["id"]].to_json_dict()
+    assert (good["state"], good["success"], good["data"], good["stops"]) == ("succeeded", True, {"photos": 7}, 1)
+    assert "startedAt" in good
+    last = reports[stuck["id"]].to_json_dict()
+    assert (last["state"], last["stopReason"], last["stops"]) == ("stopped", "STOP_REASON_QUOTA", 1)
+    assert "success" not in last
+
+
+async def test_dead_tokens_mark_devices_invalid_and_the_next_run_skips_them(
+    fakes: Any, push_worker: WorkerHandle, admin: httpx.Client, api_process: ApiProcess, settings: Settings,
+    feedback: FeedbackReceiver,
 ) -> None:
     fcm, apns, _ = fakes
     label = f"group-{secrets.token_hex(3)}"
@@ -254,6 +368,13 @@ async def test_dead_tokens_mark_devices_invalid_and_the_next_run_skips_them(
     assert "UNREGISTERED" in states[dead_android["id"]]["invalidReason"].upper()
     assert states[alive["id"]]["state"] == "active"
     assert len(pushes_to(fcm, dead_fcm)) == 1 and len(pushes_to(apns, dead_apns)) == 1  # never retried
+    # The app's backend was told, once per device, with a signature it can check.
+    told = {e["deviceId"]: e for e in feedback.events() if e["deviceId"] in (dead_android["id"], dead_ios["id"])}
+    assert set(told) == {dead_android["id"], dead_ios["id"]}
+    assert told[dead_android["id"]]["reason"] == "UNREGISTERED" and told[dead_ios["id"]]["reason"] == "Unregistered"
+    assert "unregisteredAt" in told[dead_ios["id"]] and "unregisteredAt" not in told[dead_android["id"]]
+    assert all(e["event"] == "device.invalid" and e["runId"] == first["result"]["runId"] for e in told.values())
+    assert not any(dead in json.dumps(told) for dead in (dead_fcm, dead_apns))  # no token in the call
 
     second = await run_and_report()
     assert second["status"] == "completed", second
@@ -326,7 +447,7 @@ async def test_payload_too_large_and_configuration_errors_fail_without_sending_o
 
 
 async def test_a_development_build_is_found_on_the_sandbox_and_pushed_there_from_then_on(
-    fakes: Any, apns_pair: tuple[FakeAPNs, FakeAPNs], push_worker: WorkerHandle, admin: httpx.Client,
+    fakes: Any, apns_pair: tuple[APNsEmulator, APNsEmulator], push_worker: WorkerHandle, admin: httpx.Client,
     api_process: ApiProcess, settings: Settings
 ) -> None:
     """A token production refuses (BadDeviceToken) is tried on the sandbox once; accepted there,
@@ -421,3 +542,121 @@ def test_bgtasks_device_test_sends_one_push_and_prints_the_answer(
     shown = subprocess.run([str(Path(sys.executable).parent / "bgtasks"), "device", "test", device["id"]],
                            env=cli_env, capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0 and "delivered after 1 attempt(s)" in shown.stdout
+
+
+async def accepted_at(settings: Settings, device_id: str, when: Any) -> None:
+    """Record that a push to the device was accepted at ``when`` (an earlier run's, as far as the
+    push budget can tell): the budget's clock is the deliveries' time, so the test sets it."""
+    from bgtasks.store import open_store
+    from bgtasks.store.schema import deliveries
+
+    store = await open_store(settings.store_url)
+    try:
+        async with store.session() as s:
+            await s.execute(deliveries.insert().values(
+                idempotency_key=f"run:earlier-{secrets.token_hex(4)}:device:{device_id}", run_id="earlier",
+                device_id=device_id, transport="apns", outcome="delivered", attempts=1, created_at=when,
+                updated_at=when))
+    finally:
+        await store.close()
+
+
+def push_stats(admin: httpx.Client) -> dict[str, Any]:
+    resp = admin.get("/push/stats")
+    assert resp.status_code == 200, resp.text
+    return resp.json()["transports"].get("apns", {"holds": 0, "accepted": 0})
+
+
+async def test_a_push_beyond_the_budget_is_held_visibly_and_sent_when_the_hour_allows_it(
+    fakes: Any, push_worker: WorkerHandle, admin: httpx.Client, api_process: ApiProcess, settings: Settings
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    _, apns, _ = fakes
+    tok = apns_token()
+    ios = register(admin, "ios", tok, topic=BUNDLE)
+    earlier = (datetime.now(UTC) - timedelta(hours=1) + timedelta(seconds=8)).replace(microsecond=0)
+    await accepted_at(settings, ios["id"], earlier)  # the budget of 1 frees up 8 s from now
+    before = push_stats(admin)
+    task = create(admin, {"deviceIds": [ios["id"]], "pushesPerHour": 1})
+
+    def held() -> Any:
+        rows = admin.get(f"/devices/{ios['id']}/deliveries").json()
+        return next((r for r in rows if r["outcome"] == "held"), None)
+
+    row = await until(held, "the push to be held by the budget")
+    until_at = datetime.fromisoformat(row["heldUntil"])
+    assert until_at == earlier + timedelta(hours=1)
+    assert row["reason"] == "PushBudget" and "push budget (1 an hour" in row["error"]
+    req = await pushed(admin, task["id"], apns, apns_payload, tok)
+    assert req.time >= until_at.timestamp()  # sent when the hour allowed it, not before
+    assert report_success(api_process, settings, ios["id"], apns_payload(req)) == 201
+    done = await settled(admin, task["id"])
+    assert done["status"] == "completed", done
+    after = push_stats(admin)
+    assert after["holds"] - before["holds"] == 1 and after["accepted"] - before["accepted"] == 1
+    metrics = admin.get("/metrics")
+    assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain")
+    assert f'bgtasks_push_holds{{transport="apns"}} {after["holds"]}' in metrics.text.splitlines()
+
+
+async def test_the_budget_keeps_a_device_within_what_ios_accepts_and_a_push_held_past_the_timeout_fails_the_run(
+    fakes: Any, push_worker: WorkerHandle, admin: httpx.Client, api_process: ApiProcess, settings: Settings
+) -> None:
+    """Three runs an hour reach an iPhone (the default budget); the fourth is held, and as its
+    hour frees up long after the run's timeout, the run fails saying so. The fake APNs counts what
+    iOS would throttle: nothing, until a task without a budget pushes a fifth time."""
+    from datetime import UTC, datetime, timedelta
+
+    _, apns, _ = fakes
+    tok = apns_token()
+    ios = register(admin, "ios", tok, topic=BUNDLE)
+    for _ in range(3):
+        task = create(admin, {"deviceIds": [ios["id"]]})
+        req = await pushed(admin, task["id"], apns, apns_payload, tok)
+        assert report_success(api_process, settings, ios["id"], apns_payload(req)) == 201
+        assert (await settled(admin, task["id"]))["status"] == "completed"
+    fourth = create(admin, {"deviceIds": [ios["id"]]}, timeoutMs=30_000)
+    done = await settled(admin, fourth["id"])
+    assert done["status"] == "failed"
+    assert "held by the push budget (3 an hour" in done["result"]["error"]
+    assert "after the run's timeout" in done["result"]["error"]
+    [row] = [r for r in admin.get(f"/devices/{ios['id']}/deliveries").json() if r["runId"] == done["result"]["runId"]]
+    assert row["outcome"] == "held" and row["attempts"] == 0
+    assert datetime.fromisoformat(row["heldUntil"]) > datetime.now(UTC) + timedelta(minutes=5)
+    assert len(pushes_to(apns, tok)) == 3 and apns.throttled(tok) == 0  # nothing sent to be dropped
+
+    unbudgeted = create(admin, {"deviceIds": [ios["id"]], "pushesPerHour": 0})
+    await pushed(admin, unbudgeted["id"], apns, apns_payload, tok)
+    assert apns.throttled(tok) == 1  # what the budget spared the device: iOS would drop this one
+
+
+def test_a_schedule_beyond_the_push_budget_is_created_with_a_warning(admin: httpx.Client) -> None:
+    every_10_min = {"type": "periodic", "interval": 600_000,
+                    "startTime": "2099-01-01T00:00:00Z"}  # far ahead: nothing runs
+    warned = create(admin, {"platform": "ios"}, schedule=every_10_min)
+    assert warned["warnings"] == [w for w in warned["warnings"] if "6 runs an hour" in w and "ios 3" in w]
+    assert len(warned["warnings"]) == 1
+    fits = create(admin, {"platform": "ios", "pushesPerHour": 6}, schedule=every_10_min)
+    assert "warnings" not in fits
+    assert "warnings" not in admin.get(f"/tasks/{warned['id']}").json()  # only in the creation's answer
+    for task in (warned, fits):
+        assert admin.delete(f"/tasks/{task['id']}").status_code == 204
+
+
+def test_a_fifth_fcm_collapse_key_for_a_device_is_refused(admin: httpx.Client) -> None:
+    android = register(admin, "android", fcm_token())
+    later = {"type": "one-time", "startTime": "2099-01-01T00:00:00Z"}
+    target = {"deviceIds": [android["id"]]}
+    made = [create(admin, dict(target, collapseKey=f"key-{i}"), schedule=later) for i in range(4)]
+    fifth = admin.post("/tasks", json={"name": f"wake-{secrets.token_hex(4)}", "schedule": later,
+                                       "target": dict(target, collapseKey="key-4")})
+    assert fifth.status_code == 422, fifth.text
+    [error] = fifth.json()["errors"]
+    assert error["field"] == "target.collapseKey" and android["id"] in error["message"]
+    assert all(f"'key-{i}'" in error["message"] for i in range(4))
+    made.append(create(admin, dict(target, collapseKey="key-0"), schedule=later))  # a key in use: fine
+    assert admin.post(f"/tasks/{made[1]['id']}/cancel").status_code == 200        # a cancelled task's key is free
+    made.append(create(admin, dict(target, collapseKey="key-4"), schedule=later))
+    for task in made:
+        assert admin.delete(f"/tasks/{task['id']}").status_code == 204

@@ -1,7 +1,7 @@
 """The push senders against the local protocol-faithful fakes, and the retry loop on top of them.
 
-Real components: ``FakeAPNs`` (HTTP/2 over TLS, ES256 provider tokens checked),
-``FakeFCM`` (FCM v1 + Google's OAuth token endpoint), firebase-admin 7.7,
+Real components: ``APNsEmulator`` (HTTP/2 over TLS, ES256 provider tokens checked),
+``FCMEmulator`` (FCM v1 + Google's OAuth token endpoint), firebase-admin 7.7,
 httpx with h2, PyJWT. No Prefect server. Waits are never slept: the retry
 loop gets an injected ``sleep`` that records what it was asked to wait.
 """
@@ -30,7 +30,7 @@ from mobile_push.senders.apns import ApnsSender
 from mobile_push.senders.fcm import FcmSender, apns_expiration, build_fcm_message
 from mobile_push.senders.memory import Scripted
 from mobile_push.types import OutcomeKind, Platform, PushMessage, PushTarget, SendResult, Transport
-from tests.fakes import HANG, FakeAPNs, FakeFCM
+from mobile_push.emulator import HANG, APNsEmulator, FCMEmulator
 
 TOPIC = "com.example.bgtasks"
 D, INV, TR, CF = OutcomeKind.DELIVERED, OutcomeKind.INVALID_TOKEN, OutcomeKind.TRANSIENT, OutcomeKind.CONFIG
@@ -98,19 +98,19 @@ def closed_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def apns_fake() -> Iterator[FakeAPNs]:
-    with FakeAPNs(topics={TOPIC}) as fake:
+def apns_fake() -> Iterator[APNsEmulator]:
+    with APNsEmulator(topics={TOPIC}) as fake:
         yield fake
 
 
 @pytest.fixture
-def apns(apns_fake: FakeAPNs) -> FakeAPNs:
+def apns(apns_fake: APNsEmulator) -> APNsEmulator:
     apns_fake.reset()
     return apns_fake
 
 
 @pytest.fixture(params=["h2", "httpx"])
-async def apns_sender(apns: FakeAPNs, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[ApnsSender]:
+async def apns_sender(apns: APNsEmulator, tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[ApnsSender]:
     """Every APNs test runs on both HTTP/2 engines (one contract, two implementations)."""
     sender = ApnsSender(apns.write_auth_key(tmp_path), apns.key_id, apns.team_id, base_url=apns.base_url,
                         ca_file=apns.ca_cert_path, engine=request.param)
@@ -119,20 +119,35 @@ async def apns_sender(apns: FakeAPNs, tmp_path: Path, request: pytest.FixtureReq
 
 
 @pytest.fixture(scope="module")
-def fcm_fake() -> Iterator[FakeFCM]:
-    with FakeFCM(project_id="bgtasks-push-test") as fake:
-        yield fake
+def fcm_fakes() -> Iterator[dict[str, FCMEmulator]]:
+    """FCM as the h2 engine meets it (HTTP/2 over TLS, as fcm.googleapis.com) and as the sdk
+    engine's tests use it (plain HTTP/1.1: firebase-admin's httpx takes no CA bundle)."""
+    with FCMEmulator(project_id="bgtasks-push-test", tls=True) as tls, FCMEmulator(project_id="bgtasks-push-test") as plain:
+        yield {"h2": tls, "sdk": plain}
+
+
+@pytest.fixture(params=["h2", "sdk"])
+def fcm_engine(request: pytest.FixtureRequest) -> str:
+    """Every FCM test runs on both engines (one contract, two implementations)."""
+    return str(request.param)
 
 
 @pytest.fixture
-def fcm(fcm_fake: FakeFCM) -> FakeFCM:
-    fcm_fake.reset()
-    return fcm_fake
+def fcm(fcm_fakes: dict[str, FCMEmulator], fcm_engine: str) -> FCMEmulator:
+    fake = fcm_fakes[fcm_engine]
+    fake.reset()
+    return fake
+
+
+def fcm_sender_for(fcm: FCMEmulator, credentials: Path | None = None, **options: Any) -> FcmSender:
+    """A sender for ``fcm`` on the engine its fake serves (h2 over TLS, sdk over plain HTTP)."""
+    return FcmSender(credentials or fcm.write_service_account_file(), fcm_url=fcm.send_url,
+                     engine="h2" if fcm.tls else "sdk", ca_file=fcm.ca_cert_path if fcm.tls else None, **options)
 
 
 @pytest.fixture
-async def fcm_sender(fcm: FakeFCM) -> AsyncIterator[FcmSender]:
-    sender = FcmSender(fcm.write_service_account_file(), fcm_url=fcm.send_url)
+async def fcm_sender(fcm: FCMEmulator) -> AsyncIterator[FcmSender]:
+    sender = fcm_sender_for(fcm)
     yield sender
     await sender.aclose()
 
@@ -140,7 +155,7 @@ async def fcm_sender(fcm: FakeFCM) -> AsyncIterator[FcmSender]:
 # --------------------------------------------------------- one correct push each
 
 
-async def test_android_silent_push_through_fcm(fcm: FakeFCM, fcm_sender: FcmSender) -> None:
+async def test_android_silent_push_through_fcm(fcm: FCMEmulator, fcm_sender: FcmSender) -> None:
     by_token, by_fid = android(collapse_key="task-1", ttl_s=900), android(fid())
     results = await fcm_sender.send([by_token, by_fid])
     assert [r.kind for r in results] == [D, D]
@@ -151,7 +166,7 @@ async def test_android_silent_push_through_fcm(fcm: FakeFCM, fcm_sender: FcmSend
     assert len(recorded) == 2
     first, second = recorded[by_token.target.token], recorded[by_fid.target.token]
     assert (first.target_kind, second.target_kind) == ("token", "fid")  # decided by shape
-    assert first.status == 200 and first.headers["authorization"].startswith("Bearer ya29.fake-")
+    assert first.status == 200 and first.headers["authorization"].startswith("Bearer ya29.emulator-")
     msg = first.message
     assert msg["data"] == by_token.payload and all(isinstance(v, str) for v in msg["data"].values())
     assert msg["android"] == {"collapse_key": "task-1", "priority": "normal", "ttl": "900s"}
@@ -161,12 +176,12 @@ async def test_android_silent_push_through_fcm(fcm: FakeFCM, fcm_sender: FcmSend
     assert wire == fcm_message(by_token.payload, platform=Platform.ANDROID, ttl_s=900, collapse_key="task-1")
 
 
-async def test_android_high_priority_only_when_asked(fcm: FakeFCM, fcm_sender: FcmSender) -> None:
+async def test_android_high_priority_only_when_asked(fcm: FCMEmulator, fcm_sender: FcmSender) -> None:
     [r] = await fcm_sender.send([android(high_priority=True)])
     assert r.kind is D and fcm.requests.snapshot()[0].message["android"]["priority"] == "high"
 
 
-async def test_ios_silent_push_through_fcm(fcm: FakeFCM, fcm_sender: FcmSender) -> None:
+async def test_ios_silent_push_through_fcm(fcm: FCMEmulator, fcm_sender: FcmSender) -> None:
     m = ios_fcm(collapse_key="task-1", ttl_s=600)
     before = time.time()
     [r] = await fcm_sender.send([m])
@@ -189,8 +204,9 @@ async def test_ios_silent_push_through_fcm(fcm: FakeFCM, fcm_sender: FcmSender) 
     ({"apns-push-type": "background", "apns-priority": "10"}, "BadPriority"),
     ({"apns-push-type": "background", "apns-collapse-id": "é" * 33}, "BadCollapseId"),
 ])
+@pytest.mark.parametrize("fcm_engine", ["sdk"])  # firebase-admin's own sync send, to the plain fake
 async def test_a_bad_apns_block_through_fcm_is_refused_as_apns_would_and_blames_no_device(
-        fcm: FakeFCM, fcm_sender: FcmSender, headers: dict[str, str], reason: str) -> None:
+        fcm: FCMEmulator, fcm_sender: FcmSender, headers: dict[str, str], reason: str) -> None:
     """FCM relays APNs' answer for an iOS device (INVALID_ARGUMENT with an ApnsError detail):
     a message APNs refuses is the task's configuration, never a dead token."""
     from mobile_push.classify import classify_fcm_exception
@@ -217,7 +233,7 @@ def test_fcm_message_builder_matches_the_size_model() -> None:
                                       expires_at_s=apns_expiration(1_700_000_000, m.ttl_s))
 
 
-async def test_ios_silent_push_through_apns(apns: FakeAPNs, apns_sender: ApnsSender) -> None:
+async def test_ios_silent_push_through_apns(apns: APNsEmulator, apns_sender: ApnsSender) -> None:
     push_id = str(uuid.uuid4())
     m = ios(collapse_key="task-1", ttl_s=600, push_id=push_id)
     before = time.time()
@@ -237,7 +253,7 @@ async def test_ios_silent_push_through_apns(apns: FakeAPNs, apns_sender: ApnsSen
 
 
 async def test_apns_many_messages_share_one_connection_and_one_token(
-    apns: FakeAPNs, apns_sender: ApnsSender
+    apns: APNsEmulator, apns_sender: ApnsSender
 ) -> None:
     big = [PushMessage(ios().target, payload(run_id=f"run-{i}", data="x" * 2000)) for i in range(300)]
     results = await apns_sender.send(big)  # 300 x 2 kB: well past the 64 kB initial flow-control window
@@ -254,7 +270,7 @@ async def test_apns_a_new_connection_sends_one_request_then_up_to_the_servers_li
                                                                                    engine: str) -> None:
     """Cold: 60 messages on a connection that has just opened. APNs allows one stream until it
     has seen a valid token; the fake refuses a second one (and counts it)."""
-    with FakeAPNs(topics={TOPIC}, max_concurrent_streams=3) as fake:
+    with APNsEmulator(topics={TOPIC}, max_concurrent_streams=3) as fake:
         sender = ApnsSender(fake.write_auth_key(tmp_path), fake.key_id, fake.team_id, base_url=fake.base_url,
                             ca_file=fake.ca_cert_path, engine=engine)  # type: ignore[arg-type]
         try:
@@ -283,7 +299,7 @@ async def test_the_fake_refuses_a_second_stream_before_a_token_is_accepted(tmp_p
         return await real_request(self, headers, body, timeout_s)
 
     monkeypatch.setattr(_h2._H2Protocol, "request", no_wait)
-    with FakeAPNs(topics={TOPIC}) as fake:
+    with APNsEmulator(topics={TOPIC}) as fake:
         sender = ApnsSender(fake.write_auth_key(tmp_path), fake.key_id, fake.team_id, base_url=fake.base_url,
                             ca_file=fake.ca_cert_path)
         try:
@@ -293,7 +309,7 @@ async def test_the_fake_refuses_a_second_stream_before_a_token_is_accepted(tmp_p
     assert fake.refused_streams > 0 and TR in kinds
 
 
-async def test_apns_sender_works_from_another_event_loop(apns: FakeAPNs, apns_sender: ApnsSender) -> None:
+async def test_apns_sender_works_from_another_event_loop(apns: APNsEmulator, apns_sender: ApnsSender) -> None:
     """A sender used from a second loop (another thread) opens a connection there; the first loop's is closed."""
     assert [r.kind for r in await apns_sender.send([ios()])] == [D]
 
@@ -308,7 +324,7 @@ async def test_apns_sender_works_from_another_event_loop(apns: FakeAPNs, apns_se
 
 
 @pytest.mark.parametrize("engine", ["h2", "httpx"])
-async def test_apns_a_hung_request_times_out_alone(apns: FakeAPNs, tmp_path: Path, engine: str) -> None:
+async def test_apns_a_hung_request_times_out_alone(apns: APNsEmulator, tmp_path: Path, engine: str) -> None:
     sender = ApnsSender(apns.write_auth_key(tmp_path), apns.key_id, apns.team_id, base_url=apns.base_url,
                         # generous: the others' TLS handshake and ES256 token must fit in it on a busy machine
                         ca_file=apns.ca_cert_path, engine=engine, timeout_s=5.0)  # type: ignore[arg-type]
@@ -326,7 +342,7 @@ async def test_apns_a_hung_request_times_out_alone(apns: FakeAPNs, tmp_path: Pat
         await sender.aclose()
 
 
-async def test_apns_goaway_is_transient_then_a_new_connection(apns: FakeAPNs, apns_sender: ApnsSender) -> None:
+async def test_apns_goaway_is_transient_then_a_new_connection(apns: APNsEmulator, apns_sender: ApnsSender) -> None:
     [ok] = await apns_sender.send([ios()])
     assert ok.kind is D
     first_conn = apns.requests.snapshot()[-1].connection_id
@@ -339,7 +355,7 @@ async def test_apns_goaway_is_transient_then_a_new_connection(apns: FakeAPNs, ap
 # -------------------------------------------------------------- invalid tokens
 
 
-async def test_fcm_dead_tokens_are_invalid(fcm: FakeFCM, fcm_sender: FcmSender) -> None:
+async def test_fcm_dead_tokens_are_invalid(fcm: FCMEmulator, fcm_sender: FcmSender) -> None:
     gone, bad, ok = android(), android(), android()
     fcm.unregister(gone.target.token)
     fcm.mark_invalid(bad.target.token)
@@ -349,13 +365,13 @@ async def test_fcm_dead_tokens_are_invalid(fcm: FakeFCM, fcm_sender: FcmSender) 
     assert len(fcm.requests) == 3  # never retried
 
 
-async def test_fcm_bad_payload_is_config_not_a_dead_token(fcm: FakeFCM, fcm_sender: FcmSender) -> None:
+async def test_fcm_bad_payload_is_config_not_a_dead_token(fcm: FCMEmulator, fcm_sender: FcmSender) -> None:
     m = PushMessage(android().target, {**payload(), "from": "x"})  # a reserved key the service refuses
     [r] = await fcm_sender.send([m])
     assert (r.kind, r.status) == (CF, 400) and "message.data" in (r.error or "")
 
 
-async def test_apns_dead_tokens_are_invalid(apns: FakeAPNs, apns_sender: ApnsSender) -> None:
+async def test_apns_dead_tokens_are_invalid(apns: APNsEmulator, apns_sender: ApnsSender) -> None:
     gone, bad, other_app, not_hex = ios(), ios(), ios(), ios("not-a-hex-token")
     apns.unregister(gone.target.token, timestamp_ms=1_700_000_000_000)
     apns.mark_bad(bad.target.token)
@@ -371,7 +387,7 @@ async def test_apns_dead_tokens_are_invalid(apns: FakeAPNs, apns_sender: ApnsSen
 # ------------------------------------------------------------------ transient
 
 
-async def test_fcm_503_then_success_takes_two_attempts(fcm: FakeFCM, fcm_sender: FcmSender) -> None:
+async def test_fcm_503_then_success_takes_two_attempts(fcm: FCMEmulator, fcm_sender: FcmSender) -> None:
     m = android()
     fcm.script(m.target.token, [(503, "UNAVAILABLE")])
     sleeps = Sleeps()
@@ -381,7 +397,7 @@ async def test_fcm_503_then_success_takes_two_attempts(fcm: FakeFCM, fcm_sender:
     assert sleeps.waits == [0.5]
 
 
-async def test_apns_503_then_success_takes_two_attempts(apns: FakeAPNs, apns_sender: ApnsSender) -> None:
+async def test_apns_503_then_success_takes_two_attempts(apns: APNsEmulator, apns_sender: ApnsSender) -> None:
     m = ios()
     apns.script(m.target.token, ["ServiceUnavailable"])
     sleeps = Sleeps()
@@ -390,7 +406,7 @@ async def test_apns_503_then_success_takes_two_attempts(apns: FakeAPNs, apns_sen
     assert [q.status for q in apns.requests.snapshot()] == [503, 200] and sleeps.waits == [0.5]
 
 
-async def test_fcm_429_retry_after_is_honoured(fcm: FakeFCM, fcm_sender: FcmSender) -> None:
+async def test_fcm_429_retry_after_is_honoured(fcm: FCMEmulator, fcm_sender: FcmSender) -> None:
     m = android()
     fcm.script(m.target.token, [(429, "QUOTA_EXCEEDED", {"Retry-After": "7"})])
     sleeps = Sleeps()
@@ -399,7 +415,7 @@ async def test_fcm_429_retry_after_is_honoured(fcm: FakeFCM, fcm_sender: FcmSend
     assert len(sleeps.waits) == 1 and sleeps.waits[0] >= 7
 
 
-async def test_apns_429_retry_after_is_honoured(apns: FakeAPNs, apns_sender: ApnsSender) -> None:
+async def test_apns_429_retry_after_is_honoured(apns: APNsEmulator, apns_sender: ApnsSender) -> None:
     m = ios()
     apns.script(m.target.token, [(429, "TooManyRequests", {"retry-after": "5"})])
     sleeps = Sleeps()
@@ -408,7 +424,7 @@ async def test_apns_429_retry_after_is_honoured(apns: FakeAPNs, apns_sender: Apn
     assert len(sleeps.waits) == 1 and sleeps.waits[0] >= 5
 
 
-async def test_fcm_quota_errors_back_off_from_a_minute_doubling(fcm: FakeFCM, fcm_sender: FcmSender) -> None:
+async def test_fcm_quota_errors_back_off_from_a_minute_doubling(fcm: FCMEmulator, fcm_sender: FcmSender) -> None:
     """Firebase asks for at least a minute after a quota error, growing exponentially."""
     m = android()
     fcm.script(m.target.token, ["QUOTA_EXCEEDED", "QUOTA_EXCEEDED"])  # 429 without Retry-After, twice
@@ -418,7 +434,7 @@ async def test_fcm_quota_errors_back_off_from_a_minute_doubling(fcm: FakeFCM, fc
 
 
 async def test_apns_too_many_provider_token_updates_waits_instead_of_retrying_at_once(
-        apns: FakeAPNs, apns_sender: ApnsSender) -> None:
+        apns: APNsEmulator, apns_sender: ApnsSender) -> None:
     m = ios()
     apns.script(m.target.token, [(429, "TooManyProviderTokenUpdates", {})])
     sleeps = Sleeps()
@@ -426,7 +442,7 @@ async def test_apns_too_many_provider_token_updates_waits_instead_of_retrying_at
     assert (r.kind, attempts) == (D, 2) and sleeps.waits == [60.0]
 
 
-async def test_no_retry_waits_past_the_runs_timeout(fcm: FakeFCM, fcm_sender: FcmSender) -> None:
+async def test_no_retry_waits_past_the_runs_timeout(fcm: FCMEmulator, fcm_sender: FcmSender) -> None:
     m = android()
     fcm.script(m.target.token, [(503, "UNAVAILABLE", {"Retry-After": "30"})])
     sleeps = Sleeps()
@@ -439,7 +455,7 @@ async def test_no_retry_waits_past_the_runs_timeout(fcm: FakeFCM, fcm_sender: Fc
 
 
 async def test_a_retry_after_beyond_the_cap_is_not_waited(
-    fcm: FakeFCM, fcm_sender: FcmSender, apns: FakeAPNs, apns_sender: ApnsSender
+    fcm: FCMEmulator, fcm_sender: FcmSender, apns: APNsEmulator, apns_sender: ApnsSender
 ) -> None:
     slow_fcm, slow_apns = android(), ios()
     fcm.script(slow_fcm.target.token, [(429, "QUOTA_EXCEEDED", {"Retry-After": "21600"})])
@@ -455,7 +471,8 @@ async def test_a_retry_after_beyond_the_cap_is_not_waited(
         assert "BGTASKS_PUSH_MAX_RETRY_AFTER_S" in (r.error or "") and "not waiting" in (r.error or "")
 
 
-async def test_sdk_sync_path_does_not_sleep_a_retry_after_either(fcm: FakeFCM, fcm_sender: FcmSender) -> None:
+@pytest.mark.parametrize("fcm_engine", ["sdk"])
+async def test_sdk_sync_path_does_not_sleep_a_retry_after_either(fcm: FCMEmulator, fcm_sender: FcmSender) -> None:
     """The sync ``messaging.send`` of our app answers at once (the SDK's default would sleep and resend)."""
     target = fid()
     fcm.script(target, [(429, "QUOTA_EXCEEDED", {"Retry-After": "2"}), (503, "UNAVAILABLE")])
@@ -466,6 +483,7 @@ async def test_sdk_sync_path_does_not_sleep_a_retry_after_either(fcm: FakeFCM, f
     assert [q.status for q in fcm.requests.snapshot()] == [429, 503]
 
 
+@pytest.mark.parametrize("fcm_engine", ["sdk"])
 async def test_the_sdk_retry_hook_is_in_place(fcm_sender: FcmSender) -> None:
     """Fails when firebase-admin moves the private attributes the no-retry hook replaces."""
     await fcm_sender.send([])  # binds nothing; the hook is installed at construction and per loop
@@ -477,7 +495,7 @@ async def test_the_sdk_retry_hook_is_in_place(fcm_sender: FcmSender) -> None:
 
 
 @pytest.mark.parametrize("engine", ["h2", "httpx"])
-async def test_transport_errors_are_transient(fcm: FakeFCM, tmp_path: Path, apns: FakeAPNs, engine: str) -> None:
+async def test_transport_errors_are_transient(fcm: FCMEmulator, tmp_path: Path, apns: APNsEmulator, engine: str) -> None:
     port = closed_port()
     f = FcmSender(fcm.write_service_account_file(), fcm_url=f"http://127.0.0.1:{port}/v1/projects/p/messages:send")
     a = ApnsSender(apns.write_auth_key(tmp_path), apns.key_id, apns.team_id, base_url=f"https://127.0.0.1:{port}",
@@ -495,7 +513,7 @@ async def test_transport_errors_are_transient(fcm: FakeFCM, tmp_path: Path, apns
 # ---------------------------------------------------------- provider tokens
 
 
-async def test_expired_provider_token_is_renewed_once_and_resent(apns: FakeAPNs, apns_sender: ApnsSender) -> None:
+async def test_expired_provider_token_is_renewed_once_and_resent(apns: APNsEmulator, apns_sender: ApnsSender) -> None:
     await apns_sender.send([ios()])  # a token in use
     apns.requests.clear()
     apns.force_expired_provider_token(1)
@@ -509,7 +527,7 @@ async def test_expired_provider_token_is_renewed_once_and_resent(apns: FakeAPNs,
     assert apns_sender.tokens.issued == 2  # exactly one new JWT
 
 
-async def test_concurrent_expiry_answers_share_one_renewal(apns: FakeAPNs, apns_sender: ApnsSender) -> None:
+async def test_concurrent_expiry_answers_share_one_renewal(apns: APNsEmulator, apns_sender: ApnsSender) -> None:
     await apns_sender.send([ios()])
     apns.expire_provider_tokens()  # every request with the current token answers ExpiredProviderToken
     results = await apns_sender.send([ios() for _ in range(30)])
@@ -517,7 +535,7 @@ async def test_concurrent_expiry_answers_share_one_renewal(apns: FakeAPNs, apns_
     assert apns_sender.tokens.issued == 2
 
 
-async def test_a_second_expiry_answer_is_a_config_error(apns: FakeAPNs, apns_sender: ApnsSender) -> None:
+async def test_a_second_expiry_answer_is_a_config_error(apns: APNsEmulator, apns_sender: ApnsSender) -> None:
     apns.force_expired_provider_token(2)
     [r] = await apns_sender.send([ios()])
     assert (r.kind, r.reason) == (CF, "ExpiredProviderToken") and "clock" in (r.error or "")
@@ -532,7 +550,7 @@ async def test_provider_token_is_reused_then_renewed_after_50_minutes(tmp_path: 
     def clock() -> float:
         return now[0]
 
-    with FakeAPNs(topics={TOPIC}, clock=clock) as fake:
+    with APNsEmulator(topics={TOPIC}, clock=clock) as fake:
         sender = ApnsSender(fake.write_auth_key(tmp_path), fake.key_id, fake.team_id, base_url=fake.base_url,
                             ca_file=fake.ca_cert_path, clock=clock, engine=engine)  # type: ignore[arg-type]
         try:
@@ -552,7 +570,7 @@ async def test_provider_token_is_reused_then_renewed_after_50_minutes(tmp_path: 
 # --------------------------------------------------------------- config errors
 
 
-async def test_apns_config_errors_say_how_to_fix(apns: FakeAPNs, apns_sender: ApnsSender, tmp_path: Path) -> None:
+async def test_apns_config_errors_say_how_to_fix(apns: APNsEmulator, apns_sender: ApnsSender, tmp_path: Path) -> None:
     wrong_team = ApnsSender(apns.write_auth_key(tmp_path), apns.key_id, "OTHERTEAM0", base_url=apns.base_url,
                             ca_file=apns.ca_cert_path, engine=apns_sender.engine)  # type: ignore[arg-type]
     try:
@@ -572,7 +590,7 @@ async def test_apns_config_errors_say_how_to_fix(apns: FakeAPNs, apns_sender: Ap
     assert len(apns.requests) == 1 and sleeps.waits == []  # the topic-less one never left the process
 
 
-async def test_fcm_config_errors_say_how_to_fix(fcm: FakeFCM, fcm_sender: FcmSender) -> None:
+async def test_fcm_config_errors_say_how_to_fix(fcm: FCMEmulator, fcm_sender: FcmSender) -> None:
     mismatch, apns_auth = android(), ios_fcm()
     fcm.script(mismatch.target.token, ["SENDER_ID_MISMATCH"])
     fcm.script(apns_auth.target.token, ["THIRD_PARTY_AUTH_ERROR"] * 3)  # the SDK refreshes its token on 401
@@ -583,7 +601,7 @@ async def test_fcm_config_errors_say_how_to_fix(fcm: FakeFCM, fcm_sender: FcmSen
     assert "APNs auth key" in (results[1][0].error or "")
 
 
-async def test_fcm_refused_service_account_is_config(fcm: FakeFCM, fcm_sender: FcmSender) -> None:
+async def test_fcm_refused_service_account_is_config(fcm: FCMEmulator, fcm_sender: FcmSender) -> None:
     await fcm_sender.send([android()])  # an access token in hand
     fcm.revoke_access_tokens()  # 401 -> the SDK refreshes -> the token endpoint refuses the key
     fcm.script_token_endpoint([(400, "invalid_grant", "Invalid JWT Signature.")] * 3)
@@ -594,9 +612,9 @@ async def test_fcm_refused_service_account_is_config(fcm: FakeFCM, fcm_sender: F
     assert ok.kind is D
 
 
-async def test_fcm_key_refused_before_sending_is_config(fcm: FakeFCM, tmp_path: Path) -> None:
+async def test_fcm_key_refused_before_sending_is_config(fcm: FCMEmulator, tmp_path: Path) -> None:
     """A new app's first access token is fetched off the loop; a refused key fails every message, unsent."""
-    sender = FcmSender(fcm.write_service_account_file(tmp_path / "refused.json"), fcm_url=fcm.send_url)
+    sender = fcm_sender_for(fcm, fcm.write_service_account_file(tmp_path / "refused.json"))
     fcm.script_token_endpoint([(400, "invalid_grant", "Invalid JWT Signature.")])
     try:
         results = await sender.send([android(), ios_fcm()])
@@ -607,11 +625,11 @@ async def test_fcm_key_refused_before_sending_is_config(fcm: FakeFCM, tmp_path: 
         await sender.aclose()
 
 
-async def test_fcm_sender_works_from_another_event_loop(fcm: FakeFCM, fcm_sender: FcmSender) -> None:
+async def test_fcm_sender_works_from_another_event_loop(fcm: FCMEmulator, fcm_sender: FcmSender) -> None:
     """One firebase app per process; its HTTP client is rebound to whichever loop sends."""
     def in_new_loop() -> tuple[list[OutcomeKind], bool]:
         async def go() -> tuple[list[OutcomeKind], bool]:
-            other = FcmSender(fcm_sender.credentials_file, fcm_url=fcm.send_url)
+            other = fcm_sender_for(fcm, fcm_sender.credentials_file)
             try:
                 return [r.kind for r in await other.send([android()])], other.app is fcm_sender.app
             finally:
@@ -626,7 +644,7 @@ async def test_fcm_sender_works_from_another_event_loop(fcm: FakeFCM, fcm_sender
 
 
 async def test_oversized_payload_is_refused_before_any_network_call(
-    fcm: FakeFCM, fcm_sender: FcmSender, apns: FakeAPNs, apns_sender: ApnsSender
+    fcm: FCMEmulator, fcm_sender: FcmSender, apns: APNsEmulator, apns_sender: ApnsSender
 ) -> None:
     big = payload(data="x" * MAX_PAYLOAD_BYTES)
     to_fcm = [PushMessage(android().target, big), PushMessage(ios_fcm().target, big)]
@@ -644,7 +662,7 @@ async def test_oversized_payload_is_refused_before_any_network_call(
 
 
 async def test_secrets_never_reach_results_reprs_or_logs(
-    fcm: FakeFCM, fcm_sender: FcmSender, apns: FakeAPNs, apns_sender: ApnsSender, tmp_path: Path,
+    fcm: FCMEmulator, fcm_sender: FcmSender, apns: APNsEmulator, apns_sender: ApnsSender, tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     assert apns.private_key_pem is not None
@@ -793,12 +811,12 @@ async def test_memory_sender_refuses_big_payloads_and_wrong_transport() -> None:
 
 @pytest.mark.parametrize("engine", ["h2", "httpx"])
 async def test_a_token_refused_by_one_apns_environment_is_tried_on_the_other(
-        apns: FakeAPNs, tmp_path: Path, engine: str) -> None:
+        apns: APNsEmulator, tmp_path: Path, engine: str) -> None:
     """BadDeviceToken is usually a development build's (sandbox) token sent to production or
     the reverse: the other environment is tried once; only a token both refuse is invalid. A
     device registered for an environment is pushed there directly."""
     assert apns.private_key is not None
-    with FakeAPNs(apns.team_id, apns.key_id, apns.private_key.public_key(), topics={TOPIC}) as sandbox:
+    with APNsEmulator(apns.team_id, apns.key_id, apns.private_key.public_key(), topics={TOPIC}) as sandbox:
         cas = tmp_path / "cas.pem"  # the two fakes' CAs, as one bundle
         cas.write_bytes(apns.ca_cert_path.read_bytes() + sandbox.ca_cert_path.read_bytes())
         sender = ApnsSender(apns.write_auth_key(tmp_path), apns.key_id, apns.team_id, base_url=apns.base_url,
@@ -822,7 +840,7 @@ async def test_a_token_refused_by_one_apns_environment_is_tried_on_the_other(
             [dev_build.target.token, dead.target.token, pinned.target.token])
 
 
-async def test_the_apns_environment_picks_apples_host(apns: FakeAPNs, tmp_path: Path) -> None:
+async def test_the_apns_environment_picks_apples_host(apns: APNsEmulator, tmp_path: Path) -> None:
     """BGTASKS_PUSH_APNS_ENVIRONMENT: production is api.push.apple.com, sandbox (development
     builds) api.sandbox.push.apple.com; BGTASKS_PUSH_APNS_BASE_URL overrides both."""
     key = apns.write_auth_key(tmp_path)
@@ -838,7 +856,7 @@ async def test_the_apns_environment_picks_apples_host(apns: FakeAPNs, tmp_path: 
         ApnsSender(key, apns.key_id, apns.team_id, environment="development")  # type: ignore[arg-type]
 
 
-async def test_make_senders_from_settings(apns: FakeAPNs, fcm: FakeFCM, tmp_path: Path) -> None:
+async def test_make_senders_from_settings(apns: APNsEmulator, fcm: FCMEmulator, tmp_path: Path) -> None:
     memory = make_senders(PushSettings(sender="memory"))
     assert {t: type(s) for t, s in memory.items()} == {Transport.FCM: RecordingSender,
                                                         Transport.APNS: RecordingSender}

@@ -1,7 +1,7 @@
 """The worker's push service (mobile_push.service): senders that live across runs.
 
-Real components: the Unix socket, FakeAPNs (HTTP/2 + TLS, ES256 provider tokens checked),
-FakeFCM (FCM v1 + Google's OAuth token endpoint), firebase-admin. Each "run" is what a
+Real components: the Unix socket, APNsEmulator (HTTP/2 + TLS, ES256 provider tokens checked),
+FCMEmulator (FCM v1 + Google's OAuth token endpoint), firebase-admin. Each "run" is what a
 device-task run does: senders_for(), one send, aclose().
 """
 
@@ -20,7 +20,7 @@ from bgtasks.settings import PushSettings
 from mobile_push.payload import build_payload
 from mobile_push.service import ENV_SOCKET, PushService, RemoteSender, senders_for
 from mobile_push.types import OutcomeKind, Platform, PushMessage, PushTarget, Transport
-from tests.fakes import FakeAPNs, FakeFCM
+from mobile_push.emulator import APNsEmulator, FCMEmulator
 
 TOPIC = "com.example.bgtasks"
 RUNS = 5
@@ -37,11 +37,11 @@ def message(transport: Transport, run: int) -> PushMessage:
 
 @pytest.fixture
 def fakes(tmp_path: Path) -> Any:
-    with FakeAPNs(topics={TOPIC}) as apns, FakeFCM() as fcm:
+    with APNsEmulator(topics={TOPIC}) as apns, FCMEmulator(tls=True) as fcm:
         push = PushSettings(sender="auto", apns_key_file=apns.write_auth_key(tmp_path), apns_key_id=apns.key_id,
                             apns_team_id=apns.team_id, apns_base_url=apns.base_url, apns_ca_file=apns.ca_cert_path,
                             fcm_credentials_file=fcm.write_service_account_file(tmp_path / "sa.json"),
-                            fcm_url=fcm.send_url)
+                            fcm_url=fcm.send_url, fcm_ca_file=fcm.ca_cert_path)
         yield apns, fcm, push
 
 
@@ -67,7 +67,7 @@ async def run_once(push: PushSettings, run: int) -> list[OutcomeKind]:
             await sender.aclose()
 
 
-def apns_connections_and_tokens(apns: FakeAPNs) -> tuple[int, int]:
+def apns_connections_and_tokens(apns: APNsEmulator) -> tuple[int, int]:
     recorded = apns.requests.snapshot()
     return len({q.connection_id for q in recorded}), len({q.headers["authorization"] for q in recorded})
 
@@ -81,6 +81,7 @@ async def test_runs_share_one_connection_one_provider_token_and_one_access_token
     assert {type(s) for s in senders.values()} == {RemoteSender}
     assert apns_connections_and_tokens(apns) == (1, 1)
     assert len(fcm.token_requests.snapshot()) == 1 and len(fcm.requests.snapshot()) == RUNS
+    assert fcm.h2_connections == 1  # every run's FCM sends on one HTTP/2 connection over TLS
     # The socket is the user's alone.
     assert stat.S_IMODE(service.path.stat().st_mode) == 0o600
     assert stat.S_IMODE(service.path.parent.stat().st_mode) == 0o700
@@ -92,8 +93,13 @@ async def test_without_the_service_each_run_connects_and_signs_anew(fakes: Any,
     own opens a connection and signs a provider token."""
     apns, _, push = fakes
     monkeypatch.delenv(ENV_SOCKET, raising=False)
-    for run in range(RUNS):
-        assert await run_once(push, run) == [OutcomeKind.DELIVERED] * 2
+    kinds = [await run_once(push, run) for run in range(RUNS)]
+    assert kinds[0] == [OutcomeKind.DELIVERED] * 2
+    # APNs counts a team's token changes across connections: every later run's new token, signed
+    # within 20 minutes of the first, is refused (TooManyProviderTokenUpdates).
+    assert kinds[1:] == [[OutcomeKind.TRANSIENT, OutcomeKind.DELIVERED]] * (RUNS - 1)
+    refused = [q.reason for q in apns.requests.snapshot()[1:]]
+    assert refused == ["TooManyProviderTokenUpdates"] * (RUNS - 1)
     assert apns_connections_and_tokens(apns) == (RUNS, RUNS)
     # (FCM's access token is cached by firebase-admin within one process; a run is a process
     # of its own, so each fetched one: the device-task test sees that across real runs.)
@@ -116,12 +122,13 @@ async def test_a_credentials_problem_is_named_to_the_run(tmp_path: Path, monkeyp
 
 
 async def test_an_idle_connection_is_kept_open_with_ping(fakes: Any, service: PushService) -> None:
-    apns, _, push = fakes
+    apns, fcm, push = fakes
     await run_once(push, 0)
-    apns_sender = (await service.senders())[Transport.APNS]
-    await apns_sender.keepalive()  # type: ignore[attr-defined]
-    await run_once(push, 1)  # the PING went out with the next frames, at the latest
+    for sender in (await service.senders()).values():
+        await sender.keepalive()  # type: ignore[attr-defined]
+    await run_once(push, 1)  # the PINGs went out with the next frames, at the latest
     assert apns.pings >= 1 and apns_connections_and_tokens(apns) == (1, 1)
+    assert fcm.pings >= 1 and fcm.h2_connections == 1
 
 
 def test_messages_and_results_cross_the_socket_unchanged() -> None:
@@ -130,7 +137,7 @@ def test_messages_and_results_cross_the_socket_unchanged() -> None:
 
     m = message(Transport.APNS, 7)
     m = PushMessage(PushTarget("dev-7", Platform.IOS, Transport.APNS, m.target.token, TOPIC, "sandbox"), m.payload,
-                    collapse_key="c", ttl_s=90, high_priority=True, push_id="ID-7")
+                    collapse_key="c", ttl_s=90, high_priority=True, push_id="ID-7", analytics_label="nightly-sync")
     wire = json.loads(json.dumps(message_json(m)))
     assert message_from(wire) == m
     r = SendResult(m, OutcomeKind.TRANSIENT, "mid", 429, "TooManyRequests", "wait", 5.0, {"apnsEnvironment": "sandbox"},

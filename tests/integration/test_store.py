@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,3 +97,70 @@ async def test_devices_deliveries_and_reports_round_trip(db_url: str) -> None:
         assert await tokens.verify(secret) is None
     finally:
         await store.close()
+
+
+async def test_progress_reports_keep_the_token_and_only_the_first_final_report_counts(db_url: str) -> None:
+    import secrets
+
+    from mobile_push.registry import DeviceIn, DeviceRegistry
+    from mobile_push.reports import ReportIn, ReportRejected, RunLedger
+
+    store = await open_store(db_url)
+    try:
+        ledger = RunLedger(store)
+        device = await DeviceRegistry(store).add(DeviceIn(id="phone-2", platform="android",
+                                                          token="t:" + secrets.token_urlsafe(140)))
+        token = await ledger.issue_token("run-2", device.id, "task-2")
+        first = await ledger.submit(device.id, "run-2", ReportIn(report_token=token, state="started"))
+        assert (first.state, first.final, first.success, first.stops) == ("started", False, None, 0)
+        for n in (1, 2):
+            stop = await ledger.submit(device.id, "run-2", ReportIn(report_token=token, state="stopped",
+                                                                     stop_reason="STOP_REASON_QUOTA"))
+            assert (stop.state, stop.stops) == ("stopped", n)
+            again = await ledger.submit(device.id, "run-2", ReportIn(report_token=token, state="started"))
+            assert again.started_at == first.started_at  # when the work first began
+        [progress] = (await ledger.reports("run-2")).values()
+        assert not progress.final and progress.state == "started" and progress.stops == 2
+        final = await ledger.submit(device.id, "run-2", ReportIn(report_token=token, state="failed", error="disk full"))
+        assert (final.state, final.final, final.success, final.error, final.stops) == ("failed", True, False, "disk full", 2)
+        for late in (ReportIn(report_token=token, state="started"), ReportIn(report_token=token, success=True)):
+            with pytest.raises(ReportRejected) as refused:
+                await ledger.submit(device.id, "run-2", late)
+            assert refused.value.status == 409
+        [kept] = (await ledger.reports("run-2")).values()
+        assert (kept.state, kept.success, kept.error) == ("failed", False, "disk full")
+    finally:
+        await store.close()
+
+
+async def test_two_runs_reaching_one_device_at_once_cannot_both_take_its_last_budget_slot(db_url: str) -> None:
+    """The push budget's reservation is atomic on each database: two runs, each with a store of its
+    own (two processes), ask for the one slot a device has left; one gets it, the other is held."""
+    import secrets
+    from datetime import UTC, datetime, timedelta
+
+    from mobile_push import budget
+    from mobile_push.registry import DeviceIn, DeviceRegistry
+    from mobile_push.reports import SENDING, RunLedger
+
+    first, second = await open_store(db_url), await open_store(db_url)
+    try:
+        device = await DeviceRegistry(first).add(DeviceIn(platform="ios", token=secrets.token_hex(32),
+                                                          topic="com.example.app"))
+        await RunLedger(first).record_delivery(run_id="earlier", task_id=None, device_id=device.id,
+                                               transport="apns", outcome="delivered", attempts=1, message_id=None,
+                                               error=None)  # one of the two an hour, just now
+
+        def slot_of(_: str, times: list[datetime]) -> datetime | None:
+            return budget.next_slot(times, 2, datetime.now(UTC))
+
+        results = await asyncio.gather(*(RunLedger(store).reserve(run, None, [(device.id, "apns")], slot_of)
+                                         for store, run in ((first, "run-a"), (second, "run-b"))))
+        assert sorted(len(held) for held in results) == [0, 1]  # one slot: one run has it, one waits
+        [held] = [h for h in results if h]
+        assert held[device.id] > datetime.now(UTC) + timedelta(minutes=59)  # until the first push leaves the hour
+        winner = "run-a" if not results[0] else "run-b"
+        assert [d.outcome for d in (await RunLedger(first).deliveries(winner)).values()] == [SENDING]
+    finally:
+        await first.close()
+        await second.close()

@@ -214,7 +214,7 @@ async def test_apns_sender_refuses_an_oversized_payload_before_any_request(tmp_p
     await client.aclose()
 
 
-REPORT_FIELDS = ("reportToken", "success", "data", "error", "durationMs", "stopReason")
+REPORT_FIELDS = ("reportToken", "state", "data", "error", "durationMs", "stopReason")
 
 
 def _json_blocks(markdown: str) -> list[Any]:

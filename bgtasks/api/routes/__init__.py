@@ -1,5 +1,5 @@
 """The REST API's routes, one router per resource."""
 
-from bgtasks.api.routes import devices, health, tasks
+from bgtasks.api.routes import devices, health, push, tasks
 
-ROUTERS = (health.router, tasks.router, devices.router)
+ROUTERS = (health.router, tasks.router, devices.router, push.router)

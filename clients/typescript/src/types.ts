@@ -44,6 +44,8 @@ export interface BackgroundTask {
   /** (bgtasks) Runs waiting for their constraints: why, and since when. */
   waiting?: WaitingRun[]
   data?: any
+  /** (bgtasks) Only in the answer to a creation: e.g. a schedule beyond the devices' push budget. */
+  warnings?: string[]
 }
 
 /** (bgtasks) A run that has not started because its constraints fail on the worker's host. */
@@ -127,7 +129,12 @@ export interface TaskTarget {
   platform?: 'android' | 'ios'
   /** FCM android priority high (FCM deprioritises it when no notification is shown). */
   highPriority?: boolean
+  /** At most 64 bytes in UTF-8; FCM keeps at most four distinct collapse keys per device. */
   collapseKey?: string
+  /** Each device's push budget for this task's pushes (default per platform; 0: none). */
+  pushesPerHour?: number
+  /** FCM fcmOptions.analyticsLabel (default: the task's name). */
+  analyticsLabel?: string
 }
 
 /** (bgtasks) The trigger daemon's events a triggered task can start on. */

@@ -1,7 +1,7 @@
-"""Shared machinery for the local push-service fakes.
+"""Shared machinery of the push-service emulators.
 
-``LoopThreadServer`` runs an asyncio server on 127.0.0.1 (a free port) inside
-its own event loop on a daemon thread, so a fake can be started and stopped
+``LoopThreadServer`` runs an asyncio server on 127.0.0.1 (a free port, or the one asked) inside
+its own event loop on a daemon thread, so an emulator can be started and stopped
 from synchronous pytest fixtures (``start()``/``stop()`` or ``with``) and from
 async code (``async with``) alike; the caller's event loop is never used.
 ``stop()`` closes the listening socket, aborts every open connection, waits
@@ -33,11 +33,19 @@ class Recorder(Generic[T]):
     def __init__(self) -> None:
         self._items: list[T] = []
         self._cond = threading.Condition()
+        #: Called with each item after it is recorded (in the server's thread).
+        self.listeners: list[Callable[[T], None]] = []
+        #: Keep at most this many items (the oldest go): a long-running emulator's bound.
+        self.limit: int | None = None
 
     def append(self, item: T) -> None:
         with self._cond:
             self._items.append(item)
+            if self.limit is not None and len(self._items) > self.limit:
+                del self._items[: len(self._items) - self.limit]
             self._cond.notify_all()
+        for listener in list(self.listeners):
+            listener(item)
 
     def snapshot(self) -> list[T]:
         """A copy of everything recorded so far."""
@@ -96,8 +104,9 @@ class LoopThreadServer:
     host = "127.0.0.1"
     scheme = "http"
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.port = 0
+        self._listen_port = port  # 0: a free one
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
@@ -129,7 +138,7 @@ class LoopThreadServer:
 
     @property
     def base_url(self) -> str:
-        """``http(s)://127.0.0.1:<port>`` of the running fake."""
+        """``http(s)://127.0.0.1:<port>`` of the running server."""
         if not self.port:
             raise RuntimeError(f"{type(self).__name__} is not running")
         return f"{self.scheme}://{self.host}:{self.port}"
@@ -148,7 +157,7 @@ class LoopThreadServer:
             try:
                 try:
                     server = loop.run_until_complete(
-                        loop.create_server(self._make_protocol, self.host, 0, ssl=self._ssl_context())
+                        loop.create_server(self._make_protocol, self.host, self._listen_port, ssl=self._ssl_context())
                     )
                 except BaseException as exc:  # report to start(), then exit the thread
                     started.set_exception(exc)
@@ -198,7 +207,7 @@ class LoopThreadServer:
         if thread is None or loop is None:
             return
         if thread is threading.current_thread():
-            raise RuntimeError("stop() called from the fake's own loop thread")
+            raise RuntimeError("stop() called from the server's own loop thread")
         if thread.is_alive():
             loop.call_soon_threadsafe(loop.stop)
             thread.join(timeout=30)
@@ -209,7 +218,7 @@ class LoopThreadServer:
         self._after_stop()
 
     def call_in_loop(self, fn: Callable[[], R], timeout: float = 10.0) -> R:
-        """Run ``fn`` in the fake's loop thread and return its result."""
+        """Run ``fn`` in the server's loop thread and return its result."""
         fut: concurrent.futures.Future[R] = concurrent.futures.Future()
 
         def call() -> None:
@@ -237,3 +246,32 @@ class LoopThreadServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.to_thread(self.stop)
+
+
+class H2BodySender:
+    """Response bodies of a server-side HTTP/2 connection within the client's flow-control
+    window: what does not fit waits in ``pending`` until a WINDOW_UPDATE (``flush_pending``).
+    Both emulators answer with it; ``h2`` is their ``h2.connection.H2Connection``."""
+
+    h2: Any
+    pending: dict[int, bytes]
+
+    def send_body(self, stream_id: int, body: bytes) -> None:
+        window = min(self.h2.local_flow_control_window(stream_id), self.h2.max_outbound_frame_size)
+        if window >= len(body):
+            self.h2.send_data(stream_id, body, end_stream=True)
+            return
+        if window > 0:
+            self.h2.send_data(stream_id, body[:window])
+            body = body[window:]
+        self.pending[stream_id] = body
+
+    def flush_pending(self) -> None:
+        import h2.exceptions
+
+        for stream_id, body in list(self.pending.items()):
+            del self.pending[stream_id]
+            try:
+                self.send_body(stream_id, body)
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                pass  # the client reset the stream meanwhile

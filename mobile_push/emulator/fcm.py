@@ -1,8 +1,10 @@
-"""A local fake of the FCM HTTP v1 API and Google's OAuth2 token endpoint.
+"""The emulator of the FCM HTTP v1 API and Google's OAuth2 token endpoint.
 
 Imitates ``https://fcm.googleapis.com/v1/projects/{project}/messages:send`` and
-``https://oauth2.googleapis.com/token`` over plain HTTP/1.1 (keep-alive,
-``h11``) on 127.0.0.1 with a free port, in its own event-loop thread.
+``https://oauth2.googleapis.com/token`` on 127.0.0.1, in its own event-loop thread: with
+``tls=True`` (or ``tls_files``) over TLS with ALPN, HTTP/2 for the clients that offer it and
+HTTP/1.1 for the others (google-auth's token request), as Google's front ends do; plain
+HTTP/1.1 with ``tls=False``.
 
 Real behaviours covered:
 
@@ -12,7 +14,7 @@ Real behaviours covered:
   signed by the generated service-account key (header ``kid`` = its
   ``private_key_id``), ``iss`` = the client email, ``aud`` = Google's token URI
   (google-auth always puts ``https://oauth2.googleapis.com/token`` there, not
-  the file's ``token_uri``; the fake's own URI is accepted too), ``iat``/``exp``
+  the file's ``token_uri``; the emulator's own URI is accepted too), ``iat``/``exp``
   at most one hour apart and current. Answers ``{"access_token", "expires_in":
   3600, "token_type": "Bearer"}`` or Google's ``{"error": "invalid_grant",
   "error_description": ...}`` (400) / ``unsupported_grant_type``.
@@ -45,11 +47,9 @@ invalid targets (400 INVALID_ARGUMENT), ``HANG``; the token endpoint can be
 scripted too (``script_token_endpoint``) and issued access tokens revoked.
 
 Not covered: the batch endpoint (removed by Google), topic management / IID,
-HTTP/2 (firebase-admin's ``send_each_async`` asks for HTTP/2 but httpx falls
-back to HTTP/1.1 over plain ``http://``), Android/Webpush sub-message
-validation beyond the fields listed.
+Android/Webpush sub-message validation beyond the fields listed.
 
-Pointing firebase-admin 7.7 at the fake (both the sync ``send``/``send_each``
+Pointing firebase-admin 7.7 at the emulator (both the sync ``send``/``send_each``
 path and ``send_each_async`` read this one attribute at call time)::
 
     app = firebase_admin.initialize_app(credentials.Certificate(fcm.write_service_account_file()), name=...)
@@ -64,6 +64,7 @@ import json
 import re
 import secrets
 import shutil
+import ssl
 import tempfile
 import threading
 import time
@@ -79,12 +80,13 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from ._base import HANG, LoopThreadServer, Recorder, TrackedProtocol
+from ._server import HANG, H2BodySender, LoopThreadServer, Recorder, TrackedProtocol
+from .tls import TlsFiles, make_tls_files
 
 if TYPE_CHECKING:
     import firebase_admin
 
-__all__ = ["HANG", "FakeFCM", "FCMRequest", "FCMResponse", "TokenRequest", "FCM_ERRORS", "google_error"]
+__all__ = ["HANG", "FCMEmulator", "FCMRequest", "FCMResponse", "TokenRequest", "FCM_ERRORS", "google_error"]
 
 GOOGLE_TOKEN_URI = "https://oauth2.googleapis.com/token"
 _GOOGLE_TOKEN_AUDIENCES = {GOOGLE_TOKEN_URI, "https://www.googleapis.com/oauth2/v4/token",
@@ -117,6 +119,7 @@ _TARGETS = ("token", "fid", "topic", "condition")
 _RESERVED_DATA_KEYS = {"from", "message_type", "notification", "collapse_key", "priority", "time_to_live",
                        "delay_while_idle", "restricted_package_name", "dry_run", "registration_ids", "to"}
 _TOPIC = re.compile(r"^[a-zA-Z0-9\-_.~%]{1,900}$")
+_ANALYTICS_LABEL = re.compile(r"^[a-zA-Z0-9\-_.~%]{1,50}$")
 _DURATION = re.compile(r"^\d+(\.\d{1,9})?s$")
 _AUTH_HELP = ("Expected OAuth 2 access token, login cookie or other valid authentication credential. "
               "See https://developers.google.com/identity/sign-in/web/devconsole-project.")
@@ -138,7 +141,7 @@ def google_error(code: int, message: str, status: str | None = None, fcm_error_c
 
 @dataclass(frozen=True)
 class FCMResponse:
-    """One answer of the fake: HTTP status, JSON body and extra headers."""
+    """One answer of the emulator: HTTP status, JSON body and extra headers."""
 
     status: int
     body: Mapping[str, Any]
@@ -173,7 +176,7 @@ class FCMResponse:
 
 @dataclass
 class FCMRequest:
-    """A ``messages:send`` request as the fake saw it, with the answer it gave."""
+    """A ``messages:send`` request as the emulator saw it, with the answer it gave."""
 
     method: str
     path: str
@@ -243,8 +246,8 @@ def _bad_request(message: str, field_path: str | None = None, fcm_code: str | No
     return _Invalid(FCMResponse(400, google_error(400, message, "INVALID_ARGUMENT", fcm_code, details)))
 
 
-class FakeFCM(LoopThreadServer):
-    """Fake FCM HTTP v1 ``messages:send`` + OAuth2 ``/token``. See the module docstring.
+class FCMEmulator(LoopThreadServer):
+    """The emulator of FCM HTTP v1 ``messages:send`` + OAuth2 ``/token``. See the module docstring.
 
     Args:
         project_id: the Firebase project the service account belongs to.
@@ -257,18 +260,33 @@ class FakeFCM(LoopThreadServer):
 
     def __init__(self, project_id: str = "bgtasks-test", *, clock: Callable[[], float] = time.time,
                  max_message_bytes: int = MAX_MESSAGE_BYTES,
-                 max_topic_message_bytes: int = MAX_TOPIC_MESSAGE_BYTES) -> None:
-        super().__init__()
+                 max_topic_message_bytes: int = MAX_TOPIC_MESSAGE_BYTES, tls: bool = False,
+                 private_key_pem: bytes | None = None, private_key_id: str | None = None,
+                 tls_files: TlsFiles | None = None, port: int = 0) -> None:
+        super().__init__(port)
+        self.tls = tls or tls_files is not None
+        self._own_tls = tls_files  # given: kept (bgtasks emulator's), else made per start and removed
+        self.scheme = "https" if self.tls else "http"
+        self.connections_made = 0  # every connection accepted (TLS handshakes, with tls=True)
+        self.h2_connections = 0  # ... of which HTTP/2 (the sends of the h2 engine and the SDK's httpx)
+        self.pings = 0  # HTTP/2 PINGs received (keep-alive)
+        self._tls_files: TlsFiles | None = tls_files
         self.project_id = project_id
         self.clock = clock
         self.max_message_bytes = max_message_bytes
         self.max_topic_message_bytes = max_topic_message_bytes
-        self.client_email = f"firebase-adminsdk-fake@{project_id}.iam.gserviceaccount.com"
-        self.private_key_id = secrets.token_hex(20)
-        self.private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        self.private_key_pem = self.private_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        self.client_email = f"firebase-adminsdk-emulator@{project_id}.iam.gserviceaccount.com"
+        self.private_key_id = private_key_id or secrets.token_hex(20)
+        if private_key_pem is None:
+            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            private_key_pem = key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        loaded = serialization.load_pem_private_key(private_key_pem, password=None)
+        if not isinstance(loaded, rsa.RSAPrivateKey):
+            raise TypeError("a service account's key is an RSA key")
+        self.private_key = loaded
+        self.private_key_pem = private_key_pem
         self._public_key = self.private_key.public_key()
 
         self.requests: Recorder[FCMRequest] = Recorder()
@@ -294,7 +312,7 @@ class FakeFCM(LoopThreadServer):
         return f"{self.base_url}/v1/projects/{self.project_id}/messages:send"
 
     def service_account_info(self) -> dict[str, str]:
-        """A service-account key dict like the one the Firebase console downloads, ``token_uri`` = the fake."""
+        """A service-account key dict like the one the Firebase console downloads, ``token_uri`` = the emulator."""
         return {
             "type": "service_account",
             "project_id": self.project_id,
@@ -314,7 +332,7 @@ class FakeFCM(LoopThreadServer):
         """Write ``service_account_info()`` as JSON (default: a temp file removed by ``stop()``)."""
         if path is None:
             if self._tmpdir is None:
-                self._tmpdir = Path(tempfile.mkdtemp(prefix="fake-fcm-"))
+                self._tmpdir = Path(tempfile.mkdtemp(prefix="bgtasks-fcm-"))
             path = self._tmpdir / "service-account.json"
         path = Path(path)
         path.write_text(json.dumps(self.service_account_info(), indent=2))
@@ -322,10 +340,10 @@ class FakeFCM(LoopThreadServer):
         return path
 
     def attach(self, app: firebase_admin.App) -> None:
-        """Point an initialised firebase-admin app's messaging at the fake (sync and async paths).
+        """Point an initialised firebase-admin app's messaging at the emulator (sync and async paths).
 
         Sets ``messaging._get_messaging_service(app)._fcm_url`` (read at call time by
-        ``send``, ``send_each`` and ``send_each_async``), and mounts on the fake's
+        ``send``, ``send_each`` and ``send_each_async``), and mounts on the emulator's
         base URL the same ``requests`` adapter the SDK mounts for
         ``https://fcm.googleapis.com`` (pool of 100, the SDK's retry config), so
         ``send_each`` pools connections as in production instead of warning
@@ -342,7 +360,7 @@ class FakeFCM(LoopThreadServer):
             pool_connections=100, pool_maxsize=100, max_retries=_http_client.DEFAULT_RETRY_CONFIG))
 
     def initialize_app(self, name: str, options: Mapping[str, Any] | None = None) -> firebase_admin.App:
-        """``firebase_admin.initialize_app`` with a service-account file for the fake, then ``attach``."""
+        """``firebase_admin.initialize_app`` with a service-account file for the emulator, then ``attach``."""
         import firebase_admin
         from firebase_admin import credentials
 
@@ -375,7 +393,26 @@ class FakeFCM(LoopThreadServer):
         await messaging._get_messaging_service(app)._async_client.aclose()
         await asyncio.to_thread(firebase_admin.delete_app, app)
 
+    def _before_start(self) -> None:
+        if self.tls and self._own_tls is None:
+            if self._tmpdir is None:
+                self._tmpdir = Path(tempfile.mkdtemp(prefix="bgtasks-fcm-"))
+            self._tls_files = make_tls_files(self._tmpdir, "bgtasks FCM emulator CA")
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        # As fcm.googleapis.com: HTTP/2 by ALPN, HTTP/1.1 for clients without it (google-auth's
+        # token request through requests).
+        return self._tls_files.server_context(["h2", "http/1.1"]) if self._tls_files else None
+
+    @property
+    def ca_cert_path(self) -> Path:
+        """PEM of the CA that issued the server certificate (tls=True, while running)."""
+        if self._tls_files is None:
+            raise RuntimeError("no CA: the emulator is stopped or runs with tls=False")
+        return self._tls_files.ca_cert
+
     def _after_stop(self) -> None:
+        self._tls_files = self._own_tls
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
             self._tmpdir = None
@@ -411,7 +448,7 @@ class FakeFCM(LoopThreadServer):
 
     def issue_access_token(self) -> str:
         """A valid access token without the OAuth dance, for raw HTTP requests in tests."""
-        token = "ya29.fake-" + secrets.token_urlsafe(24)
+        token = "ya29.emulator-" + secrets.token_urlsafe(24)
         now = self.clock()
         with self._lock:
             if len(self._access_tokens) > 10_000:
@@ -435,8 +472,19 @@ class FakeFCM(LoopThreadServer):
         self.token_requests.clear()
 
     # -- server ----------------------------------------------------------------
-    def _make_protocol(self) -> _H11Protocol:
-        return _H11Protocol(self)
+    def _make_protocol(self) -> TrackedProtocol:
+        return _FCMProtocol(self)
+
+    def _answer_bytes(self, method: str, path: str, headers: dict[str, str],
+                      body: bytes) -> tuple[FCMResponse, bytes] | None:
+        """The answer to one complete request and its body (None: HANG, never answer)."""
+        try:
+            resp = self._handle(method, path, headers, body)
+        except Exception as exc:  # a bug in the emulator: answer 500 rather than hang the client
+            resp = FCMResponse(500, google_error(500, f"emulator error: {exc!r}", "INTERNAL"))
+        if resp is HANG:
+            return None
+        return resp, (json.dumps(resp.body).encode() if resp.body or resp.status != 200 else b"{}")
 
     def _handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> FCMResponse | Any:
         if path == "/token":
@@ -587,6 +635,13 @@ class FakeFCM(LoopThreadServer):
         if kind == "topic" and not _TOPIC.match(value):
             raise _bad_request("Invalid topic name.", "message.topic")
 
+        options = msg.get("fcm_options", msg.get("fcmOptions"))
+        if options is not None:
+            label = options.get("analytics_label", options.get("analyticsLabel")) if isinstance(options, dict) else 0
+            if label is not None and not (isinstance(label, str) and _ANALYTICS_LABEL.match(label)):
+                raise _bad_request("Invalid value at 'message.fcm_options.analytics_label'",
+                                   "message.fcm_options.analytics_label")
+
         data = msg.get("data")
         if data is not None:
             if not isinstance(data, dict):
@@ -654,9 +709,9 @@ class FakeFCM(LoopThreadServer):
 class _H11Protocol(TrackedProtocol):
     """One HTTP/1.1 keep-alive connection, parsed with h11."""
 
-    server: FakeFCM
+    server: FCMEmulator
 
-    def __init__(self, server: FakeFCM) -> None:
+    def __init__(self, server: FCMEmulator) -> None:
         super().__init__(server)
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=1 << 20)
         self.request: h11.Request | None = None
@@ -699,13 +754,10 @@ class _H11Protocol(TrackedProtocol):
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in req.headers}
         target = req.target.decode("latin-1")
         path = urllib.parse.urlsplit(target).path
-        try:
-            resp = self.server._handle(req.method.decode("latin-1"), path, headers, bytes(self.body))
-        except Exception as exc:  # a bug in the fake: answer 500 rather than hang the client
-            resp = FCMResponse(500, google_error(500, f"fake error: {exc!r}", "INTERNAL"))
-        if resp is HANG:
-            return False  # h11 stays PAUSED; the client times out or closes
-        body = json.dumps(resp.body).encode() if resp.body or resp.status != 200 else b"{}"
+        answer = self.server._answer_bytes(req.method.decode("latin-1"), path, headers, bytes(self.body))
+        if answer is None:
+            return False  # HANG: h11 stays PAUSED; the client times out or closes
+        resp, body = answer
         out_headers = [("content-type", _JSON_CT), ("content-length", str(len(body)))]
         out_headers.extend((k, str(v)) for k, v in resp.headers.items())
         try:
@@ -732,3 +784,98 @@ class _H11Protocol(TrackedProtocol):
             except h11.LocalProtocolError:
                 pass
         self.transport.close()
+
+
+class _FCMProtocol(TrackedProtocol):
+    """One connection: HTTP/2 when TLS negotiated ``h2`` (as httpx and firebase-admin's async path
+    do against fcm.googleapis.com), else HTTP/1.1 (plain HTTP, or a client without ALPN)."""
+
+    server: FCMEmulator
+
+    def __init__(self, server: FCMEmulator) -> None:
+        super().__init__(server)
+        self.inner: _H11Protocol | _H2Handler | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self.server.connections_made += 1
+        ssl_obj = transport.get_extra_info("ssl_object")
+        if ssl_obj is not None and ssl_obj.selected_alpn_protocol() == "h2":
+            self.inner = _H2Handler(self, transport)
+        else:
+            self.inner = _H11Protocol(self.server)
+            self.inner.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        assert self.inner is not None
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        if isinstance(self.inner, _H11Protocol):
+            return self.inner.eof_received()
+        return None
+
+
+class _H2Handler(H2BodySender):
+    """The HTTP/2 side of a connection: streams collected, answered by ``FCMEmulator._answer_bytes``."""
+
+    def __init__(self, proto: _FCMProtocol, transport: Any) -> None:
+        import h2.config
+        import h2.connection
+
+        self.server = proto.server
+        self.transport = transport
+        self.h2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        self.streams: dict[int, tuple[dict[str, str], bytearray]] = {}
+        self.pending: dict[int, bytes] = {}
+        self.server.h2_connections += 1
+        self.h2.initiate_connection()
+        transport.write(self.h2.data_to_send())
+
+    def data_received(self, data: bytes) -> None:
+        import h2.events
+        import h2.exceptions
+
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            self.transport.write(self.h2.data_to_send())
+            self.transport.close()
+            return
+        for ev in events:
+            if isinstance(ev, h2.events.RequestReceived):
+                self.streams[ev.stream_id] = ({k.lower(): v for k, v in ev.headers}, bytearray())
+            elif isinstance(ev, h2.events.DataReceived):
+                if ev.stream_id in self.streams:
+                    self.streams[ev.stream_id][1].extend(ev.data)
+                self.h2.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id in self.streams:
+                self._respond(ev.stream_id, *self.streams.pop(ev.stream_id))
+            elif isinstance(ev, h2.events.StreamReset):
+                self.streams.pop(ev.stream_id, None)
+                self.pending.pop(ev.stream_id, None)
+            elif isinstance(ev, h2.events.WindowUpdated):
+                self.flush_pending()
+            elif isinstance(ev, h2.events.PingReceived):  # h2 queues the PING ACK itself
+                self.server.pings += 1
+            elif isinstance(ev, h2.events.ConnectionTerminated):
+                self.transport.write(self.h2.data_to_send())
+                self.transport.close()
+                return
+        self.transport.write(self.h2.data_to_send())
+
+    def _respond(self, stream_id: int, headers: dict[str, str], body: bytearray) -> None:
+        import h2.exceptions
+
+        path = urllib.parse.urlsplit(headers.get(":path", "")).path
+        answer = self.server._answer_bytes(headers.get(":method", ""), path, headers, bytes(body))
+        if answer is None:
+            return  # HANG
+        resp, out = answer
+        out_headers = [(":status", str(resp.status)), ("content-type", _JSON_CT), ("content-length", str(len(out)))]
+        out_headers.extend((k.lower(), str(v)) for k, v in resp.headers.items())
+        try:
+            self.h2.send_headers(stream_id, out_headers)
+            self.send_body(stream_id, out)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+            pass  # the client reset the stream meanwhile

@@ -1,8 +1,8 @@
-"""Self-tests of the push-service fakes (tests/fakes) with the real clients.
+"""Self-tests of the push-service emulators (mobile_push.emulator) with the real clients.
 
 APNs: httpx ``AsyncClient(http2=True)`` + a PyJWT ES256 provider token against
-``FakeAPNs``. FCM: firebase-admin 7.7 (``messaging.send``, ``send_each_async``)
-initialised from a service-account file whose ``token_uri`` is ``FakeFCM``.
+``APNsEmulator``. FCM: firebase-admin 7.7 (``messaging.send``, ``send_each_async``)
+initialised from a service-account file whose ``token_uri`` is ``FCMEmulator``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from firebase_admin import exceptions, messaging
 
-from tests.fakes import HANG, FakeAPNs, FakeFCM
+from mobile_push.emulator import HANG, APNsEmulator, FCMEmulator
 
 TOPIC = "com.example.bgtasks"
 BACKGROUND = {"apns-topic": TOPIC, "apns-push-type": "background", "apns-priority": "5"}
@@ -43,23 +43,23 @@ def _port_closed(port: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def apns() -> Iterator[FakeAPNs]:
-    with FakeAPNs(topics={TOPIC}) as fake:
+def apns() -> Iterator[APNsEmulator]:
+    with APNsEmulator(topics={TOPIC}) as fake:
         yield fake
 
 
 @pytest.fixture
-async def apns_client(apns: FakeAPNs) -> AsyncIterator[httpx.AsyncClient]:
+async def apns_client(apns: APNsEmulator) -> AsyncIterator[httpx.AsyncClient]:
     apns.reset()
     async with httpx.AsyncClient(http2=True, verify=apns.client_ssl_context(), base_url=apns.base_url) as client:
         yield client
 
 
-def _auth(apns: FakeAPNs, **kw: object) -> dict[str, str]:
+def _auth(apns: APNsEmulator, **kw: object) -> dict[str, str]:
     return {"authorization": f"bearer {apns.make_provider_token(**kw)}"}  # type: ignore[arg-type]
 
 
-async def test_apns_success_over_http2_echoes_or_makes_apns_id(apns: FakeAPNs, apns_client: httpx.AsyncClient) -> None:
+async def test_apns_success_over_http2_echoes_or_makes_apns_id(apns: APNsEmulator, apns_client: httpx.AsyncClient) -> None:
     token, auth = _token(), _auth(apns)
     mine = str(uuid.uuid4())
     r = await apns_client.post(f"/3/device/{token}", headers={**auth, **BACKGROUND, "apns-id": mine}, content=SILENT)
@@ -74,7 +74,7 @@ async def test_apns_success_over_http2_echoes_or_makes_apns_id(apns: FakeAPNs, a
     assert (first.status, first.apns_id, second.apns_id) == (200, mine, r.headers["apns-id"])
 
 
-async def test_apns_unregistered_is_410_with_timestamp(apns: FakeAPNs, apns_client: httpx.AsyncClient) -> None:
+async def test_apns_unregistered_is_410_with_timestamp(apns: APNsEmulator, apns_client: httpx.AsyncClient) -> None:
     token = _token()
     apns.unregister(token, timestamp_ms=1_700_000_000_000)
     r = await apns_client.post(f"/3/device/{token}", headers={**_auth(apns), **BACKGROUND}, content=SILENT)
@@ -82,7 +82,7 @@ async def test_apns_unregistered_is_410_with_timestamp(apns: FakeAPNs, apns_clie
     assert r.headers["apns-id"]
 
 
-async def test_apns_provider_token_checks(apns: FakeAPNs, apns_client: httpx.AsyncClient) -> None:
+async def test_apns_provider_token_checks(apns: APNsEmulator, apns_client: httpx.AsyncClient) -> None:
     url = f"/3/device/{_token()}"
 
     async def reason(headers: dict[str, str]) -> tuple[int, str]:
@@ -98,7 +98,7 @@ async def test_apns_provider_token_checks(apns: FakeAPNs, apns_client: httpx.Asy
     assert await reason({"authorization": f"bearer {forged}"}) == (403, "InvalidProviderToken")
 
 
-async def test_apns_forced_expiry_then_a_fresh_token_works(apns: FakeAPNs, apns_client: httpx.AsyncClient) -> None:
+async def test_apns_forced_expiry_then_a_fresh_token_works(apns: APNsEmulator, apns_client: httpx.AsyncClient) -> None:
     url, old = f"/3/device/{_token()}", _auth(apns, iat=time.time() - 60)
     assert (await apns_client.post(url, headers={**old, **BACKGROUND}, content=SILENT)).status_code == 200
     apns.force_expired_provider_token()
@@ -114,14 +114,33 @@ async def test_apns_forced_expiry_then_a_fresh_token_works(apns: FakeAPNs, apns_
     assert (await apns_client.post(url, headers={**fresh, **BACKGROUND}, content=SILENT)).status_code == 200
 
 
-async def test_apns_token_updated_too_often_on_one_connection(apns: FakeAPNs, apns_client: httpx.AsyncClient) -> None:
+async def test_apns_token_updated_too_often_on_one_connection(apns: APNsEmulator, apns_client: httpx.AsyncClient) -> None:
     url = f"/3/device/{_token()}"
     assert (await apns_client.post(url, headers={**_auth(apns), **BACKGROUND}, content=SILENT)).status_code == 200
     r = await apns_client.post(url, headers={**_auth(apns, iat=time.time() - 5), **BACKGROUND}, content=SILENT)
     assert (r.status_code, r.json()["reason"]) == (429, "TooManyProviderTokenUpdates")
 
 
-async def test_apns_payload_and_header_validation(apns: FakeAPNs, apns_client: httpx.AsyncClient) -> None:
+async def test_apns_counts_a_teams_token_updates_across_connections(apns: APNsEmulator,
+                                                                     apns_client: httpx.AsyncClient) -> None:
+    url = f"/3/device/{_token()}"
+    assert (await apns_client.post(url, headers={**_auth(apns), **BACKGROUND}, content=SILENT)).status_code == 200
+    async with httpx.AsyncClient(http2=True, verify=apns.client_ssl_context(), base_url=apns.base_url) as other:
+        r = await other.post(url, headers={**_auth(apns, iat=time.time() - 5), **BACKGROUND}, content=SILENT)
+    assert (r.status_code, r.json()["reason"]) == (429, "TooManyProviderTokenUpdates")
+
+
+async def test_apns_counts_background_pushes_beyond_ios_budget_as_throttled(
+        apns: APNsEmulator, apns_client: httpx.AsyncClient) -> None:
+    token, other, auth = _token(), _token(), _auth(apns)
+    answers = [await apns_client.post(f"/3/device/{t}", headers={**auth, **BACKGROUND}, content=SILENT)
+               for t in (token, token, token, token, other)]
+    assert [r.status_code for r in answers] == [200] * 5  # APNs accepts; the phone drops
+    assert apns.throttled(token) == 1 and apns.throttled(other) == 0 and apns.throttled() == 1
+    assert [q.throttled for q in apns.requests.snapshot()] == [False, False, False, True, False]
+
+
+async def test_apns_payload_and_header_validation(apns: APNsEmulator, apns_client: httpx.AsyncClient) -> None:
     auth, token = _auth(apns), _token()
 
     async def answer(content: bytes = SILENT, path: str = f"/3/device/{token}", method: str = "POST",
@@ -133,7 +152,7 @@ async def test_apns_payload_and_header_validation(apns: FakeAPNs, apns_client: h
 
     assert await answer(b'{"aps":{"content-available":1},"pad":"' + b"x" * 4096 + b'"}') == (413, "PayloadTooLarge")
     assert await answer(b"") == (400, "PayloadEmpty")
-    assert await answer(b"{not json") == (400, FakeAPNs.MALFORMED_JSON_REASON)
+    assert await answer(b"{not json") == (400, APNsEmulator.MALFORMED_JSON_REASON)
     assert await answer(apns_topic="") == (400, "MissingTopic")
     assert await answer(apns_topic="com.other.app") == (400, "TopicDisallowed")
     assert await answer(apns_priority="7") == (400, "BadPriority")
@@ -153,7 +172,7 @@ async def test_apns_payload_and_header_validation(apns: FakeAPNs, apns_client: h
                         content=b'{"aps":{"alert":"hi"}}') == (200, None)
 
 
-async def test_apns_scripted_failures_then_success(apns: FakeAPNs, apns_client: httpx.AsyncClient) -> None:
+async def test_apns_scripted_failures_then_success(apns: APNsEmulator, apns_client: httpx.AsyncClient) -> None:
     token, bad, other_app, auth = _token(), _token(), _token(), _auth(apns)
     apns.script(token, [(503, "ServiceUnavailable", {}), (429, "TooManyRequests", {"retry-after": "1"}),
                         "InternalServerError"])
@@ -173,7 +192,7 @@ async def test_apns_scripted_failures_then_success(apns: FakeAPNs, apns_client: 
 
 
 async def test_apns_many_concurrent_streams_share_one_connection(
-    apns: FakeAPNs, apns_client: httpx.AsyncClient
+    apns: APNsEmulator, apns_client: httpx.AsyncClient
 ) -> None:
     auth = _auth(apns)
     tokens = [_token() for _ in range(300)]
@@ -188,7 +207,7 @@ async def test_apns_many_concurrent_streams_share_one_connection(
     assert len({q.connection_id for q in recorded}) == 1 and len({q.stream_id for q in recorded}) == 301
 
 
-async def test_apns_hang_and_goaway(apns: FakeAPNs, apns_client: httpx.AsyncClient) -> None:
+async def test_apns_hang_and_goaway(apns: APNsEmulator, apns_client: httpx.AsyncClient) -> None:
     token, auth = _token(), _auth(apns)
     apns.script(token, [HANG])
     with pytest.raises(httpx.ReadTimeout):
@@ -205,22 +224,26 @@ async def test_apns_hang_and_goaway(apns: FakeAPNs, apns_client: httpx.AsyncClie
 
 
 async def test_apns_h2c_and_async_lifecycle(tmp_path: Path) -> None:
-    async with FakeAPNs(tls=False) as fake:
+    async with APNsEmulator(tls=False) as fake:
         loop_thread = fake._thread
         assert loop_thread is not None and loop_thread.is_alive()
         key_file = fake.write_auth_key(tmp_path)
         assert key_file.name == f"AuthKey_{fake.key_id}.p8" and key_file.read_bytes() == fake.private_key_pem
+        auth = _auth(fake)  # one token: a second within 20 minutes would be refused
         async with httpx.AsyncClient(http1=False, http2=True, base_url=fake.base_url) as client:
-            r = await client.post(f"/3/device/{_token()}", headers={**_auth(fake), "apns-topic": "any.app"},
-                                  content=b"{}")
+            r = await client.post(f"/3/device/{_token()}", headers={**auth, "apns-topic": "any.app",
+                                                                     "apns-push-type": "background"}, content=b"{}")
+            missing = await client.post(f"/3/device/{_token()}", headers={**auth, "apns-topic": "any.app"},
+                                        content=b"{}")
         assert (r.http_version, r.status_code) == ("HTTP/2", 200)
+        assert (missing.status_code, missing.json()) == (400, {"reason": "InvalidPushType"})  # apns-push-type required
         port = fake.port
     assert _port_closed(port) and not loop_thread.is_alive()
 
 
 def test_apns_sync_lifecycle_cleans_up() -> None:
     before = set(threading.enumerate())
-    fake = FakeAPNs().start()
+    fake = APNsEmulator().start()
     mine = set(threading.enumerate()) - before  # the fake's own threads, whatever else runs
     port, ca = fake.port, fake.ca_cert_path
     assert ca.read_text().startswith("-----BEGIN CERTIFICATE-----") and fake.base_url == f"https://127.0.0.1:{port}"
@@ -234,25 +257,25 @@ def test_apns_sync_lifecycle_cleans_up() -> None:
 
 
 @pytest.fixture(scope="module")
-def fcm() -> Iterator[FakeFCM]:
-    with FakeFCM(project_id="bgtasks-fake") as fake:
+def fcm() -> Iterator[FCMEmulator]:
+    with FCMEmulator(project_id="bgtasks-fake") as fake:
         yield fake
 
 
 @pytest.fixture(scope="module")
-async def fcm_app(fcm: FakeFCM) -> AsyncIterator[firebase_admin.App]:
+async def fcm_app(fcm: FCMEmulator) -> AsyncIterator[firebase_admin.App]:
     app = fcm.initialize_app(name=f"test-fakes-{uuid.uuid4().hex}")
     yield app
-    await FakeFCM.adelete_app(app)  # delete_app's own asyncio.run() cannot run inside this loop
+    await FCMEmulator.adelete_app(app)  # delete_app's own asyncio.run() cannot run inside this loop
 
 
 @pytest.fixture
-def fcm_clean(fcm: FakeFCM, fcm_app: firebase_admin.App) -> FakeFCM:
+def fcm_clean(fcm: FCMEmulator, fcm_app: firebase_admin.App) -> FCMEmulator:
     fcm.reset()
     return fcm
 
 
-def test_fcm_send_goes_through_oauth_and_the_hook(fcm_clean: FakeFCM, fcm_app: firebase_admin.App) -> None:
+def test_fcm_send_goes_through_oauth_and_the_hook(fcm_clean: FCMEmulator, fcm_app: firebase_admin.App) -> None:
     fcm = fcm_clean
     svc = messaging._get_messaging_service(fcm_app)
     assert svc._fcm_url == fcm.send_url  # the one private attribute the SDK is pointed through
@@ -264,11 +287,11 @@ def test_fcm_send_goes_through_oauth_and_the_hook(fcm_clean: FakeFCM, fcm_app: f
     assert (a.target_kind, a.target, a.message["data"], a.message["android"]["priority"]) == (
         "fid", "fid-1", {"job": "sync"}, "normal")
     assert (b.target_kind, b.target) == ("token", "legacy-token")
-    assert a.headers["authorization"].startswith("Bearer ya29.fake-") and a.headers["x-goog-api-format-version"] == "2"
+    assert a.headers["authorization"].startswith("Bearer ya29.emulator-") and a.headers["x-goog-api-format-version"] == "2"
     assert messaging.send(messaging.Message(topic="news"), app=fcm_app, dry_run=True).endswith("/fake_message_id")
 
 
-def test_fcm_token_endpoint_verified_the_service_account_assertion(fcm: FakeFCM, fcm_app: firebase_admin.App) -> None:
+def test_fcm_token_endpoint_verified_the_service_account_assertion(fcm: FCMEmulator, fcm_app: firebase_admin.App) -> None:
     messaging.send(messaging.Message(fid="fid-x"), app=fcm_app)
     grant = next(t for t in fcm.token_requests.snapshot() if t.status == 200)
     assert grant.form["grant_type"] == "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -284,7 +307,7 @@ def test_fcm_token_endpoint_verified_the_service_account_assertion(fcm: FakeFCM,
     assert (r.status_code, r.json()["error"]) == (400, "invalid_grant")
 
 
-def test_fcm_unregistered_and_retried_503(fcm_clean: FakeFCM, fcm_app: firebase_admin.App) -> None:
+def test_fcm_unregistered_and_retried_503(fcm_clean: FCMEmulator, fcm_app: firebase_admin.App) -> None:
     fcm_clean.unregister("gone")
     with pytest.raises(messaging.UnregisteredError) as err:
         messaging.send(messaging.Message(fid="gone"), app=fcm_app)
@@ -297,7 +320,7 @@ def test_fcm_unregistered_and_retried_503(fcm_clean: FakeFCM, fcm_app: firebase_
     assert [q.status for q in fcm_clean.requests.snapshot() if q.target == "flaky"] == [503, 200]
 
 
-def test_fcm_error_mapping_and_validation(fcm_clean: FakeFCM, fcm_app: firebase_admin.App) -> None:
+def test_fcm_error_mapping_and_validation(fcm_clean: FCMEmulator, fcm_app: firebase_admin.App) -> None:
     fcm_clean.script("busy", [(429, "QUOTA_EXCEEDED")])
     with pytest.raises(messaging.QuotaExceededError) as quota:
         messaging.send(messaging.Message(fid="busy"), app=fcm_app)
@@ -334,7 +357,7 @@ def test_fcm_error_mapping_and_validation(fcm_clean: FakeFCM, fcm_app: firebase_
     assert httpx.post(fcm_clean.send_url, json={"message": {"fid": "f"}}).status_code == 401
 
 
-def test_fcm_revoked_access_token_is_refreshed_by_the_sdk(fcm_clean: FakeFCM, fcm_app: firebase_admin.App) -> None:
+def test_fcm_revoked_access_token_is_refreshed_by_the_sdk(fcm_clean: FCMEmulator, fcm_app: firebase_admin.App) -> None:
     messaging.send(messaging.Message(fid="warm"), app=fcm_app)
     grants = len(fcm_clean.token_requests)
     fcm_clean.revoke_access_tokens()
@@ -343,7 +366,7 @@ def test_fcm_revoked_access_token_is_refreshed_by_the_sdk(fcm_clean: FakeFCM, fc
     assert len(fcm_clean.token_requests) == grants + 1
 
 
-async def test_fcm_send_each_async(fcm_clean: FakeFCM, fcm_app: firebase_admin.App) -> None:
+async def test_fcm_send_each_async(fcm_clean: FCMEmulator, fcm_app: firebase_admin.App) -> None:
     fcm_clean.unregister("fid-gone")
     fcm_clean.script("fid-flaky", [(503, "UNAVAILABLE")])
     fids = [f"fid-{i}" for i in range(20)] + ["fid-gone", "fid-flaky"]
@@ -359,7 +382,7 @@ async def test_fcm_send_each_async(fcm_clean: FakeFCM, fcm_app: firebase_admin.A
 def test_fcm_hook_attribute_still_exists_and_stop_cleans_up() -> None:
     """Fails when firebase-admin drops the private ``_fcm_url`` the fakes rely on."""
     before = set(threading.enumerate())
-    with FakeFCM() as fake:
+    with FCMEmulator() as fake:
         mine = set(threading.enumerate()) - before  # the fake's own threads, whatever else runs
         app = fake.initialize_app(name=f"test-fakes-hook-{uuid.uuid4().hex}")
         try:
@@ -369,7 +392,7 @@ def test_fcm_hook_attribute_still_exists_and_stop_cleans_up() -> None:
             sa = json.loads(fake.write_service_account_file().read_text())
             assert sa["token_uri"] == fake.token_uri and sa["type"] == "service_account"
         finally:
-            FakeFCM.delete_app(app)
+            FCMEmulator.delete_app(app)
         port, tmp = fake.port, fake.write_service_account_file().parent
     assert mine and not any(t.is_alive() for t in mine)
     assert _port_closed(port) and not tmp.exists()

@@ -1,4 +1,4 @@
-"""A local fake of Apple's APNs provider API (token-based authentication).
+"""The emulator of Apple's APNs provider API (token-based authentication).
 
 Imitates ``api.push.apple.com`` / ``api.sandbox.push.apple.com``: HTTP/2 over
 TLS with ALPN ``h2`` (or h2c prior knowledge with ``tls=False``), built on the
@@ -14,13 +14,15 @@ Real behaviours covered (Apple, "Sending notification requests to APNs" and
   the key id, claim ``iss`` = the team id, claim ``iat``; missing 403
   ``MissingProviderToken``; unverifiable/wrong kid/wrong iss/``iat`` more than
   10 min in the future 403 ``InvalidProviderToken``; ``iat`` older than 60 min
-  403 ``ExpiredProviderToken``. Changing the token on one connection less than
-  20 min after the previous one 429 ``TooManyProviderTokenUpdates`` (not
-  counted when the previous token had been rejected or force-expired).
+  403 ``ExpiredProviderToken``. Changing the team's token less than 20 min
+  after the previous one, on any connection (a new connection signing a new
+  token counts), 429 ``TooManyProviderTokenUpdates`` (not counted when the
+  previous token had been rejected or force-expired). Each emulator is one host:
+  production and sandbox count apart.
   Verification is cached per token string (the expensive part is done once).
 * Headers: ``apns-topic`` required (400 ``MissingTopic``) and, if ``topics`` is
-  given, one of them (400 ``TopicDisallowed``); ``apns-push-type`` one of
-  Apple's types (400 ``InvalidPushType``); ``apns-priority`` 1, 5 or 10 (400
+  given, one of them (400 ``TopicDisallowed``); ``apns-push-type`` present and
+  one of Apple's types (400 ``InvalidPushType``); ``apns-priority`` 1, 5 or 10 (400
   ``BadPriority``; 10 with ``apns-push-type: background`` is also
   ``BadPriority``, Apple documents it as an error); ``apns-expiration`` an
   integer (400 ``BadExpirationDate``); ``apns-collapse-id`` at most 64 bytes
@@ -40,8 +42,15 @@ Real behaviours covered (Apple, "Sending notification requests to APNs" and
   (RST_STREAM ``REFUSED_STREAM``, counted in ``refused_streams``). A stream
   sent before the client could have read that answer (in the same read) counts.
 
+* iOS's budget for background pushes: a device accepts a few an hour and drops
+  the rest. APNs still answers 200; the emulator counts a background push to a
+  token that already had ``background_per_hour`` (default 3) in the trailing
+  hour as throttled (``APNsRequest.throttled``, ``throttled(token)``), so tests
+  can see that a sender stays within the budget.
+
 Not covered: certificate-based auth, ``apns-unique-id`` (development only),
-the broadcast/channels API, Apple's per-device throttling (script 429s).
+the broadcast/channels API, Apple's 429 for too many requests to one device
+(script them).
 
 Scripted failures are checked after authentication and validation pass, in
 this order: forced ``ExpiredProviderToken``, the per-token script queue,
@@ -49,7 +58,7 @@ bad tokens, tokens not for the topic, unregistered tokens, then success.
 
 Usage::
 
-    with FakeAPNs(topics={"com.example.app"}) as apns:
+    with APNsEmulator(topics={"com.example.app"}) as apns:
         ctx = apns.client_ssl_context()
         async with httpx.AsyncClient(http2=True, verify=ctx, base_url=apns.base_url) as c:
             r = await c.post(f"/3/device/{token}", headers={
@@ -84,10 +93,10 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ._base import HANG, LoopThreadServer, Recorder, TrackedProtocol
-from ._tls import TlsFiles, make_tls_files
+from ._server import HANG, H2BodySender, LoopThreadServer, Recorder, TrackedProtocol
+from .tls import TlsFiles, make_tls_files
 
-__all__ = ["HANG", "APNsRequest", "APNsResponse", "FakeAPNs", "PUSH_TYPES"]
+__all__ = ["HANG", "APNsRequest", "APNsResponse", "APNsEmulator", "PUSH_TYPES"]
 
 PUSH_TYPES = frozenset(
     {"alert", "background", "location", "voip", "complication", "fileprovider", "mdm", "liveactivity",
@@ -140,7 +149,7 @@ class APNsResponse:
 
 @dataclass
 class APNsRequest:
-    """A request as the fake saw it, with the answer it gave."""
+    """A request as the emulator saw it, with the answer it gave."""
 
     connection_id: int
     stream_id: int
@@ -154,6 +163,7 @@ class APNsRequest:
     reason: str | None = None
     apns_id: str | None = None
     time: float = 0.0
+    throttled: bool = False  # accepted, but beyond the device's background budget: iOS drops it
 
     @property
     def ok(self) -> bool:
@@ -175,8 +185,8 @@ class _Stream:
         self.body = bytearray()
 
 
-class FakeAPNs(LoopThreadServer):
-    """Fake APNs provider API server (HTTP/2, token auth). See the module docstring.
+class APNsEmulator(LoopThreadServer):
+    """The APNs provider API emulator (HTTP/2, token auth). See the module docstring.
 
     Args:
         team_id: expected ``iss`` claim of provider tokens.
@@ -192,7 +202,9 @@ class FakeAPNs(LoopThreadServer):
             ``make_provider_token(iat=...)``.
         max_concurrent_streams: SETTINGS_MAX_CONCURRENT_STREAMS advertised.
         enforce_token_update_interval: answer 429 TooManyProviderTokenUpdates
-            when a connection changes its token within 20 minutes.
+            when the team's token changes within 20 minutes (on any connection).
+        background_per_hour: background pushes a device takes per hour before
+            the ones beyond count as throttled (None: no count).
     """
 
     MALFORMED_JSON_REASON = "BadRequest"
@@ -208,8 +220,12 @@ class FakeAPNs(LoopThreadServer):
         clock: Callable[[], float] = time.time,
         max_concurrent_streams: int = 1000,
         enforce_token_update_interval: bool = True,
+        background_per_hour: int | None = 3,
+        tls_files: TlsFiles | None = None,
+        port: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(port)
+        self._own_tls = tls_files  # given: kept (bgtasks emulator's), else made per start and removed
         self.team_id = team_id
         self.key_id = key_id
         self.private_key: ec.EllipticCurvePrivateKey | None = None
@@ -234,6 +250,12 @@ class FakeAPNs(LoopThreadServer):
         self.clock = clock
         self.max_concurrent_streams = max_concurrent_streams
         self.enforce_token_update_interval = enforce_token_update_interval
+        self.background_per_hour = background_per_hour
+        #: The team's provider token in use and since when (clock seconds).
+        self._team_jwt: tuple[str, float] | None = None
+        #: Accepted background pushes per device token (clock seconds), for the throttle count.
+        self._background: dict[str, deque[float]] = {}
+        self._throttled: dict[str, int] = {}
 
         self.requests: Recorder[APNsRequest] = Recorder()
         #: Streams refused because the connection had not yet answered an authenticated request.
@@ -250,19 +272,19 @@ class FakeAPNs(LoopThreadServer):
         self._jwt_cache: dict[str, _JwtCheck] = {}
         self._next_conn_id = 0
         self._tmpdir: Path | None = None
-        self._tls_files: TlsFiles | None = None
+        self._tls_files: TlsFiles | None = tls_files
 
     # -- TLS -----------------------------------------------------------------
     def _before_start(self) -> None:
-        if self.tls:
-            self._tmpdir = Path(tempfile.mkdtemp(prefix="fake-apns-"))
-            self._tls_files = make_tls_files(self._tmpdir, "fake APNs test CA")
+        if self.tls and self._own_tls is None:
+            self._tmpdir = Path(tempfile.mkdtemp(prefix="bgtasks-apns-"))
+            self._tls_files = make_tls_files(self._tmpdir, "bgtasks APNs emulator CA")
 
     def _after_stop(self) -> None:
         if self._tmpdir is not None:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
         self._tmpdir = None
-        self._tls_files = None
+        self._tls_files = self._own_tls
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         return self._tls_files.server_context(["h2"]) if self._tls_files else None
@@ -271,13 +293,13 @@ class FakeAPNs(LoopThreadServer):
     def ca_cert_path(self) -> Path:
         """PEM of the self-signed CA that issued the server certificate (TLS mode, while running)."""
         if self._tls_files is None:
-            raise RuntimeError("no CA: the fake is stopped or runs with tls=False")
+            raise RuntimeError("no CA: the emulator is stopped or runs with tls=False")
         return self._tls_files.ca_cert
 
     def client_ssl_context(self) -> ssl.SSLContext:
-        """An ``ssl.SSLContext`` trusting only the fake's CA: pass as ``httpx.AsyncClient(verify=...)``."""
+        """An ``ssl.SSLContext`` trusting only the emulator's CA: pass as ``httpx.AsyncClient(verify=...)``."""
         if self._tls_files is None:
-            raise RuntimeError("no CA: the fake is stopped or runs with tls=False")
+            raise RuntimeError("no CA: the emulator is stopped or runs with tls=False")
         return self._tls_files.client_context()
 
     # -- provider tokens -------------------------------------------------------
@@ -297,6 +319,13 @@ class FakeAPNs(LoopThreadServer):
         path.write_bytes(self.private_key_pem)
         path.chmod(0o600)  # bgtasks refuses a key others may read, as it should
         return path
+
+    def _forget_token(self, proto: _APNsProtocol, token: str) -> None:
+        """An expired token no longer counts as the team's (its successor is no update)."""
+        proto.current_jwt = None
+        with self._lock:
+            if self._team_jwt is not None and self._team_jwt[0] == token:
+                self._team_jwt = None
 
     def _check_jwt(self, token: str) -> _JwtCheck:
         check = self._jwt_cache.get(token)
@@ -329,7 +358,7 @@ class FakeAPNs(LoopThreadServer):
 
         Entries: ``(status, reason[, headers])``, a reason string, an ``APNsResponse``
         or ``HANG`` (never answer that request). Example:
-        ``fake.script(tok, [(503, "ServiceUnavailable", {}), (429, "TooManyRequests", {"retry-after": "1"})])``.
+        ``apns.script(tok, [(503, "ServiceUnavailable", {}), (429, "TooManyRequests", {"retry-after": "1"})])``.
         """
         items = [r if r is HANG else APNsResponse.of(r) for r in responses]
         with self._lock:
@@ -360,6 +389,7 @@ class FakeAPNs(LoopThreadServer):
         as after an hour: the client must sign a new one."""
         with self._lock:
             self._expired_jwts.update(self._jwt_cache)
+            self._team_jwt = None  # the next token replaces a stale one: no "update"
 
     def reset(self) -> None:
         """Forget scripts, token sets, forced expiries and recorded requests."""
@@ -371,7 +401,17 @@ class FakeAPNs(LoopThreadServer):
             self._not_for_topic.clear()
             self._force_expired = 0
             self._expired_jwts.clear()
+            self._team_jwt = None
+            self._background.clear()
+            self._throttled.clear()
         self.requests.clear()
+
+    def throttled(self, device_token: str | None = None) -> int:
+        """Background pushes accepted beyond the budget (iOS would drop them): to one token, or all."""
+        with self._lock:
+            if device_token is None:
+                return sum(self._throttled.values())
+            return self._throttled.get(device_token.lower(), 0)
 
     def goaway(self, reason: str = "Shutdown") -> None:
         """Send GOAWAY (debug data ``{"reason": ...}``) on every connection and close them."""
@@ -426,13 +466,17 @@ class FakeAPNs(LoopThreadServer):
         with self._lock:
             stale = token in self._expired_jwts
         if stale or now - check.iat > TOKEN_MAX_AGE_S:
-            proto.current_jwt = None
+            self._forget_token(proto, token)
             return fail("ExpiredProviderToken")
         proto.authenticated = True
         if token != proto.current_jwt:
-            if (self.enforce_token_update_interval and proto.current_jwt is not None
-                    and now - proto.jwt_since < TOKEN_MIN_UPDATE_INTERVAL_S):
-                return fail("TooManyProviderTokenUpdates")
+            with self._lock:
+                team = self._team_jwt
+                if team is None or team[0] != token:
+                    if (self.enforce_token_update_interval and team is not None
+                            and now - team[1] < TOKEN_MIN_UPDATE_INTERVAL_S):
+                        return fail("TooManyProviderTokenUpdates")
+                    self._team_jwt = (token, now)
             proto.current_jwt, proto.jwt_since = token, now
 
         # Request headers.
@@ -447,7 +491,7 @@ class FakeAPNs(LoopThreadServer):
         if self.topics is not None and topic not in self.topics:
             return fail("TopicDisallowed")
         push_type = h.get("apns-push-type")
-        if push_type is not None and push_type not in PUSH_TYPES:
+        if push_type not in PUSH_TYPES:  # missing too: required by watchOS, and by this emulator
             return fail("InvalidPushType")
         priority = h.get("apns-priority")
         if priority is not None and priority not in ("1", "5", "10"):
@@ -481,6 +525,7 @@ class FakeAPNs(LoopThreadServer):
             if self._force_expired > 0:
                 self._force_expired -= 1
                 proto.current_jwt = None
+                self._team_jwt = None
                 return fail("ExpiredProviderToken")
             queue = self._scripts.get(key)
             if queue:
@@ -491,6 +536,7 @@ class FakeAPNs(LoopThreadServer):
                     return req, APNsResponse(200, None, scripted.headers)
                 if scripted.reason == "ExpiredProviderToken":
                     proto.current_jwt = None
+                    self._team_jwt = None
                 return req, scripted
             if key in self._bad_tokens:
                 return fail("BadDeviceToken")
@@ -498,15 +544,23 @@ class FakeAPNs(LoopThreadServer):
                 return fail("DeviceTokenNotForTopic")
             if key in self._unregistered:
                 return req, APNsResponse(410, "Unregistered", {}, self._unregistered[key])
+            if push_type == "background" and self.background_per_hour is not None:
+                seen = self._background.setdefault(key, deque())
+                while seen and now - seen[0] >= 3600:
+                    seen.popleft()
+                if len(seen) >= self.background_per_hour:
+                    req.throttled = True
+                    self._throttled[key] = self._throttled.get(key, 0) + 1
+                seen.append(now)
         return req, APNsResponse(200)
 
 
-class _APNsProtocol(TrackedProtocol):
+class _APNsProtocol(TrackedProtocol, H2BodySender):
     """One HTTP/2 connection."""
 
-    server: FakeAPNs
+    server: APNsEmulator
 
-    def __init__(self, server: FakeAPNs, conn_id: int) -> None:
+    def __init__(self, server: APNsEmulator, conn_id: int) -> None:
         super().__init__(server)
         self.conn_id = conn_id
         self.h2 = h2.connection.H2Connection(
@@ -568,7 +622,7 @@ class _APNsProtocol(TrackedProtocol):
                 self.streams.pop(ev.stream_id, None)
                 self.pending.pop(ev.stream_id, None)
             elif isinstance(ev, h2.events.WindowUpdated):
-                self._flush_pending()
+                self.flush_pending()
             elif isinstance(ev, h2.events.PingReceived):  # h2 queues the PING ACK itself
                 with self.server._lock:
                     self.server.pings += 1
@@ -586,10 +640,10 @@ class _APNsProtocol(TrackedProtocol):
         self.answered_in_read += 1
         try:
             req, resp = server._handle(self, stream_id, st)
-        except Exception as exc:  # a bug in the fake: answer 500 rather than hang the client
+        except Exception as exc:  # a bug in the emulator: answer 500 rather than hang the client
             req = APNsRequest(self.conn_id, stream_id, st.headers.get(":method", ""), st.headers.get(":path", ""),
                               None, st.headers, bytes(st.body), None, time=server.clock())
-            resp = APNsResponse(500, "InternalServerError", {"x-fake-error": repr(exc)[:200]})
+            resp = APNsResponse(500, "InternalServerError", {"x-emulator-error": repr(exc)[:200]})
         if resp is HANG:
             server.requests.append(req)
             return
@@ -611,27 +665,9 @@ class _APNsProtocol(TrackedProtocol):
         try:
             self.h2.send_headers(stream_id, headers, end_stream=not body)
             if body:
-                self._send_body(stream_id, body)
+                self.send_body(stream_id, body)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             pass  # the client reset the stream meanwhile
-
-    def _send_body(self, stream_id: int, body: bytes) -> None:
-        window = min(self.h2.local_flow_control_window(stream_id), self.h2.max_outbound_frame_size)
-        if window >= len(body):
-            self.h2.send_data(stream_id, body, end_stream=True)
-            return
-        if window > 0:
-            self.h2.send_data(stream_id, body[:window])
-            body = body[window:]
-        self.pending[stream_id] = body
-
-    def _flush_pending(self) -> None:
-        for stream_id, body in list(self.pending.items()):
-            del self.pending[stream_id]
-            try:
-                self._send_body(stream_id, body)
-            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
-                pass
 
     def goaway(self, reason: str) -> None:
         assert self.transport is not None

@@ -1,12 +1,15 @@
-"""A throwaway certificate authority and a server certificate for 127.0.0.1/localhost.
+"""The emulator's own certificate authority and a server certificate for 127.0.0.1/localhost.
 
-Generated with ``cryptography`` only (P-256 keys: fast to make and to handshake).
+Generated with ``cryptography`` only (P-256 keys: fast to make and to handshake). Tests make
+a throwaway pair per server; ``bgtasks emulator`` keeps one in its directory
+(``load_or_make_tls_files``), so the CA file bgtasks is told to trust stays valid across restarts.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +36,7 @@ class TlsFiles:
         return ctx
 
     def client_context(self) -> ssl.SSLContext:
-        """A client context that trusts only the fake's CA (hostname checked)."""
+        """A client context that trusts only the emulator's CA (hostname checked)."""
         return ssl.create_default_context(cafile=str(self.ca_cert))
 
 
@@ -43,10 +46,10 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def make_tls_files(directory: Path, common_name: str = "bgtasks test CA") -> TlsFiles:
-    """Write ``ca.pem``, ``server.pem`` and ``server-key.pem`` into ``directory``."""
+def make_tls_files(directory: Path, common_name: str = "bgtasks test CA", days: int = 7) -> TlsFiles:
+    """Write ``ca.pem``, ``server.pem`` and ``server-key.pem`` into ``directory``, valid ``days``."""
     now = dt.datetime.now(dt.UTC)
-    not_before, not_after = now - dt.timedelta(days=1), now + dt.timedelta(days=7)
+    not_before, not_after = now - dt.timedelta(days=1), now + dt.timedelta(days=days)
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
@@ -94,9 +97,35 @@ def make_tls_files(directory: Path, common_name: str = "bgtasks test CA") -> Tls
         .sign(ca_key, hashes.SHA256())
     )
 
-    files = TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server-key.pem")
-    files.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    files = _files(directory)
+    write_private(files.server_key, _pem_key(key))
     files.server_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files.server_key.write_bytes(_pem_key(key))
-    files.server_key.chmod(0o600)
+    files.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))  # last: marks the set complete
     return files
+
+
+def _files(directory: Path) -> TlsFiles:
+    return TlsFiles(directory / "ca.pem", directory / "server.pem", directory / "server-key.pem")
+
+
+def load_or_make_tls_files(directory: Path, common_name: str, days: int = 365) -> TlsFiles:
+    """The files in ``directory`` if they are all there and the certificate is valid for at least
+    another day; a new CA and certificate otherwise (a client must then trust the new ``ca.pem``)."""
+    files = _files(directory)
+    try:
+        cert = x509.load_pem_x509_certificate(files.server_cert.read_bytes())
+        if files.ca_cert.exists() and files.server_key.exists() and \
+                cert.not_valid_after_utc > dt.datetime.now(dt.UTC) + dt.timedelta(days=1):
+            return files
+    except (OSError, ValueError):
+        pass
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return make_tls_files(directory, common_name, days)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to a file only its owner can read (mode 0600 from its creation)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    path.chmod(0o600)  # an existing file keeps its mode through O_CREAT
