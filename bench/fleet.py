@@ -61,6 +61,7 @@ async def _reports_in(settings: Any, run_id: str, want: int, timeout_s: float) -
 
 
 def main() -> None:
+    import tests.conftest  # noqa: F401  (it sets a test home on import: before BenchHome sets ours)
     from bench.common import BenchHome
     from tests.fixtures import ApiProcess, ServerHandle, make_token, start_worker
 
