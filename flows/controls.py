@@ -4,9 +4,10 @@ The spec's front end has a creation form and demo controls. In the Prefect UI
 they are deployments of the flows below (tag ``bgtasks-control``, queue
 ``high`` so a click never waits behind background work):
 
-- ``create-background-task``: its parameters are the CreateTaskOptions fields, so
-  the UI's *Run > Custom run* form is the creation form (enums as selects,
-  bounds enforced by the schema); the run's result is the new BackgroundTask;
+- ``create-background-task``: its parameters are the CreateTaskOptions fields, each
+  with a plain default (:mod:`flows.forms`), so the UI's *Run > Custom run* form is
+  the creation form (enums as selects, bounds enforced by the schema, no "Property is
+  type None"); the run's result is the new BackgroundTask;
 - ``quick-demo-task``: create a one-time ``demo`` task that runs now (or after a delay);
 - ``execute-task-now``: run an existing task now (by id or name);
 - ``simulate-failure``: create a one-time ``demo`` task that fails and retries,
@@ -29,15 +30,12 @@ from pydantic import Field
 from bgtasks.models import (
     CreateTaskOptions,
     RetryPolicy,
-    TaskConstraints,
     TaskPriority,
     TaskSchedule,
     TaskStatus,
-    TaskTarget,
-    TaskTrigger,
     TaskType,
 )
-
+from flows.forms import ConstraintsForm, RetryForm, ScheduleForm, Seconds, TargetForm, TriggerForm, create_options
 
 
 async def _with_manager(op: Any) -> Any:
@@ -58,25 +56,21 @@ def _stamp() -> str:
 @flow(name="create-background-task", persist_result=True, result_serializer="json", log_prints=True)
 async def create_background_task(
     name: Annotated[str, Field(min_length=1, max_length=100, description="Unique task name.")],
-    schedule: Annotated[TaskSchedule, Field(description="one-time (startTime) or periodic (interval ms or cron).")],
-    description: Annotated[str | None, Field(max_length=2000)] = None,
+    schedule: ScheduleForm = ScheduleForm(),
     priority: TaskPriority = TaskPriority.NORMAL,
-    constraints: TaskConstraints | None = None,
-    retry_policy: RetryPolicy | None = None,
-    handler: Annotated[str | None, Field(description="Registered handler; default: matched from the name.")] = None,
-    timeout_ms: Annotated[int | None, Field(gt=0, description="Per attempt, in milliseconds.")] = None,
-    data: Annotated[Any, Field(description="JSON handed to the handler.")] = None,
-    trigger: Annotated[TaskTrigger | None, Field(
-        description="A triggered task's event (schedule type 'triggered'), e.g. file.arrived with a path.")] = None,
-    target: Annotated[TaskTarget | None, Field(
-        description="Wake these registered devices with a silent push instead of running here.")] = None,
+    description: Annotated[str, Field(max_length=2000)] = "",
+    handler: Annotated[str, Field(description="Registered handler. Empty: matched from the name.")] = "",
+    timeout_seconds: Seconds = 0,
+    constraints: ConstraintsForm = ConstraintsForm(),
+    retry_policy: RetryForm = RetryForm(),
+    trigger: TriggerForm = TriggerForm(),
+    target: TargetForm = TargetForm(),
+    data: Annotated[dict[str, Any], Field(description="JSON handed to the handler.")] = {},  # noqa: B006 (never mutated)
 ) -> dict[str, Any]:
     """Create a bgtasks task (the spec's creation form); returns the BackgroundTask."""
-    body = CreateTaskOptions(
-        name=name, description=description, schedule=schedule, priority=priority,
-        constraints=constraints or TaskConstraints(), retry_policy=retry_policy, handler=handler,
-        timeout_ms=timeout_ms, data=data, trigger=trigger, target=target,
-    )
+    body = create_options(name=name, schedule=schedule, description=description, priority=priority,
+                          handler=handler, timeout_seconds=timeout_seconds, constraints=constraints,
+                          retry_policy=retry_policy, trigger=trigger, target=target, data=data)
     task = await _with_manager(lambda m: m.create(body))
     get_run_logger().info("Created task %s (%s), next run %s", task.name, task.id, task.next_run)
     return task.to_json_dict()
