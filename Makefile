@@ -8,7 +8,7 @@ TSCLIENT := clients/typescript
 CHROMIUM := /usr/bin/chromium
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test test-postgres unit bench install clean openapi browser snapshots docs
+.PHONY: run test test-postgres unit bench install clean openapi browser snapshots docs panel
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -76,6 +76,11 @@ bench: $(STAMP)
 ## Regenerate the service-file snapshots after a deliberate change (review the diff).
 snapshots: $(STAMP)
 	$(BIN)/python -m tests.update_snapshots
+
+## Rebuild the task panel's script (bgtasks/api/panel/static/panel.js, committed so the
+## wheel needs no Node.js) from clients/typescript/panel/; a test checks it is current.
+panel: $(TSCLIENT)/node_modules/.package-lock.json
+	cd $(TSCLIENT) && npm run panel
 
 ## Regenerate the committed OpenAPI document of the REST API.
 openapi: $(STAMP)

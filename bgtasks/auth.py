@@ -38,6 +38,10 @@ PREFIX = "bgt_"
 TOUCH_EVERY = timedelta(minutes=1)
 
 
+#: The name of the token ``bgtasks ui --open`` mints for the task panel (one live at a time).
+PANEL_TOKEN_NAME = "panel (bgtasks ui)"
+
+
 class Scope(StrEnum):
     TASKS_READ = "tasks:read"
     TASKS_WRITE = "tasks:write"

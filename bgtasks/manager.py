@@ -51,7 +51,7 @@ from bgtasks.models import (
 )
 from bgtasks.prefect_seam import single_flight_csrf
 from bgtasks.errors import InvalidTask, TaskConflict, TaskError, TaskNotFound
-from bgtasks.settings import Settings
+from bgtasks.settings import Settings, panel_url
 from deployments import mapping
 from deployments.query import read_all_deployments
 from deployments.schedules import prefect_schedules
@@ -195,7 +195,7 @@ class TaskManager:
             work_pool_name=self.pool,
             work_queue_name=opts.priority.value,
             tags=stored.tags_for(opts, handler),
-            description=mapping.description_for(opts, handler),
+            description=mapping.description_for(opts, handler, panel_url(self.settings)),
             parameters=stored.parameters_for(opts),
             parameter_openapi_schema=flow_obj.parameters.model_dump(mode="json"),
             schedules=prefect_schedules(opts.schedule, now),

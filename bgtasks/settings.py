@@ -468,6 +468,15 @@ def running_stack_env(home: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in env.items() if str(k).startswith("BGTASKS_PUSH_")}
 
 
+def panel_url(settings: Settings) -> str:
+    """Where the task panel is served: ``/ui/`` on the REST API (its public URL when set)."""
+    if settings.push.public_url:
+        return settings.push.public_url.rstrip("/") + "/ui/"
+    host = "127.0.0.1" if is_wildcard(settings.api.host) else settings.api.host
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{settings.api.port}/ui/"
+
+
 def is_loopback(host: str) -> bool:
     """Whether ``host`` (a name or an address) only reaches this machine."""
     import ipaddress

@@ -100,8 +100,9 @@ def format_ms(ms: int) -> str:
     return f"{ms}ms"
 
 
-def description_for(opts: CreateTaskOptions, handler: str) -> str:
-    """What the Prefect UI shows: the user's description, then the definition."""
+def description_for(opts: CreateTaskOptions, handler: str, panel_url: str | None = None) -> str:
+    """What the Prefect UI shows: the user's description, then the definition, then a link
+    to the task's page in the bgtasks panel (``panel_url``)."""
     lines = [opts.description, ""] if opts.description else []
     lines.append(f"**bgtasks** {opts.schedule.type.value} task, priority {opts.priority.value}, handler `{handler}`")
     if opts.schedule.type == TaskType.TRIGGERED:
@@ -127,6 +128,10 @@ def description_for(opts: CreateTaskOptions, handler: str) -> str:
         who = [f"devices {', '.join(t.device_ids[:5])}{'…' if len(t.device_ids) > 5 else ''}" if t.device_ids else "",
                f"labels {', '.join(t.labels)}" if t.labels else "", f"platform {t.platform}" if t.platform else ""]
         lines.append(f"- wakes: {'; '.join(w for w in who if w)} (silent push, waits for device reports)")
+    if panel_url:
+        from urllib.parse import quote
+
+        lines += ["", f"[Open in the bgtasks panel]({panel_url}#task-name={quote(opts.name, safe='')})"]
     return "\n".join(lines)
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 
-from bgtasks.api import errors, openapi
+from bgtasks.api import errors, openapi, panel
 from bgtasks.api.deps import refuse_nul
 from bgtasks.api.middleware import install_doors
 from bgtasks.api.routes import ROUTERS
@@ -32,6 +32,7 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         from prefect.client.orchestration import get_client
 
+        from bgtasks.api.live import RunEvents
         from bgtasks.auth import TokenStore
         from bgtasks.manager import TaskManager
         from bgtasks.store import open_store
@@ -43,11 +44,13 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
         app.state.tokens = TokenStore(db)
         app.state.devices = DeviceRegistry(db)
         app.state.ledger = RunLedger(db)
+        app.state.events = RunEvents()
         try:
             async with get_client() as client:
                 app.state.manager = TaskManager(client, settings.worker.pool, settings=settings)
                 yield
         finally:
+            await app.state.events.close()
             if own:
                 await db.close()
 
@@ -55,7 +58,7 @@ def create_app(settings: Settings, store: Any = None) -> FastAPI:
                   description="Background tasks for desktop and mobile apps, on Prefect. "
                   "Every route but /health needs a bearer token with the scope it names.")
     app.state.settings = settings
-    for router in ROUTERS:
+    for router in (*ROUTERS, panel.router):
         app.include_router(router)
     errors.install(app)
     openapi.install(app)

@@ -4,7 +4,9 @@
    is allowed (DNS rebinding; pages of other sites).
 2. CORS, only for the front ends named in ``BGTASKS_API_ALLOWED_ORIGINS``.
 3. :class:`TokenAuth`: a live bearer token, checked before a byte of the body is read
-   (401 otherwise); routes then check its scope (403).
+   (401 otherwise); routes then check its scope (403). The task panel (``/ui``) sends
+   its token in an HttpOnly, SameSite=Strict cookie instead, and a state-changing
+   request with it must carry the session's CSRF token in ``X-CSRF-Token`` (403).
 4. :class:`BodyLimits`: at most ``max_body_bytes`` (413), and a JSON body no deeper than
    ``max_json_depth`` with only finite numbers (400). Python's parser would answer a
    thousand nested brackets with a RecursionError (a 500), and takes ``NaN``.
@@ -21,9 +23,17 @@ from urllib.parse import urlsplit
 from bgtasks.guard import App, HostOriginGuard, Receive, Scope, Send, header
 from bgtasks.settings import Settings, allowed_hosts, origins
 
-#: Routes anyone may call: liveness and the API's own description.
-PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+#: Routes anyone may call: liveness, the API's own description, the panel's page and its
+#: login (the page holds no data: everything it shows comes from routes that need a token).
+PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc",
+                          "/ui", "/ui/", "/ui/session"})
+PUBLIC_PREFIXES = ("/ui/assets/",)
 PROBLEM = b"application/problem+json"
+#: The panel's cookies: the token (HttpOnly) and the CSRF token of its session.
+SESSION_COOKIE = "bgtasks_session"
+CSRF_COOKIE = "bgtasks_csrf"
+CSRF_HEADER = b"x-csrf-token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 #: A JSON string, a bracket, or a non-finite number outside strings (a JSON tokenizer's view,
 #: enough to count nesting; the parser still checks everything else).
@@ -72,11 +82,21 @@ class TokenAuth:
         self.enabled = enabled
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.enabled or scope["path"] in PUBLIC_PATHS:
+        path = scope["path"] if scope["type"] == "http" else ""
+        if (scope["type"] != "http" or not self.enabled or path in PUBLIC_PATHS
+                or path.startswith(PUBLIC_PREFIXES)):
             await self.app(scope, receive, send)
             return
         auth = header(scope, b"authorization") or ""
         scheme, _, secret = auth.partition(" ")
+        if not auth and (session := cookies(scope).get(SESSION_COOKIE)):
+            # The panel's cookie: a browser sends it with any request to this site, so a
+            # write must also prove it comes from the panel's page (double-submit CSRF).
+            if scope["method"] not in SAFE_METHODS and not csrf_ok(scope):
+                await send_problem(send, 403, "Forbidden", "a request with the panel's session cookie must send "
+                                   "its CSRF token in X-CSRF-Token")
+                return
+            scheme, secret = "bearer", session
         if scheme.lower() != "bearer" or not secret.strip():
             await send_problem(send, 401, "Unauthorized", "send a bearer token: Authorization: Bearer <token> "
                                "(create one with `bgtasks token create`)",
@@ -89,6 +109,30 @@ class TokenAuth:
             return
         scope.setdefault("state", {})["token"] = token
         await self.app(scope, receive, send)
+
+
+def cookies(scope: Scope) -> dict[str, str]:
+    """The request's cookies (first value of each name)."""
+    from http.cookies import CookieError, SimpleCookie
+
+    raw = header(scope, b"cookie")
+    if not raw:
+        return {}
+    jar: SimpleCookie = SimpleCookie()
+    try:
+        jar.load(raw)
+    except CookieError:
+        return {}
+    return {k: m.value for k, m in jar.items()}
+
+
+def csrf_ok(scope: Scope) -> bool:
+    """The ``X-CSRF-Token`` header equals the session's CSRF cookie (compared in constant time)."""
+    import hmac
+
+    sent = header(scope, CSRF_HEADER) or ""
+    expected = cookies(scope).get(CSRF_COOKIE) or ""
+    return bool(sent) and bool(expected) and hmac.compare_digest(sent.encode(), expected.encode())
 
 
 class BodyLimits:
@@ -138,7 +182,8 @@ class BodyLimits:
         await self.app(scope, replay, send)
 
 
-__all__ = ["PUBLIC_PATHS", "TokenAuth", "BodyLimits", "json_problem", "send_problem"]
+__all__ = ["PUBLIC_PATHS", "SESSION_COOKIE", "CSRF_COOKIE", "TokenAuth", "BodyLimits", "cookies", "csrf_ok",
+           "json_problem", "send_problem"]
 
 
 def api_hosts(settings: Settings) -> list[str]:

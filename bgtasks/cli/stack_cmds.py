@@ -14,7 +14,7 @@ from rich.markup import escape
 
 from bgtasks.cli import _common as cli
 from bgtasks.home import write_private
-from bgtasks.settings import STACK_ENV_FILE, Settings
+from bgtasks.settings import STACK_ENV_FILE, Settings, panel_url
 
 
 def up(
@@ -78,6 +78,7 @@ def up(
         f"[green]bgtasks is up[/] in {time.monotonic() - started:.1f}s.\n"
         f"  Prefect UI:  [bold]{s.ui_url}[/] ({ui_login_hint(s)})\n"
         f"  Prefect API: {s.api_url}\n"
+        f"  Task panel:  [bold]{panel_url(s)}[/] (`bgtasks ui --open` opens it logged in)\n"
         f"  REST API:    {stack.api_url} (OpenAPI at /docs; "
         + ("no authentication" if s.api.auth == "none" else "tokens from `bgtasks token create NAME`") + ")\n"
         f"  Work pool:   {s.worker.pool} (queues high, normal, low), {s.worker.type} worker, limit {s.worker.limit}\n"
@@ -170,20 +171,52 @@ def exposure_warnings(s: Settings) -> list[str]:
     return out
 
 
-def ui(*, secret: Annotated[bool, Parameter(help="Print the auth string itself (to this terminal only).")] = False,
-       open_browser: Annotated[bool, Parameter(name="--open", help="Open the UI in a browser too.")] = False) -> None:
-    """Where the Prefect UI is and how to log in to it (its auth string)."""
+def ui(*, secret: Annotated[bool, Parameter(help="Print the Prefect UI's auth string itself (to this terminal only).")] = False,
+       open_browser: Annotated[bool, Parameter(
+           name="--open", help="Open the task panel in a browser, logged in with a token minted for it.")] = False,
+       link: Annotated[bool, Parameter(help="Print the panel's login link (it holds a token: this terminal only).")] = False,
+       prefect: Annotated[bool, Parameter(help="With --open: open the Prefect UI instead.")] = False) -> None:
+    """Where the task panel and the Prefect UI are, and how to log in to each."""
     s = cli.settings()
     if secret:
         if s.server.auth_string is None:
             cli.fail("no auth string is configured for this Prefect API (BGTASKS_SERVER_AUTH_STRING)")
         print(s.server.auth_string.get_secret_value())
         return
-    cli.console.print(f"Prefect UI: {s.ui_url}\nLog in: {escape(ui_login_hint(s))}.")
-    if open_browser:
+    panel = panel_url(s)
+    if open_browser and prefect:
         import webbrowser
 
         webbrowser.open(s.ui_url)
+        return
+    if open_browser or link:
+        url = panel if s.api.auth == "none" else f"{panel}#token={panel_token()}"
+        if link:
+            print(url)
+        if open_browser:
+            import webbrowser
+
+            webbrowser.open(url)
+        return
+    cli.console.print(f"Task panel: {panel} (log in with an API token; `bgtasks ui --open` opens it logged in)\n"
+                      f"Prefect UI: {s.ui_url}\nLog in: {escape(ui_login_hint(s))}.")
+
+
+def panel_token() -> str:
+    """A token for the panel (tasks:read, tasks:write); the one minted before it is revoked,
+    so at most one such token lives."""
+    from bgtasks.auth import PANEL_TOKEN_NAME, Scope, TokenStore
+    from bgtasks.cli._store import with_store
+
+    async def mint(store: Any) -> str:
+        tokens = TokenStore(store)
+        for old in await tokens.list():
+            if old.name == PANEL_TOKEN_NAME and old.revoked_at is None:
+                await tokens.revoke(old.id)
+        _, secret = await tokens.create(PANEL_TOKEN_NAME, frozenset({Scope.TASKS_READ, Scope.TASKS_WRITE}))
+        return secret
+
+    return with_store(mint)
 
 
 def env(*, shell: bool = True) -> None:

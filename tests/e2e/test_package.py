@@ -49,6 +49,10 @@ RUNTIME_FILES = [
     "deployments/controls.py",
     "triggers/daemon.py",
     "mobile_push/payload.py",
+    # the task panel, built (no Node.js at install time)
+    "bgtasks/api/panel/static/index.html",
+    "bgtasks/api/panel/static/panel.js",
+    "bgtasks/api/panel/static/panel.css",
 ]
 
 
@@ -156,6 +160,10 @@ def test_the_wheel_in_a_fresh_venv_runs_up_init_and_the_demo_task(
         ui = httpx.get(up.ui, timeout=30)
         assert ui.status_code == 200 and "<html" in ui.text.lower()
         assert httpx.get(f"{up.ui}/api/health", timeout=30).json() is True
+        # The task panel is served from the installed wheel.
+        panel_js = httpx.get(f"{up.api}/ui/assets/panel.js", timeout=30)
+        assert panel_js.status_code == 200 and panel_js.content == (
+            ROOT / "bgtasks/api/panel/static/panel.js").read_bytes()
 
         # The demo task, created to run now; polled until it has finished.
         started = time.monotonic()

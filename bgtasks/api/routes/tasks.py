@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, Body, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from bgtasks.api import deps
@@ -59,6 +59,18 @@ async def list_tasks(
 ) -> Any:
     tasks = await deps.manager(request).list(status=status, type=type, priority=priority, sort=sort)
     return JSONResponse([t.to_json_dict() for t in tasks])
+
+
+@router.get("/tasks/events", dependencies=READ, response_class=StreamingResponse,
+            responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
+                             "description": "Server-sent events: `run` (taskId, runId, state, occurred) when a "
+                             "task's run changes state; `resync` when some may have been missed."}} | DENIED)
+async def task_events(request: Request) -> Any:
+    """Run changes as they happen (server-sent events), from Prefect's event stream."""
+    from bgtasks.api.live import sse
+
+    return StreamingResponse(sse(request.app.state.events), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 @router.get("/tasks/{task_id}", dependencies=READ, responses=ok(BackgroundTask) | DENIED | problems(404))
