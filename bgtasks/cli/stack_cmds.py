@@ -171,10 +171,13 @@ def exposure_warnings(s: Settings) -> list[str]:
     return out
 
 
-def ui(*, secret: Annotated[bool, Parameter(help="Print the Prefect UI's auth string itself (to this terminal only).")] = False,
+def ui(*,
+       secret: Annotated[bool, Parameter(
+           help="Print the Prefect UI's auth string itself (to this terminal only).")] = False,
        open_browser: Annotated[bool, Parameter(
            name="--open", help="Open the task panel in a browser, logged in with a token minted for it.")] = False,
-       link: Annotated[bool, Parameter(help="Print the panel's login link (it holds a token: this terminal only).")] = False,
+       link: Annotated[bool, Parameter(
+           help="Print the panel's login link (it holds a token: this terminal only).")] = False,
        prefect: Annotated[bool, Parameter(help="With --open: open the Prefect UI instead.")] = False) -> None:
     """Where the task panel and the Prefect UI are, and how to log in to each."""
     s = cli.settings()

@@ -64,9 +64,10 @@ async def list_tasks(
 @router.get("/tasks/events", dependencies=READ, response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
                              "description": "Server-sent events: `run` (taskId, runId, state, occurred) when a "
-                             "task's run changes state; `resync` when some may have been missed."}} | DENIED)
+                             "task's run changes state; `task` (taskId, change: created, updated or deleted) when "
+                             "a task changes; `resync` when some may have been missed."}} | DENIED)
 async def task_events(request: Request) -> Any:
-    """Run changes as they happen (server-sent events), from Prefect's event stream."""
+    """Runs and tasks changing as they happen (server-sent events), from Prefect's event stream."""
     from bgtasks.api.live import sse
 
     return StreamingResponse(sse(request.app.state.events), media_type="text/event-stream",
