@@ -101,7 +101,7 @@ class RunEvents:
                             self.publish(message)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the panel's slow refresh keeps it right meanwhile
+            except Exception as exc:  # the resync sent on reconnection makes readers read everything again
                 logger.debug("Prefect event stream interrupted (%s); reconnecting", exc)
                 await asyncio.sleep(2)
 
