@@ -182,8 +182,19 @@ def main() -> None:
     ap.add_argument("--burst", type=int, default=60, help="runs in the warm worker's throughput burst")
     ap.add_argument("--stock-burst", type=int, default=20, help="runs in the stock worker's burst")
     ap.add_argument("--idle-s", type=float, default=30)
+    ap.add_argument("--profile", action="store_true",
+                    help="instead: where one trivial run's CPU goes (bench/profile_run.py)")
+    ap.add_argument("--warmup", type=int, default=5, help="--profile: runs before sampling")
+    ap.add_argument("--rate", type=int, default=250, help="--profile: py-spy samples per second")
+    ap.add_argument("--top", type=int, default=0, help="--profile: also the N functions with most samples")
+    ap.add_argument("--keep", action="store_true", help="--profile: keep the raw profiles")
     add_postgres_option(ap)
     args = ap.parse_args()
+    if args.profile:
+        from bench.profile_run import profile
+
+        profile(args)
+        return
 
     home = BenchHome("worker", args.postgres)
     tmp, settings = home.path, home.settings

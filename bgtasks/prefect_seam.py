@@ -96,6 +96,14 @@ def _resolve(path: str) -> Any:
     return obj
 
 
+def _exists(path: str) -> bool:
+    try:
+        _resolve(path)
+        return True
+    except (ImportError, AttributeError):
+        return False
+
+
 def has(path: str, *params: str) -> Callable[[], str | None]:
     """``module:attr`` exists (and, if given, takes these parameters)."""
 
@@ -214,7 +222,22 @@ INTERNALS: tuple[Internal, ...] = (
              in_source("sqlalchemy.dialects.sqlite.aiosqlite:AsyncAdapt_aiosqlite_cursor",
                        "self._connection", "self._adapt_connection", "await_"),
              required=False),
+    Internal("child", "prefect.events.related:RESOURCE_CACHE",
+             "prefilled in a forked child with the run's flow, deployment, work queue and pool (prefill_related)",
+             lambda: (in_source("prefect.events.related", 'cache_key = f"{kind}.{obj_id}"', "entry, _ = cache[cache_key]",
+                                "cache=RESOURCE_CACHE", "obj_id=flow_run.work_pool_name")()
+                      or next((f"{p} is gone" for p in RELATED_KINDS.values() if not _exists(p)), None)),
+             required=False),
+    Internal("child", "prefect._internal.version_checking:_cache_api_version_check",
+             "the zygote marks the server its worker already checked, so each run does not ask again",
+             in_source("prefect._internal.version_checking", "def _cache_api_version_check(",
+                       "def _api_version_check_key(", "_is_api_version_check_cached(key)"),
+             required=False),
     # client: every process
+    Internal("client", "prefect.client.orchestration (ssl.create_default_context)",
+             "its clients take their TLS context from a shared one per CA file (share_verify_contexts)",
+             in_source("prefect.client.orchestration", "ssl.create_default_context(cafile=cert_file)"),
+             required=False),
     Internal("client", "prefect.client.base:PrefectHttpxAsyncClient._add_csrf_headers",
              "wrapped: one CSRF token fetch at a time (single_flight_csrf)",
              in_source("prefect.client.base:PrefectHttpxAsyncClient._add_csrf_headers",
@@ -325,6 +348,125 @@ def single_flight_csrf() -> None:
 
     setattr(_add_csrf_headers, _PATCHED_CSRF, True)
     PrefectHttpxAsyncClient._add_csrf_headers = _add_csrf_headers  # type: ignore[method-assign]
+
+
+class SharedVerifyContexts:
+    """Prefect's client modules' ``ssl``: one verifying TLS context per CA file per process.
+
+    Each Prefect client builds ``ssl.create_default_context(cafile=...)``, which parses the
+    whole CA bundle: about 35 ms of CPU, four or five times per run (its clients, the log
+    and event workers, the version checks; bench/worker.py --profile). A context that
+    verifies against a given file is the same for every client, and OpenSSL contexts may be
+    shared; Prefect changes only the unverified context it asks for without a file, which is
+    not shared. Built in the zygote, it is inherited by every forked run. A CA file that
+    changes on disk is read again when the process restarts.
+    """
+
+    def __init__(self, module: Any) -> None:
+        self._ssl = module
+        self._by_file: dict[str, Any] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ssl, name)
+
+    def create_default_context(self, purpose: Any = None, *, cafile: str | None = None,
+                               capath: str | None = None, cadata: Any = None) -> Any:
+        purpose = self._ssl.Purpose.SERVER_AUTH if purpose is None else purpose
+        if cafile is None or capath is not None or cadata is not None or purpose != self._ssl.Purpose.SERVER_AUTH:
+            return self._ssl.create_default_context(purpose, cafile=cafile, capath=capath, cadata=cadata)
+        ctx = self._by_file.get(cafile)
+        if ctx is None:
+            ctx = self._by_file[cafile] = self._ssl.create_default_context(purpose, cafile=cafile)
+        return ctx
+
+
+def share_verify_contexts() -> None:
+    """Give Prefect's client modules a :class:`SharedVerifyContexts` (idempotent), and build
+    the default one (certifi's bundle, or ``PREFECT_API_SSL_CERT_FILE``) now."""
+    import ssl
+
+    import certifi
+
+    shared = None
+    for name in ("prefect.client.orchestration", "prefect._internal.version_checking"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        current = getattr(module, "ssl", None)
+        if isinstance(current, SharedVerifyContexts):
+            shared = current
+        elif current is ssl:
+            shared = shared or SharedVerifyContexts(ssl)
+            module.ssl = shared  # type: ignore[attr-defined]
+    if shared is not None:
+        from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_TLS_INSECURE_SKIP_VERIFY
+
+        if not PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value():
+            shared.create_default_context(cafile=PREFECT_API_SSL_CERT_FILE.value() or certifi.where())
+
+
+#: Set by the warm worker for its zygote: the API URL whose server version it has checked.
+ENV_VERSION_CHECKED = "BGTASKS_PREFECT_VERSION_CHECKED"
+
+
+async def check_server_version_once(api_url: str) -> bool:
+    """Prefect's client/server version check, as each of its websocket clients makes it
+    (raises on a major-version mismatch); whether it passed (False: not reachable now)."""
+    import logging
+
+    import prefect
+    from prefect._internal import version_checking as vc
+
+    await vc.check_server_version(api_url, logging.getLogger("bgtasks.worker"), raise_on_error=False)
+    return vc._is_api_version_check_cached(vc._api_version_check_key(api_url, prefect.__version__))
+
+
+def trust_checked_server_version() -> None:
+    """In the zygote: record the version check the worker made of the same API URL, so that
+    a run's log and event clients do not each ask ``/admin/version`` again (two requests and
+    two clients per run). Prefect keeps the same record after its own check."""
+    url = os.environ.get(ENV_VERSION_CHECKED)
+    if not url:
+        return
+    try:
+        import prefect
+        from prefect._internal import version_checking as vc
+
+        # Prefect's clients key it by the URL as given (the websocket clients) or as httpx
+        # writes it, with a trailing slash (PrefectClient).
+        for form in {url, url.rstrip("/") + "/"}:
+            vc._cache_api_version_check(vc._api_version_check_key(form, prefect.__version__))
+    except (ImportError, AttributeError):  # another Prefect: each run checks, as before
+        pass
+
+
+#: The related objects Prefect's events look up for a run, and their client schemas.
+RELATED_KINDS = {
+    "flow": "prefect.client.schemas.objects:Flow",
+    "deployment": "prefect.client.schemas.responses:DeploymentResponse",
+    "work-queue": "prefect.client.schemas.objects:WorkQueue",
+    "work-pool": "prefect.client.schemas.objects:WorkPool",
+}
+
+
+def prefill_related(related: dict[str, str]) -> None:
+    """In a forked child: put the objects the worker read for the run (``"kind.id"``: JSON)
+    into Prefect's related-resource cache, where its events' first lookup would put them
+    after reading each from the API (four requests per run)."""
+    if not related:
+        return
+    from prefect.events import related as rel
+    from prefect.types._datetime import now
+
+    at = now("UTC")
+    for key, raw in related.items():
+        kind = key.split(".", 1)[0]
+        try:
+            obj = _resolve(RELATED_KINDS[kind]).model_validate_json(raw)
+        except Exception:  # another Prefect's shape: the events read this one themselves
+            continue
+        rel.RESOURCE_CACHE[key] = ({"kind": kind, "object": obj}, at)
 
 
 def child_env(env: dict[str, str], flow_run_id: str) -> None:

@@ -35,6 +35,7 @@ entry point of the bgtasks distribution.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import heapq
 import json
 import os
@@ -65,11 +66,14 @@ from bgtasks.prefect_seam import (
     ENV_CONTROL_TOKEN,
     ENV_FLOW_ENTRYPOINT,
     ENV_RUNNER_HOOKS,
+    ENV_VERSION_CHECKED,
     FlowRunExecutionResult,
     FlowRunExecutorContext,
     ProcessHandle,
     create_isolated_termination_scope,
+    check_server_version_once,
     require,
+    share_verify_contexts,
     single_flight_csrf,
 )
 
@@ -82,6 +86,12 @@ MIN_POLL_INTERVAL_S = 0.5
 MAX_PENDING_WAKES = 100_000
 #: Events that make the worker poll (at the run's scheduled time).
 WAKE_EVENTS = ("prefect.flow-run.Scheduled", "prefect.flow-run.AwaitingRetry")
+
+
+#: What one run's submission has read (``"deployment.<id>"``, ``"flow.<id>"``): Prefect's worker
+#: reads the deployment twice per run (that it exists, then its job variables) and the flow once;
+#: within one submission the first read serves the others, and the child's events reuse them.
+_SUBMISSION: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("bgtasks_submission", default=None)
 
 
 class ZygoteGone(RuntimeError):
@@ -161,7 +171,8 @@ class ZygoteClient:
             fut.set_result(-1)
 
     async def spawn(
-        self, flow_run_id: str, env: dict[str, str], flow_run_json: str | None = None
+        self, flow_run_id: str, env: dict[str, str], flow_run_json: str | None = None,
+        related: dict[str, str] | None = None,
     ) -> tuple[int, asyncio.Future[int]]:
         """Fork a child for the run: ``(pid, future of its exit code)``."""
         async with self._lock:
@@ -171,7 +182,7 @@ class ZygoteClient:
             req = uuid.uuid4().hex
             spawned: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             self._spawned[req] = spawned
-            line = message(RUN, req=req, flow_run_id=flow_run_id, env=env, flow_run=flow_run_json)
+            line = message(RUN, req=req, flow_run_id=flow_run_id, env=env, flow_run=flow_run_json, related=related)
             self._proc.stdin.write(line.encode())
             await self._proc.stdin.drain()
             pid = await spawned
@@ -213,12 +224,14 @@ class ZygoteStarter:
     """
 
     def __init__(
-        self, zygote: ZygoteClient, env: dict[str, str | None], control_channel: Any, entrypoint: str | None = None
+        self, zygote: ZygoteClient, env: dict[str, str | None], control_channel: Any, entrypoint: str | None = None,
+        related: dict[str, str] | None = None,
     ) -> None:
         self._zygote = zygote
         self._env = env
         self._control_channel = control_channel
         self._entrypoint = entrypoint
+        self._related = related
 
     async def start(
         self, flow_run: FlowRun, task_status: anyio.abc.TaskStatus[ProcessHandle] = anyio.TASK_STATUS_IGNORED
@@ -234,7 +247,7 @@ class ZygoteStarter:
         env[ENV_RUNNER_HOOKS] = "false"
         if self._entrypoint:
             env[ENV_FLOW_ENTRYPOINT] = self._entrypoint
-        pid, exited = await self._zygote.spawn(str(flow_run.id), env, flow_run.model_dump_json())
+        pid, exited = await self._zygote.spawn(str(flow_run.id), env, flow_run.model_dump_json(), self._related)
         process = _ForkedProcess(pid)
         # The child called setsid(): its pid is its process group.
         task_status.started(ProcessHandle(process, termination_scope=create_isolated_termination_scope(pid)))
@@ -267,6 +280,7 @@ class WarmWorker(ProcessWorker):
         self._ctx: FlowRunExecutorContext | None = None
         self._wake_group: anyio.abc.TaskGroup | None = None
         self._entrypoints: dict[Any, tuple[float, str | None]] = {}
+        self._queues: dict[Any, tuple[float, str]] = {}  # work queues' JSON, for _related_of
         self._due: list[float] = []  # heap of epoch times to poll at
         self._due_changed: anyio.Event | None = None
         self._backlog = False
@@ -324,12 +338,18 @@ class WarmWorker(ProcessWorker):
         require("worker", "child", "client")  # before a run is taken: an incompatible Prefect says which part
         # Entered before BaseWorker's own contexts, so they close after the
         # runs task group has drained: in-flight runs keep their supervisor.
-        self._zygote = await self._exit_stack.enter_async_context(ZygoteClient())
+        share_verify_contexts()
+        zygote_env = dict(os.environ)
+        api_url = get_current_settings().api.url
+        if api_url and await check_server_version_once(api_url):  # once, for every run the zygote forks
+            zygote_env[ENV_VERSION_CHECKED] = api_url
+        self._zygote = await self._exit_stack.enter_async_context(ZygoteClient(zygote_env))
         self._ctx = await self._exit_stack.enter_async_context(FlowRunExecutorContext())
         for policy in self.policies:  # stopped after the runs task group has drained, too
             await policy.start(self)
             self._exit_stack.push_async_callback(self._logged, policy.stop, self)
         await super().setup()
+        self._read_once_per_submission()
         # Its own task group, cancelled first at teardown: a wake-up timer for a
         # run due in an hour must not hold the worker's shutdown.
         self._due_changed = anyio.Event()
@@ -361,12 +381,55 @@ class WarmWorker(ProcessWorker):
         recorded here), so a run that was not proposed holds a slot nothing will release.
         """
         self._proposed.discard(flow_run.id)
+        reads = _SUBMISSION.set({})  # the run's task, started in here, keeps the same reads
         try:
             await super()._submit_run(flow_run)
         finally:
+            _SUBMISSION.reset(reads)
             if flow_run.id not in self._proposed:
                 self._release_limit_slot(flow_run.id)  # idempotent
             self._proposed.discard(flow_run.id)
+
+    def _read_once_per_submission(self) -> None:
+        """Make the client's deployment and flow reads serve a submission's later reads
+        from its first (outside a submission they are untouched)."""
+        client = self.client
+        for kind, name in (("deployment", "read_deployment"), ("flow", "read_flow")):
+            original = getattr(client, name)
+
+            async def read(obj_id: Any, *, _kind: str = kind, _original: Any = original) -> Any:
+                reads = _SUBMISSION.get()
+                if reads is None:
+                    return await _original(obj_id)
+                key = f"{_kind}.{obj_id}"
+                if key not in reads:
+                    reads[key] = await _original(obj_id)
+                return reads[key]
+
+            setattr(client, name, read)
+
+    async def _related_of(self, flow_run: FlowRun) -> dict[str, str]:
+        """The objects Prefect's events name as the run's related resources, as JSON by
+        ``kind.id``: the child's events take them instead of reading each again."""
+        reads = _SUBMISSION.get() or {}
+        out = {key: reads[key].model_dump_json() for key in
+               (f"flow.{flow_run.flow_id}", f"deployment.{flow_run.deployment_id}") if key in reads}
+        pool = self._work_pool
+        # The runs this worker takes are its pool's (the copy from the poll may not name it).
+        if pool is not None and flow_run.work_pool_name in (None, pool.name):
+            out[f"work-pool.{pool.name}"] = pool.model_dump_json()
+        if flow_run.work_queue_id is not None:
+            now = asyncio.get_running_loop().time()
+            cached = self._queues.get(flow_run.work_queue_id)
+            if cached is None or now - cached[0] >= ENTRYPOINT_CACHE_S:
+                try:
+                    cached = self._queues[flow_run.work_queue_id] = (
+                        now, (await self.client.read_work_queue(flow_run.work_queue_id)).model_dump_json())
+                except Exception:  # the child's events read it themselves
+                    cached = None
+            if cached is not None:
+                out[f"work-queue.{flow_run.work_queue_id}"] = cached[1]
+        return out
 
     async def _propose_pending_state(self, flow_run: FlowRun) -> bool:
         """Prefect's proposal of Pending, once every policy lets the run start."""
@@ -480,7 +543,8 @@ class WarmWorker(ProcessWorker):
         env = dict(configuration.env)
         for policy in self.policies:
             env.update(policy.child_env())
-        starter = ZygoteStarter(self._zygote, env, self._ctx.control_channel, await self._entrypoint_of(flow_run))
+        starter = ZygoteStarter(self._zygote, env, self._ctx.control_channel, await self._entrypoint_of(flow_run),
+                                await self._related_of(flow_run))
         executor = self._ctx.create_executor(
             flow_run, starter, resolve_flow=load_flow_from_flow_run, propose_submitting=False
         )

@@ -4,7 +4,8 @@ Started by :class:`bgtasks.warm_worker.WarmWorker` as ``python -m bgtasks.zygote
 It imports Prefect, its flow engine and every registered handler once, starts no
 thread, then serves requests from the worker, one JSON object a line:
 
-- stdin  ``{"op": "run", "req": ID, "flow_run_id": UUID, "env": {...}, "flow_run": JSON}``
+- stdin  ``{"op": "run", "req": ID, "flow_run_id": UUID, "env": {...}, "flow_run": JSON,
+  "related": {"kind.id": JSON}}`` (the objects the worker read for the run, for its events)
 - stdout ``{"op": "spawned", "req": ID, "pid": PID}`` once the child exists,
   ``{"op": "exited", "pid": PID, "code": N}`` when it has been reaped
   (``N < 0``: killed by signal ``-N``), ``{"op": "ready"}`` once at start.
@@ -30,7 +31,7 @@ import threading
 import traceback
 from typing import Any
 
-from bgtasks.prefect_seam import child_env, run_engine
+from bgtasks.prefect_seam import child_env, prefill_related, run_engine
 
 #: The pipe protocol's operations (the worker's side is bgtasks.warm_worker.ZygoteProcess).
 RUN, SPAWNED, EXITED, READY = "run", "spawned", "exited", "ready"
@@ -48,9 +49,11 @@ def preload() -> list[str]:
 
     from prefect.utilities.importtools import import_object
 
-    from bgtasks.prefect_seam import WARM_MODULES, single_flight_csrf
+    from bgtasks.prefect_seam import WARM_MODULES, share_verify_contexts, single_flight_csrf, trust_checked_server_version
 
-    single_flight_csrf()  # every run forked from here inherits it
+    single_flight_csrf()  # every run forked from here inherits these three
+    share_verify_contexts()
+    trust_checked_server_version()
     for module in WARM_MODULES:
         try:
             importlib.import_module(module)
@@ -74,7 +77,8 @@ def _exit_code(exc: SystemExit) -> int:
     return exc.code if isinstance(exc.code, int) else 1
 
 
-def run_child(flow_run_id: str, env: dict[str, str], flow_run_json: str | None = None) -> None:
+def run_child(flow_run_id: str, env: dict[str, str], flow_run_json: str | None = None,
+              related: dict[str, str] | None = None) -> None:
     """In the forked child: run the flow run as ``prefect.engine`` would, then ``os._exit``."""
     code = 1
     try:
@@ -87,6 +91,7 @@ def run_child(flow_run_id: str, env: dict[str, str], flow_run_json: str | None =
         os.close(devnull)
         os.dup2(2, 1)  # prints go to the worker's log, never into the zygote's pipe
         child_env(env, flow_run_id)
+        prefill_related(related or {})
         code = _run_engine(flow_run_id, flow_run_json)
     except SystemExit as exc:
         code = _exit_code(exc)
@@ -182,7 +187,7 @@ class Zygote:
             os.close(wake_r)
             os.close(wake_w)
             os.close(self.out.fileno())
-            run_child(req["flow_run_id"], req.get("env") or {}, req.get("flow_run"))
+            run_child(req["flow_run_id"], req.get("env") or {}, req.get("flow_run"), req.get("related"))
         self.send(SPAWNED, req=req["req"], pid=pid)
 
     def serve(self) -> None:

@@ -1,8 +1,8 @@
 """A paused task never runs on schedule: its scheduler-made runs are dropped at submission.
 
 Pausing deletes the task's scheduled runs, but Prefect's scheduler can make one just after
-(measured: 50-175 ms later). The deployment is read fresh for each such run: a pause wins
-at once. Run-now and triggered runs of a paused task are the user's and are not dropped here.
+(measured: 50-175 ms later). The deployment is read fresh for each such run (the read that
+starts its submission, shared with the worker's own: bgtasks.warm_worker): a pause wins at once. Run-now and triggered runs of a paused task are the user's and are not dropped here.
 """
 
 from __future__ import annotations

@@ -135,3 +135,31 @@ async def test_a_periodic_runs_state_changes_reach_automations_at_once(manager: 
         await client.delete_automation(automation_id)
         await manager.delete(task.id)
 
+
+
+@pytest.mark.usefixtures("worker")
+async def test_a_warm_runs_events_name_its_flow_deployment_queue_and_pool(manager: Any, client: Any,
+                                                                           settings: Any) -> None:
+    """The child's events take the run's flow, deployment, work queue and pool from the worker
+    (instead of reading each from the API): they still name all four, as a stock run's do."""
+    from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
+
+    task = await manager.create({"name": "warm-related", "handler": "demo",
+                                 "schedule": {**ONCE, "startTime": "2099-01-01T00:00:00Z"}})
+    run_id = await manager.run_now(task.id)
+    assert (await manager.wait_for_run(run_id, timeout_s=120)).success
+    run = await client.read_flow_run(UUID(run_id))
+    flow = await client.read_flow(run.flow_id)
+
+    async def task_run_completed() -> Any:
+        page = await client.read_events(filter=EventFilter(
+            event=EventNameFilter(name=["prefect.task-run.Completed"]),
+            related=EventRelatedFilter(id=[f"prefect.flow-run.{run_id}"])), limit=5)
+        return page.events
+
+    [event, *_] = await wait_for(task_run_completed, 60, "the task run's Completed event")
+    related = {r.role: (r.id, r.name) for r in event.related}
+    assert related["flow"] == (f"prefect.flow.{flow.id}", flow.name)
+    assert related["deployment"] == (f"prefect.deployment.{task.id}", "warm-related")
+    assert related["work-queue"] == (f"prefect.work-queue.{run.work_queue_id}", "normal")
+    assert related["work-pool"][1] == settings.worker.pool

@@ -154,3 +154,76 @@ def test_the_scan_sees_what_it_forbids(tmp_path: Path) -> None:
         "imports prefect._internal.metrics", "uses PREFECT__FLOW_RUN_ID",
         "uses PrefectHttpxAsyncClient._add_csrf_headers", "uses BaseWorker._runs_task_group",
         "uses BaseWorker._submit_run"])
+
+
+def test_prefects_clients_share_one_verifying_tls_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each Prefect client used to parse the whole CA bundle (about 35 ms, several per run)."""
+    import ssl
+
+    import certifi
+    from prefect.client.orchestration import PrefectClient, SyncPrefectClient
+
+    seam.share_verify_contexts()
+    built: list[object] = []
+    real = ssl.create_default_context
+
+    def counting(*args: object, **kwargs: object) -> ssl.SSLContext:
+        built.append(kwargs.get("cafile"))
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ssl, "create_default_context", counting)
+    for make in (PrefectClient, SyncPrefectClient, PrefectClient):
+        make("http://127.0.0.1:9/api")
+    assert built == []  # built once, when shared, before these
+    import prefect.client.orchestration as orchestration
+    from prefect.settings import PREFECT_API_SSL_CERT_FILE
+
+    cafile = PREFECT_API_SSL_CERT_FILE.value() or certifi.where()  # as Prefect's clients choose it
+    shared = orchestration.ssl.create_default_context(cafile=cafile)
+    assert shared is orchestration.ssl.create_default_context(cafile=cafile)
+    assert shared.verify_mode == ssl.CERT_REQUIRED and shared.check_hostname
+    # Prefect turns verification off on the context it asks for without a file: never the shared one.
+    unverified = orchestration.ssl.create_default_context()
+    assert unverified is not shared and built == [None]
+
+
+def test_the_zygote_trusts_the_version_check_its_worker_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    import prefect
+    from prefect._internal import version_checking as vc
+
+    url = "http://127.0.0.1:9/api-checked-by-the-worker"
+    for form in (url, url + "/"):
+        assert not vc._is_api_version_check_cached(vc._api_version_check_key(form, prefect.__version__))
+    monkeypatch.delenv(seam.ENV_VERSION_CHECKED, raising=False)
+    seam.trust_checked_server_version()  # not told: nothing is trusted
+    assert not vc._is_api_version_check_cached(vc._api_version_check_key(url, prefect.__version__))
+    monkeypatch.setenv(seam.ENV_VERSION_CHECKED, url)
+    seam.trust_checked_server_version()
+    for form in (url, url + "/"):  # as the websocket clients and as PrefectClient key it
+        assert vc._is_api_version_check_cached(vc._api_version_check_key(form, prefect.__version__))
+
+
+async def test_a_childs_events_find_the_objects_its_worker_read() -> None:
+    import uuid
+    from datetime import UTC, datetime
+
+    from prefect.client.schemas.objects import Flow, WorkPool, WorkQueue
+    from prefect.events import related as rel
+
+    now = datetime.now(UTC)
+    flow = Flow(id=uuid.uuid4(), name="f", created=now)
+    pool_id = uuid.uuid4()
+    queue = WorkQueue(id=uuid.uuid4(), name="normal", created=now, work_pool_id=pool_id)
+    pool = WorkPool(id=pool_id, name="background-tasks", type="bgtasks-warm", created=now,
+                    default_queue_id=queue.id)
+    seam.prefill_related({f"flow.{flow.id}": flow.model_dump_json(), f"work-queue.{queue.id}": queue.model_dump_json(),
+                          f"work-pool.{pool.name}": pool.model_dump_json(), "deployment.broken": "{}"})
+
+    async def no_api(obj_id: object) -> None:
+        raise AssertionError(f"read {obj_id} from the API")
+
+    for kind, obj_id, obj in (("flow", flow.id, flow), ("work-queue", queue.id, queue), ("work-pool", pool.name, pool)):
+        entry = await rel._get_and_cache_related_object(kind=kind, role=kind, client_method=no_api, obj_id=obj_id,
+                                                        cache=rel.RESOURCE_CACHE)
+        assert entry["object"] == obj
+    assert "deployment.broken" not in rel.RESOURCE_CACHE  # a shape it cannot read is left to the API
