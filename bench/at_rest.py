@@ -87,7 +87,7 @@ def main() -> None:
         t0, before = time.monotonic(), snapshot(root)
         time.sleep(args.minutes * 60)
         after, elapsed = snapshot(root), time.monotonic() - t0
-        runs = up.cli_json("task", "history", task["id"], "--limit", "1000")
+        runs = up.cli_json("task", "history", task["id"], "--limit", "200")
     finally:
         up.stop()
 

@@ -38,6 +38,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
+#: Goals of the run-cost work (docs/performance.md, "What a run costs").
+GOALS = {"run-now latency p50 (s)": "0.250", "run-now latency p95 (s)": "0.500", "throughput (runs/min)": ">=180",
+         "worker CPU per run (s)": "0.100", "server CPU per run (s)": "0.250"}
+#: The warm worker's figures before that work (6fafc60, this machine, same command), per database.
+BEFORE: dict[str, dict[str, str]] = {}
+
+
 def free_port() -> int:
     import socket
 
@@ -247,12 +254,13 @@ def main() -> None:
     db = home.database
     print(f"\nWarm worker vs stock process worker, one server ({db}), {os.cpu_count()} cores, --limit 4 each")
     keys = list(rows["warm"])
-    print(f"{'':32} {'bgtasks-warm':>14} {'process (stock)':>16} {'better by':>9}")
+    print(f"{'':32} {'bgtasks-warm':>14} {'before':>8} {'goal':>7} {'process (stock)':>16} {'better by':>9}")
     for k in keys:
         a, b = rows["warm"][k], rows["process"].get(k, "-")
+        before, goal = BEFORE.get(db, {}).get(k, "-"), GOALS.get(k, "-")
         ratio = ""
         if k.startswith(("latency samples", "burst", "idle RSS")):
-            print(f"{k:32} {a:>14} {b:>16}")
+            print(f"{k:32} {a:>14} {before:>8} {goal:>7} {b:>16}")
             continue
         try:
             fa, fb = float(a), float(b)
@@ -262,8 +270,8 @@ def main() -> None:
                 ratio = f"{fb / fa:.1f}x"
         except ValueError:
             pass
-        print(f"{k:32} {a:>14} {b:>16} {ratio:>8}")
-
+        print(f"{k:32} {a:>14} {before:>8} {goal:>7} {b:>16} {ratio:>8}")
+    print("before: the warm worker at 6fafc60, before the run-cost work (docs/performance.md); goal: issue 22")
 
 if __name__ == "__main__":
     main()

@@ -56,7 +56,7 @@ def up(
     from bgtasks.stack import Stack, StackError
 
     emulator = start_push_emulator(s) if push == "emulator" else None
-    stack = Stack(s)
+    stack = Stack(s, api_in_process=True)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:

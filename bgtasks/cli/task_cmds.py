@@ -312,7 +312,9 @@ def show(ref: str, *, output: Output = "table") -> None:
 
 
 @task_app.command
-def history(ref: str, *, limit: int = 50, output: Output = "table") -> None:
+def history(ref: str, *, limit: Annotated[int, Parameter(
+        help="How many runs, 1 to 200 (the Prefect API's page).",
+        validator=cyclopts.validators.Number(gte=1, lte=200))] = 50, output: Output = "table") -> None:
     """A task's runs, newest first, each with its result."""
     async def op(m: Any) -> list[TaskRun]:
         return await m.history(await m.resolve(ref), limit=limit)

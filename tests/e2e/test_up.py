@@ -21,7 +21,11 @@ def test_bgtasks_up_serves_the_ui_runs_a_task_and_stops_cleanly(tmp_path: Path) 
     try:
         up.start("--push", "emulator")
         assert any(f"http://127.0.0.1:{port}" in line for line in up.output)
-        assert len(up.children) >= 3  # server, worker (and its zygote), REST API
+        assert len(up.children) >= 4  # server, worker and its zygote, trigger daemon
+        # The REST API is served by `bgtasks up` itself (one process fewer at rest).
+        listening = {c.laddr.port for c in psutil.Process(up.proc.pid).net_connections("tcp")  # type: ignore[union-attr]
+                     if c.status == psutil.CONN_LISTEN}
+        assert api_port in listening and port not in listening
 
         ui = httpx.get(f"http://127.0.0.1:{port}/", timeout=30)
         assert ui.status_code == 200 and "<html" in ui.text.lower()

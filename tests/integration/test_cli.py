@@ -65,6 +65,8 @@ def test_cli_bad_input_is_one_red_line_and_exit_1(prefect_server: Any) -> None:
     assert "retryPolicy.maxRetries" in proc.stderr and "Traceback" not in proc.stderr
     proc = cli("task", "create", "Unknown Thing", check=False)
     assert proc.returncode == 1 and "available: cleanup, data-sync, demo" in " ".join(proc.stderr.split())
+    proc = cli("task", "history", "any", "--limit", "1000", check=False)  # the API pages 200 at most
+    assert proc.returncode == 1 and "--limit" in proc.stderr and "200" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_cli_reports_an_unreachable_server(tmp_path: Path) -> None:
