@@ -72,7 +72,7 @@ ENGINE_STEPS = frozenset({
 
 
 #: BaseWorker's private methods that :class:`bgtasks.warm_worker.WarmWorker` overrides or calls.
-WORKER_METHODS = ("_propose_pending_state", "_submit_run", "_release_limit_slot")
+WORKER_METHODS = ("_propose_pending_state", "_submit_run", "_release_limit_slot", "_propose_submitting_state")
 #: BaseWorker's private attributes the warm worker reads.
 WORKER_ATTRS = ("_limiter", "_work_pool", "_work_pool_name", "_exit_stack", "_logger")
 
@@ -164,6 +164,9 @@ INTERNALS: tuple[Internal, ...] = (
     Internal("worker", "prefect.workers.base:BaseWorker._submit_run",
              "wrapped: releases the slot Prefect keeps for a run whose deployment was deleted",
              has("prefect.workers.base:BaseWorker._submit_run", "flow_run")),
+    Internal("worker", "prefect.workers.base:BaseWorker._propose_submitting_state",
+             "overridden: no 'Submitting' state for a fork (one state change and its event fewer per run)",
+             has("prefect.workers.base:BaseWorker._propose_submitting_state", "flow_run")),
     Internal("worker", "prefect.workers.base:BaseWorker._release_limit_slot",
              "called by that wrapper", has("prefect.workers.base:BaseWorker._release_limit_slot", "flow_run_id")),
     Internal("worker", "BaseWorker." + ", ".join(WORKER_ATTRS),

@@ -52,6 +52,9 @@ async def test_run_completes_with_result_and_logs(manager: Any, client: Any, set
     await wait_for(logs, 60, "the run's logs in the API")
     run = await client.read_flow_run(UUID(run_id))
     assert run.infrastructure_pid  # the forked child's pid, for cancellation
+    # No "Submitting" between Pending and Running: a fork provisions nothing (docs/performance.md).
+    states = sorted(await client.read_flow_run_states(UUID(run_id)), key=lambda st: st.timestamp)
+    assert [st.name for st in states] == ["Scheduled", "Pending", "Running", "Completed"]
 
 
 @pytest.mark.usefixtures("worker")
