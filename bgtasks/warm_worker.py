@@ -44,7 +44,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import anyio.abc
@@ -80,8 +80,11 @@ from bgtasks.prefect_seam import (
 WORKER_TYPE = "bgtasks-warm"
 #: How long a deployment's entrypoint is reused without reading the deployment again.
 ENTRYPOINT_CACHE_S = 30.0
-#: Shortest gap between two polls triggered by events or finished runs.
+#: Shortest gap between two polls triggered by events or finished runs, while every slot is
+#: taken (runs may be waiting in the queues) ...
 MIN_POLL_INTERVAL_S = 0.5
+#: ... and while slots are free: a run-now right after another is not held back.
+MIN_POLL_INTERVAL_FREE_S = 0.2
 #: Pending wake-ups kept (a float each); beyond, runs wait for the periodic poll.
 MAX_PENDING_WAKES = 100_000
 #: Events that make the worker poll (at the run's scheduled time).
@@ -254,12 +257,31 @@ class ZygoteStarter:
         process.returncode = await exited
 
 
+class WarmJobConfiguration(ProcessJobConfiguration):
+    """Prefect's process job configuration, with the settings' environment computed once.
+
+    Every run's configuration starts from ``get_current_settings().to_environment_variables()``:
+    about 20 ms of CPU per run in the worker (bench/worker.py --profile) for the same answer
+    while the worker's settings are the same object.
+    """
+
+    _env_of: ClassVar[tuple[Any, dict[str, str]] | None] = None
+
+    @classmethod
+    def _base_environment(cls) -> dict[str, str]:
+        settings = get_current_settings()
+        cached = WarmJobConfiguration._env_of
+        if cached is None or cached[0] is not settings:
+            cached = WarmJobConfiguration._env_of = (settings, super()._base_environment())
+        return dict(cached[1])
+
+
 class WarmWorker(ProcessWorker):
     """Runs flow runs in children forked from a warm, pre-imported parent; bgtasks' behaviour
     around them is its policies (:mod:`bgtasks.policies`)."""
 
     type = WORKER_TYPE
-    job_configuration = ProcessJobConfiguration
+    job_configuration = WarmJobConfiguration
     job_configuration_variables = ProcessVariables
     _description = (
         "bgtasks warm worker: runs each flow run in a process forked from a parent that "
@@ -487,11 +509,13 @@ class WarmWorker(ProcessWorker):
     async def _wake_loop(self) -> None:
         """One timer for all wake-ups: sleep until the earliest, poll, repeat.
 
-        Polls are at least ``MIN_POLL_INTERVAL_S`` apart: every poll makes the
-        server mark the pool's queues ready, and on SQLite a burst of those
-        locks the database (measured: 60 s stalls with a poll after every
-        event and every finished run). Wake-ups that come due meanwhile are
-        served by the one poll that follows.
+        Polls are at least ``MIN_POLL_INTERVAL_S`` apart while the last poll left
+        every slot taken: every poll makes the server mark the pool's queues ready,
+        and on SQLite a burst of those locks the database (measured: 60 s stalls
+        with a poll after every event and every finished run). While slots are free
+        the gap is ``MIN_POLL_INTERVAL_FREE_S`` (at most 5 polls a second), so that
+        a run created 0.4 s after the last poll starts at once (docs/performance.md).
+        Wake-ups that come due meanwhile are served by the one poll that follows.
         """
         last_poll = 0.0
         while True:
@@ -501,7 +525,8 @@ class WarmWorker(ProcessWorker):
                 heapq.heappop(self._due)
                 due = True
             if due:
-                wait = last_poll + MIN_POLL_INTERVAL_S - time.monotonic()
+                gap = MIN_POLL_INTERVAL_S if self._backlog else MIN_POLL_INTERVAL_FREE_S
+                wait = last_poll + gap - time.monotonic()
                 if wait > 0:
                     await anyio.sleep(wait)
                 last_poll = time.monotonic()
