@@ -213,6 +213,11 @@ INTERNALS: tuple[Internal, ...] = (
              "wrapped: SQLite write transactions begin IMMEDIATE",
              has("prefect.server.database.configurations:AioSqliteConfiguration.begin_transaction",
                  "session", "with_for_update")),
+    Internal("server", "prefect.server.api.background_workers:Worker",
+             "subclassed: the server's docket worker checks for due work every second, not 4 times",
+             lambda: (in_source("prefect.server.api.background_workers", "async with Worker(docket)")()
+                      or has("docket:Worker", "minimum_check_interval", "scheduling_resolution")()),
+             required=False),
     Internal("server", "prefect.cli._server_utils (uvicorn.run)",
              "`prefect server start` serves its app with uvicorn.run in-process: the guard wraps it",
              in_source("prefect.cli._server_utils", "uvicorn.run(")),

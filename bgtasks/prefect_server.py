@@ -20,6 +20,10 @@ from typing import Any
 _PATCHED = "_bgtasks_closes_cursors"
 _PATCHED_BEGIN = "_bgtasks_begins_immediate"
 _PATCHED_GUARD = "_bgtasks_guarded"
+_PATCHED_DOCKET = "_bgtasks_calm_docket"
+#: How often the server's background-task worker (docket) looks for due work; docket's default
+#: is 0.25 s, which on the embedded in-memory broker cost about 1 % of a core at rest.
+DOCKET_CHECK_S = 1.0
 #: The adapter versions whose cursor this replaces (its attributes and behaviour as read).
 _KNOWN_SQLALCHEMY = "2.0."
 
@@ -121,6 +125,31 @@ def immediate_write_transactions() -> None:
 
     AioSqliteConfiguration.begin_transaction = begin_transaction  # type: ignore[method-assign]
     setattr(AioSqliteConfiguration, _PATCHED_BEGIN, True)
+
+
+def calm_background_worker(check_s: float = DOCKET_CHECK_S) -> None:
+    """Make the server's docket worker look for due work every ``check_s`` instead of 4 times a second.
+
+    Its work is Prefect's perpetual services (every 5 s or more: pause expirations, the
+    scheduler, the foreman...) and follow-ups of API calls (marking queues and deployments
+    ready after a poll); each starts at most ``check_s`` later.
+    """
+    from datetime import timedelta
+
+    from prefect.server.api import background_workers
+
+    if getattr(background_workers.Worker, _PATCHED_DOCKET, False):
+        return
+    original = background_workers.Worker
+
+    class Worker(original):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs.setdefault("minimum_check_interval", timedelta(seconds=check_s))
+            kwargs.setdefault("scheduling_resolution", timedelta(seconds=check_s))
+            super().__init__(*args, **kwargs)
+
+    setattr(Worker, _PATCHED_DOCKET, True)
+    background_workers.Worker = Worker  # type: ignore[misc]
 
 
 class AuthFirst:
@@ -225,6 +254,7 @@ def main() -> None:
         guard_server_app(*server_doors())
     close_cursors_in_their_thread()
     immediate_write_transactions()
+    calm_background_worker()
     from prefect.cli import app
 
     app()
