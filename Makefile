@@ -56,13 +56,16 @@ docs: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider tests/unit
 
-## Benchmarks that print numbers (docs/performance.md); about 80 minutes with the
-## 30-minute soak.
+## Benchmarks that print numbers (docs/performance.md); about 2.5 hours with the
+## 30-minute soak and the hour of bench/at_rest.py.
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/worker.py
 	$(BIN)/python bench/worker.py --postgres postgresql://postgres@127.0.0.1:5432
+	$(BIN)/python bench/worker.py --profile --top 25
+	$(BIN)/python bench/worker.py --profile --top 25 --postgres postgresql://postgres@127.0.0.1:5432
+	$(BIN)/python bench/at_rest.py --minutes 60
 	$(BIN)/python bench/triggers.py
 	$(BIN)/python bench/triggers.py --postgres postgresql://postgres@127.0.0.1:5432 --dirs 0 --idle-s 1
 	$(BIN)/python bench/sensors.py

@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 #: (label, substrings: any in a stack's frames) per process role; the first match wins.
 RULES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     "server": [
+        ("SQL in the database's thread (aiosqlite)", ("_connection_worker_thread (aiosqlite",)),
+        ("gzip of responses", ("GZipResponder._compress_body", "GZipResponder.apply_compression")),
         ("set flow-run state (orchestration)", ("set_flow_run_state (prefect/server/api/flow_runs.py",)),
         ("create flow run", ("create_flow_run_from_deployment (", "create_flow_run (prefect/server/api/flow_runs.py")),
         ("read/filter flow runs", ("read_flow_runs (", "read_flow_run (", "paginate_flow_runs (")),
@@ -47,6 +49,8 @@ RULES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
         ("events stream out", ("prefect/server/events/stream.py",)),
         ("other services", ("prefect/server/services/",)),
         ("other API routes", ("prefect/server/api/",)),
+        # SQLAlchemy runs the routes' database work in greenlets: their stacks do not name the route.
+        ("SQLAlchemy: ORM, SQL compilation, rows", ("sqlalchemy/",)),
         ("HTTP and the event loop", ("uvicorn", "starlette", "asyncio/base_events.py")),
     ],
     "worker": [

@@ -41,8 +41,14 @@ sys.path.insert(0, str(ROOT))
 #: Goals of the run-cost work (docs/performance.md, "What a run costs").
 GOALS = {"run-now latency p50 (s)": "0.250", "run-now latency p95 (s)": "0.500", "throughput (runs/min)": ">=180",
          "worker CPU per run (s)": "0.100", "server CPU per run (s)": "0.250"}
-#: The warm worker's figures before that work (6fafc60, this machine, same command), per database.
-BEFORE: dict[str, dict[str, str]] = {}
+#: The warm worker's figures before that work: docs/performance.md as of 2026-11-29 (this
+#: machine, this command), the figures issue 22 started from.
+_KEYS = ("run-now latency p50 (s)", "run-now latency p95 (s)", "throughput (runs/min)", "worker CPU per run (s)",
+         "server CPU per run (s)", "idle CPU (% of a core)", "idle RSS (MiB)")
+BEFORE: dict[str, dict[str, str]] = {
+    "SQLite": dict(zip(_KEYS, ("0.454", "0.788", "106.0", "0.295", "0.474", "0.13", "181"), strict=True)),
+    "PostgreSQL": dict(zip(_KEYS, ("0.389", "0.431", "110.4", "0.269", "0.390", "0.10", "181"), strict=True)),
+}
 
 
 def free_port() -> int:
@@ -271,7 +277,8 @@ def main() -> None:
         except ValueError:
             pass
         print(f"{k:32} {a:>14} {before:>8} {goal:>7} {b:>16} {ratio:>8}")
-    print("before: the warm worker at 6fafc60, before the run-cost work (docs/performance.md); goal: issue 22")
+    print("before: the warm worker as measured on 2026-11-29, before the run-cost work (docs/performance.md); "
+          "goal: docs/performance.md, What a run costs")
 
 if __name__ == "__main__":
     main()

@@ -62,6 +62,7 @@ WARM_MODULES = (
     "prefect.concurrency.services", "prefect.utilities.visualization", "prefect.results",
     "anyio._backends._asyncio", "anyio.streams.memory", "anyio.streams.stapled", "anyio.streams.tls",
     "encodings.idna", "stringprep", "rich._emoji_codes", "pytz",
+    "bgtasks.settings", "bgtasks.home",  # the file-path checks of handlers' data (~20 ms a run)
 )
 
 #: The calls of ``python -m prefect.engine`` that :func:`run_engine` repeats, by name.
