@@ -106,6 +106,8 @@ def main() -> None:
         print(f"{name:16} {rss0:13.0f} {rss1:14.0f} {idle:17.2f} {load:20.2f}")
     print(f"{'total':16} {total[0]:13.0f} {total[1]:14.0f} {total[2]:17.2f} {total[3]:20.2f}")
     print(f"periodic runs completed in {elapsed / 60:.1f} min: {done} (history rows: {len(runs)})")
+    print(f"the task's own cost (with it minus at rest): {total[3] - total[2]:.2f} % of a core, "
+          f"{(total[3] - total[2]) / 100 * elapsed / max(done, 1):.3f} CPU-s per run")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,10 @@ the trigger daemon and bgtasks' REST API.
 Each part (:mod:`bgtasks.parts`, the same argv and stop grace as the service files)
 is a child process of ours, started with the settings' Prefect environment, its output
 in ``<home>/logs/<part>.log``; ``bgtasks up`` serves the REST API from a thread of its own
-process instead (:class:`ApiInProcess`), which has Prefect's client imported already. Start order: server, wait until ``/api/health``
-answers, create the pool and its queues, worker, wait until the worker has registered
-with the pool, the trigger daemon (until it has written its first snapshots), REST API.
+process instead (it has Prefect's client imported already; the ``api`` argument).
+Start order: server, wait until ``/api/health`` answers, create the pool and its queues,
+worker, wait until the worker has registered with the pool, the trigger daemon (until it
+has written its first snapshots), REST API.
 Stop order is the reverse. Each part gets its graceful signal and its grace; the
 worker (in-flight runs finish) then a second SIGINT, which makes Prefect's worker kill
 itself, as a service manager's SIGKILL would; whatever is left is killed.
@@ -18,16 +19,15 @@ embedded server with its auth string: nothing the stack writes or serves is open
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -107,69 +107,6 @@ class Process:
             self._log = None
 
 
-class ApiInProcess:
-    """bgtasks' REST API served by a thread of ``bgtasks up`` itself, instead of a process of its own.
-
-    ``bgtasks up`` has imported Prefect's client already (it prepares the pool): a separate API
-    process held about 120 MiB at rest for the same imports (docs/performance.md). Its log is
-    still ``<home>/logs/api.log``; the process's environment is the stack's own (``up`` put
-    the Prefect settings in it), as the separate process's was.
-    """
-
-    def __init__(self, name: str, log_path: Path, settings: Settings) -> None:
-        self.name = name
-        self.log_path = log_path
-        self.settings = settings
-        self.thread: threading.Thread | None = None
-        self._server: object = None
-        self._handler: logging.Handler | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return os.getpid() if self.thread is not None else None
-
-    @property
-    def started(self) -> bool:
-        return self.thread is not None
-
-    def alive(self) -> bool:
-        return self.thread is not None and self.thread.is_alive()
-
-    def start(self, env: dict[str, str], cwd: Path) -> None:
-        import uvicorn
-
-        from bgtasks.api import create_app
-
-        self.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.close(open_private(self.log_path))  # 0600 before the handler opens it
-        self._handler = logging.FileHandler(self.log_path)
-        self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        for name in ("uvicorn", "bgtasks.api"):
-            logger = logging.getLogger(name)
-            logger.addHandler(self._handler)
-            logger.propagate = False  # not into the terminal `bgtasks up` draws in
-        config = uvicorn.Config(create_app(self.settings), host=self.settings.api.host, port=self.settings.api.port,
-                                log_level="warning", log_config=None,
-                                # open event streams (/tasks/events) would hold a graceful stop forever
-                                timeout_graceful_shutdown=max(1, parts.STOP_GRACE_S["api"] - 2))
-        server = uvicorn.Server(config)
-        self._server = server
-        self.thread = threading.Thread(target=server.run, name="bgtasks-api", daemon=True)
-        self.thread.start()
-
-    def stop(self, signals: tuple[signal.Signals, ...], grace_s: float | None = None) -> None:
-        """Stop accepting, let requests in flight finish (uvicorn's graceful exit), then go on."""
-        if self.thread is None:
-            return
-        self._server.should_exit = True  # type: ignore[attr-defined]
-        self.thread.join(timeout=grace_s if grace_s is not None else parts.STOP_GRACE_S.get("api", 10))
-        if self._handler is not None:
-            for name in ("uvicorn", "bgtasks.api"):
-                logging.getLogger(name).removeHandler(self._handler)
-            self._handler.close()
-            self._handler = None
-
-
 def _child_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     env.update(settings.prefect_env())
@@ -229,7 +166,10 @@ async def prepare_server(settings: Settings) -> None:
 class Stack:
     """Start, supervise and stop the embedded server and worker."""
 
-    def __init__(self, settings: Settings, with_server: bool = True, api_in_process: bool = False) -> None:
+    def __init__(self, settings: Settings, with_server: bool = True,
+                 api: Callable[[str, Path], Any] | None = None) -> None:
+        """``api``: makes the REST API part from its name and log path instead of a process
+        (``bgtasks up`` serves it from a thread: bgtasks.cli.stack_cmds.ApiInProcess)."""
         settings.ensure_auth_string()
         self.settings = settings
         self.env = _child_env(settings)
@@ -237,9 +177,9 @@ class Stack:
         py = sys.executable
         specs = parts.parts(settings, py, str(Path(py).parent / "bgtasks"),
                             f"bgtasks-{os.uname().nodename}-{os.getpid()}", with_server=True)
-        self.server, self.worker, self.daemon, api = (
+        self.server, self.worker, self.daemon, rest = (
             Process(p.name, list(p.argv), logs / f"{p.name}.log", p.stop_grace_s) for p in specs)
-        self.api: Process | ApiInProcess = ApiInProcess(api.name, api.log_path, settings) if api_in_process else api
+        self.api: Any = api(rest.name, rest.log_path) if api is not None else rest
         self.with_server = with_server and not settings.server.api_url
         self.parts = [p for p in (self.server if self.with_server else None, self.worker, self.daemon, self.api) if p]
 
@@ -292,7 +232,7 @@ class Stack:
     def api_url(self) -> str:
         return f"http://{self.settings.api.host}:{self.settings.api.port}"
 
-    def dead_part(self) -> Process | ApiInProcess | None:
+    def dead_part(self) -> Any:
         return next((p for p in self.parts if p.started and not p.alive()), None)
 
     def stop(self) -> None:

@@ -419,13 +419,13 @@ class WarmWorker(ProcessWorker):
         for kind, name in (("deployment", "read_deployment"), ("flow", "read_flow")):
             original = getattr(client, name)
 
-            async def read(obj_id: Any, *, _kind: str = kind, _original: Any = original) -> Any:
+            async def read(*args: Any, _kind: str = kind, _original: Any = original, **kwargs: Any) -> Any:
                 reads = _SUBMISSION.get()
-                if reads is None:
-                    return await _original(obj_id)
-                key = f"{_kind}.{obj_id}"
+                if reads is None or len(args) != 1 or kwargs:  # only the id, as Prefect's worker reads
+                    return await _original(*args, **kwargs)
+                key = f"{_kind}.{args[0]}"
                 if key not in reads:
-                    reads[key] = await _original(obj_id)
+                    reads[key] = await _original(args[0])
                 return reads[key]
 
             setattr(client, name, read)

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from cyclopts import Parameter
 from rich.markup import escape
 
 from bgtasks.cli import _common as cli
-from bgtasks.home import write_private
+from bgtasks.home import open_private, write_private
+from bgtasks.parts import STOP_GRACE_S
 from bgtasks.settings import STACK_ENV_FILE, Settings, panel_url
 
 
@@ -56,7 +59,7 @@ def up(
     from bgtasks.stack import Stack, StackError
 
     emulator = start_push_emulator(s) if push == "emulator" else None
-    stack = Stack(s, api_in_process=True)
+    stack = Stack(s, api=lambda name, log_path: ApiInProcess(name, log_path, s))
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -248,3 +251,66 @@ def api(*, host: str | None = None, port: int | None = None) -> int:
     cli.console.print(f"bgtasks API on http://{host}:{port} (OpenAPI: /docs, {auth}), Prefect API {s.api_url}")
     uvicorn.run(create_app(s), host=host, port=port, log_level="warning")
     return 0
+
+
+class ApiInProcess:
+    """bgtasks' REST API served by a thread of ``bgtasks up`` itself, instead of a process of its own.
+
+    ``bgtasks up`` has imported Prefect's client already (it prepares the pool): a separate API
+    process held about 120 MiB at rest for the same imports (docs/performance.md). Its log is
+    still ``<home>/logs/api.log``; the process's environment is the stack's own (``up`` put
+    the Prefect settings in it), as the separate process's was.
+    """
+
+    def __init__(self, name: str, log_path: Path, settings: Settings) -> None:
+        self.name = name
+        self.log_path = log_path
+        self.settings = settings
+        self.thread: threading.Thread | None = None
+        self._server: object = None
+        self._handler: logging.Handler | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return os.getpid() if self.thread is not None else None
+
+    @property
+    def started(self) -> bool:
+        return self.thread is not None
+
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+    def start(self, env: dict[str, str], cwd: Path) -> None:
+        import uvicorn
+
+        from bgtasks.api import create_app
+
+        self.log_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.close(open_private(self.log_path))  # 0600 before the handler opens it
+        self._handler = logging.FileHandler(self.log_path)
+        self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        for name in ("uvicorn", "bgtasks.api"):
+            logger = logging.getLogger(name)
+            logger.addHandler(self._handler)
+            logger.propagate = False  # not into the terminal `bgtasks up` draws in
+        config = uvicorn.Config(create_app(self.settings), host=self.settings.api.host, port=self.settings.api.port,
+                                log_level="warning", log_config=None,
+                                # open event streams (/tasks/events) would hold a graceful stop forever
+                                timeout_graceful_shutdown=max(1, STOP_GRACE_S["api"] - 2))
+        server = uvicorn.Server(config)
+        self._server = server
+        self.thread = threading.Thread(target=server.run, name="bgtasks-api", daemon=True)
+        self.thread.start()
+
+    def stop(self, signals: tuple[signal.Signals, ...], grace_s: float | None = None) -> None:
+        """Stop accepting, let requests in flight finish (uvicorn's graceful exit), then go on."""
+        if self.thread is None:
+            return
+        self._server.should_exit = True  # type: ignore[attr-defined]
+        self.thread.join(timeout=grace_s if grace_s is not None else STOP_GRACE_S.get("api", 10))
+        if self._handler is not None:
+            for name in ("uvicorn", "bgtasks.api"):
+                logging.getLogger(name).removeHandler(self._handler)
+            self._handler.close()
+            self._handler = None
