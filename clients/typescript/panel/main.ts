@@ -522,6 +522,9 @@ async function clearCompleted(): Promise<void> {
 async function create(options: CreateTaskOptions): Promise<boolean> {
   try {
     const t = await client!.createTask(options)
+    // Emptied now, not after the reads below: what the user types next must not be wiped.
+    ;($('create-form') as HTMLFormElement).reset()
+    syncFormType()
     log(true, `Created ${t.name} (${t.type}, next run ${when(t.nextRun)})`)
     for (const w of t.warnings ?? []) log(false, `${t.name}: ${w}`)
     await refresh(false)
@@ -717,10 +720,7 @@ function wire(): void {
     ev.preventDefault()
     clearFieldErrors()
     const options = formOptions()
-    if (options && (await create(options))) {
-      ;($('create-form') as HTMLFormElement).reset()
-      syncFormType()
-    }
+    if (options) await create(options)
   })
   window.addEventListener('hashchange', () => {
     const fragment = new URLSearchParams(location.hash.slice(1))

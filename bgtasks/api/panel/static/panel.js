@@ -679,6 +679,8 @@ async function clearCompleted() {
 async function create(options) {
   try {
     const t = await client.createTask(options);
+    $("create-form").reset();
+    syncFormType();
     log(true, `Created ${t.name} (${t.type}, next run ${when(t.nextRun)})`);
     for (const w of t.warnings ?? []) log(false, `${t.name}: ${w}`);
     await refresh(false);
@@ -863,11 +865,7 @@ function wire() {
     ev.preventDefault();
     clearFieldErrors();
     const options = formOptions();
-    if (options && await create(options)) {
-      ;
-      $("create-form").reset();
-      syncFormType();
-    }
+    if (options) await create(options);
   });
   window.addEventListener("hashchange", () => {
     const fragment = new URLSearchParams(location.hash.slice(1));
