@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import tests.conftest  # noqa: E402,F401  sets BGTASKS_HOME for the tests' helpers; ours is below
 
+from bench.worker import cpu_s  # noqa: E402
 from tests.e2e.up import Up  # noqa: E402
 
 
@@ -45,14 +46,6 @@ def tree(root: psutil.Process) -> list[psutil.Process]:
     return [root, *root.children(recursive=True)]
 
 
-def cpu(p: psutil.Process) -> float:
-    try:
-        t = p.cpu_times()
-        return t.user + t.system + t.children_user + t.children_system
-    except psutil.NoSuchProcess:
-        return 0.0
-
-
 def snapshot(root: psutil.Process) -> dict[str, tuple[float, float]]:
     """{role: (RSS MiB, CPU s)} of the stack's long-lived processes (forked runs are their parent's)."""
     out: dict[str, tuple[float, float]] = {}
@@ -62,7 +55,7 @@ def snapshot(root: psutil.Process) -> dict[str, tuple[float, float]]:
             if name == "zygote" and p.ppid() != 1 and role(psutil.Process(p.ppid())) == "zygote":
                 continue  # a forked run: its CPU reaches the zygote when it is reaped
             rss, c = out.get(name, (0.0, 0.0))
-            out[name] = (rss + p.memory_info().rss / 2**20, c + cpu(p))
+            out[name] = (rss + p.memory_info().rss / 2**20, c + cpu_s(p, with_children=False))
         except psutil.NoSuchProcess:
             pass
     return out

@@ -207,15 +207,9 @@ async def run_sequence(pool: str, deployment_id: Any, n: int) -> list[str]:
     return ids
 
 
-def cpu_tree(proc: psutil.Process) -> float:
-    from bench.worker import cpu_s
-
-    return cpu_s(proc)
-
-
 def profile(args: Any) -> None:
     from bench.common import BenchHome
-    from bench.worker import Lane, setup_lane
+    from bench.worker import Lane, cpu_s, setup_lane
 
     home = BenchHome("profile", args.postgres)
     settings = home.settings
@@ -243,12 +237,12 @@ def profile(args: Any) -> None:
         spies = [PySpy(server_p.pid, home.path / "server.raw", False, args.rate),
                  PySpy(worker_p.pid, home.path / "worker.raw", True, args.rate)]
         time.sleep(1)  # py-spy attaches
-        c0 = {"server": cpu_tree(server_p), "worker side": cpu_tree(worker_p)}
+        c0 = {"server": cpu_s(server_p), "worker side": cpu_s(worker_p)}
         t0 = time.time()
         ids = asyncio.run(run_sequence(lane.pool, lane.deployment_id, args.runs))
         time.sleep(2)  # the last child is reaped; log and event batches land
         t1 = time.time()
-        c1 = {"server": cpu_tree(server_p), "worker side": cpu_tree(worker_p)}
+        c1 = {"server": cpu_s(server_p), "worker side": cpu_s(worker_p)}
         for spy in spies:
             spy.stop()
         counts = asyncio.run(table_counts(settings, ids, t0, t1))

@@ -262,6 +262,9 @@ class ApiInProcess:
     the Prefect settings in it), as the separate process's was.
     """
 
+    #: The loggers whose records go to its log file instead of `bgtasks up`'s terminal.
+    LOGGERS = ("uvicorn", "bgtasks.api")
+
     def __init__(self, name: str, log_path: Path, settings: Settings) -> None:
         self.name = name
         self.log_path = log_path
@@ -290,7 +293,7 @@ class ApiInProcess:
         os.close(open_private(self.log_path))  # 0600 before the handler opens it
         self._handler = logging.FileHandler(self.log_path)
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        for name in ("uvicorn", "bgtasks.api"):
+        for name in self.LOGGERS:
             logger = logging.getLogger(name)
             logger.addHandler(self._handler)
             logger.propagate = False  # not into the terminal `bgtasks up` draws in
@@ -308,9 +311,9 @@ class ApiInProcess:
         if self.thread is None:
             return
         self._server.should_exit = True  # type: ignore[attr-defined]
-        self.thread.join(timeout=grace_s if grace_s is not None else STOP_GRACE_S.get("api", 10))
+        self.thread.join(timeout=grace_s if grace_s is not None else STOP_GRACE_S["api"])
         if self._handler is not None:
-            for name in ("uvicorn", "bgtasks.api"):
+            for name in self.LOGGERS:
                 logging.getLogger(name).removeHandler(self._handler)
             self._handler.close()
             self._handler = None
