@@ -20,9 +20,10 @@ install: $(STAMP)
 
 ## System packages the tests use: Debian's Chromium (Playwright drives it; no browser
 ## download), Xvfb (the idle sensor's X11 user-idle test) and systemd's systemd-analyze
-## (the generated service units are verified; systemd need not run).
-SYSPKGS := chromium xvfb systemd
-SYSDEPS := $(CHROMIUM) /usr/bin/Xvfb /usr/bin/systemd-analyze
+## (the generated service units are verified; systemd need not run), HAProxy and Redis (the
+## local cluster of `bgtasks cluster up` and tests/e2e/test_cluster.py).
+SYSPKGS := chromium xvfb systemd haproxy redis-server
+SYSDEPS := $(CHROMIUM) /usr/bin/Xvfb /usr/bin/systemd-analyze /usr/sbin/haproxy /usr/bin/redis-server
 $(SYSDEPS):
 	$(SUDO) apt-get install -y --no-install-recommends $(SYSPKGS) || \
 	  ($(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $(SYSPKGS))

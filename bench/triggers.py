@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import socket
 import asyncio
 import json
 import os
@@ -88,7 +89,7 @@ def poller(lane: Lane, stop: threading.Event) -> None:
     """The baseline detector: list the directory every second, emit an event per new file."""
     from prefect.events import emit_event
 
-    from triggers.daemon import event_for, host_name
+    from triggers.daemon import event_for
     from triggers.sensors import Change
 
     seen = set(os.listdir(lane.dir))
@@ -100,7 +101,7 @@ def poller(lane: Lane, stop: threading.Event) -> None:
             change = Change("file", "created", lane.task_id,
                             {"rule": lane.task_id, "root": str(lane.dir), "paths": [str(lane.dir / n) for n in new],
                              "count": len(new)})
-            emit_event(**event_for(change, host_name()))
+            emit_event(**event_for(change, socket.gethostname()))
 
 
 def latencies(lane: Lane, samples: int) -> list[float]:

@@ -237,12 +237,54 @@ def guard_server_app(hosts: list[str], origins: list[str], auth_string: str) -> 
     uvicorn.run = run  # type: ignore[assignment]
 
 
+#: The PostgreSQL advisory lock the servers of a cluster take around Prefect's migrations.
+MIGRATION_LOCK = 0x62677461736B73  # "bgtasks"
+
+
+def migrate_once_per_cluster() -> None:
+    """On PostgreSQL: run Prefect's migrations under an advisory lock, then start without them.
+
+    Prefect migrates at each server's start (``PREFECT_API_DATABASE_MIGRATE_ON_START``);
+    two replicas starting together both create its tables, and one fails ("duplicate
+    key ... alembic_version", seen on the first start of the local cluster). Under the
+    lock the first migrates and the others find nothing to do. SQLite serves one server.
+    Called before Prefect is imported: its settings read the environment once."""
+    import asyncio
+    import os
+
+    url = os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL") or os.environ.get(
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL") or ""
+    switches = ("PREFECT_SERVER_DATABASE_MIGRATE_ON_START", "PREFECT_API_DATABASE_MIGRATE_ON_START")
+    if not url.startswith("postgresql") or any(os.environ.get(k, "").lower() in ("false", "0", "no") for k in switches):
+        return  # SQLite, or told not to migrate
+    for key in switches:
+        os.environ[key] = "false"
+
+    async def locked() -> None:
+        import asyncpg
+        from prefect.server.database import provide_database_interface
+
+        conn = await asyncpg.connect("postgresql://" + url.split("://", 1)[1])
+        try:
+            # Polled, not waited for: a session waiting in pg_advisory_lock is a running
+            # statement, and the migrations' CREATE INDEX CONCURRENTLY waits for it (a deadlock).
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", MIGRATION_LOCK):
+                await asyncio.sleep(0.5)
+            await provide_database_interface().create_db()  # what the start would have run
+        finally:
+            await conn.close()  # the lock goes with the session
+
+    asyncio.run(locked())
+
+
 def main() -> None:
     import sys
 
     from bgtasks.home import private_umask
 
     private_umask()  # the database, its journal and the logs are the owner's alone
+    if sys.argv[1:3] == ["server", "start"] or sys.argv[1:4] == ["server", "services", "start"]:
+        migrate_once_per_cluster()
     if sys.argv[1:3] == ["server", "start"]:
         from bgtasks.prefect_seam import require
 

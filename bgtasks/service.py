@@ -292,6 +292,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     }
     for key, value in (("BGTASKS_SERVER_DATABASE_URL", s.server.database_url),
                        ("BGTASKS_SERVER_API_URL", s.server.api_url),
+                       ("BGTASKS_SERVER_REDIS_URL", s.server.redis_url),
+                       ("BGTASKS_RESULTS_PATH", str(s.results_path) if s.results_path else None),
                        ("BGTASKS_DATABASE_URL", s.database_url),
                        ("BGTASKS_SERVER_AUTH_STRING",
                         s.server.auth_string.get_secret_value() if s.server.auth_string else None)):

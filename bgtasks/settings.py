@@ -8,6 +8,7 @@ Nothing here reads the environment at import time: call :func:`load_settings`.
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +20,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 DEFAULT_POOL = "background-tasks"
 #: Where the generated auth string of the embedded Prefect server is kept (under the home).
 AUTH_STRING_FILE = Path("secrets") / "prefect-auth-string"
+
+
+#: The URL schemes prefect-redis connects with.
+REDIS_SCHEMES = ("redis", "rediss", "redis+sentinel", "rediss+sentinel")
 
 
 class ServerSettings(BaseSettings):
@@ -37,6 +42,12 @@ class ServerSettings(BaseSettings):
         None,
         description="Use an existing Prefect API instead of the embedded server "
         "(e.g. http://prefect.internal:4200/api).",
+    )
+    redis_url: str | None = Field(
+        None,
+        description="Redis of a multi-server Prefect (redis:// or rediss://): its messaging, event "
+        "ordering, concurrency leases and background-task queue (prefect-redis, docs/scaling.md). Every "
+        "Prefect server and services process of one cluster needs the same one; PostgreSQL only.",
     )
     start_timeout_s: float = Field(
         120.0, gt=0, le=900, description="How long `bgtasks up` waits for the server to be healthy."
@@ -58,6 +69,20 @@ class ServerSettings(BaseSettings):
         description="Browser origins allowed besides the UI's own (e.g. https://prefect.example.com behind "
         "a TLS proxy; JSON list).",
     )
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in REDIS_SCHEMES:
+            raise ValueError(f"must be a {', '.join(s + '://' for s in REDIS_SCHEMES)} URL")
+        return value
+
+    @model_validator(mode="after")
+    def _redis_needs_postgres(self) -> ServerSettings:
+        if self.redis_url and not self.api_url and self.on_sqlite:
+            raise ValueError("BGTASKS_SERVER_REDIS_URL is for Prefect servers on PostgreSQL "
+                             "(BGTASKS_SERVER_DATABASE_URL); SQLite serves one server alone")
+        return self
 
     @property
     def on_sqlite(self) -> bool:
@@ -312,6 +337,13 @@ class Settings(BaseSettings):
         description="bgtasks' own database (tokens, devices, deliveries): sqlite:/// or postgresql:// URL; "
         "default: the Prefect database when it is PostgreSQL, else <home>/bgtasks.db.",
     )
+    host_name: str = Field(
+        default_factory=socket.gethostname, min_length=1, max_length=253, pattern=r"^[A-Za-z0-9][A-Za-z0-9.\-_]*$",
+        description="This host's name in events (bgtasks.host.<name>), worker names and constraint messages; "
+        "default: the machine's host name. Hosts of one cluster need different ones.")
+    results_path: Path | None = Field(
+        None, description="Where runs store their results; default <home>/prefect/storage. Hosts of a cluster "
+        "share one (a network filesystem), or the REST API cannot read results of runs on other hosts.")
     server: ServerSettings = Field(default_factory=ServerSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
@@ -386,20 +418,23 @@ class Settings(BaseSettings):
     def ui_url(self) -> str:
         return self.api_url.removesuffix("/api")
 
-    def prefect_env(self) -> dict[str, str]:
+    def prefect_env(self, serving: bool | None = None) -> dict[str, str]:
         """The Prefect settings every bgtasks process shares, as environment variables.
 
         The server, the worker, the flow-run processes and the CLI must agree on the
         API URL and on where results are stored, or a result written by a run cannot
-        be read by ``bgtasks task show``.
+        be read by ``bgtasks task show``. ``serving``: the process is a Prefect server or
+        services process (default: unless the Prefect API is external); a cluster's
+        server replicas have ``api_url`` (their load balancer) and serve all the same.
         """
+        serving = not self.server.api_url if serving is None else serving
         env = {
             "PREFECT_HOME": str(self.prefect_home),
             "PREFECT_API_URL": self.api_url,
             "PREFECT_UI_API_URL": self.api_url,
             "PREFECT_SERVER_API_HOST": self.server.host,
             "PREFECT_SERVER_API_PORT": str(self.server.port),
-            "PREFECT_LOCAL_STORAGE_PATH": str(self.prefect_home / "storage"),
+            "PREFECT_LOCAL_STORAGE_PATH": str(self.results_path or self.prefect_home / "storage"),
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_WORKER_QUERY_SECONDS": str(self.worker.query_seconds),
             "PREFECT_WORKER_PREFETCH_SECONDS": str(self.worker.prefetch_seconds),
@@ -410,9 +445,9 @@ class Settings(BaseSettings):
         if self.server.auth_string is not None:
             secret = self.server.auth_string.get_secret_value()
             env["PREFECT_API_AUTH_STRING"] = secret
-            if not self.server.api_url:
+            if serving:
                 env["PREFECT_SERVER_API_AUTH_STRING"] = secret
-        if not self.server.api_url:
+        if serving:
             # Browsers cannot act for a page: state changes need a CSRF token, and only the
             # UI's own origins may read answers (Prefect's defaults: CSRF off, CORS "*").
             # The Host and Origin checks are bgtasks.prefect_server's.
@@ -420,6 +455,8 @@ class Settings(BaseSettings):
             env["PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS"] = ",".join(self.server_origins())
         if self.server.database_url:
             env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.server.database_url
+        if self.server.redis_url and serving:
+            env.update(redis_env(self.server.redis_url))
         if self.server.on_sqlite:
             # Prefect's late-runs service marks each run 15 s past its time "Late", one write
             # per run. After a stall or a restart that is hundreds at once; on SQLite's single
@@ -428,6 +465,20 @@ class Settings(BaseSettings):
             # catch-up's business (schedule.catchUp); runs keep the Scheduled state.
             env["PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED"] = "false"
         return env
+
+
+def redis_env(url: str) -> dict[str, str]:
+    """What every Prefect server and services process of a cluster sets to share one Redis, as
+    Prefect's self-hosting guide has it: messaging (events between servers and services), the
+    events' causal ordering, concurrency lease storage and the background-task queue (docket)."""
+    return {
+        "PREFECT_MESSAGING_BROKER": "prefect_redis.messaging",
+        "PREFECT_MESSAGING_CACHE": "prefect_redis.messaging",
+        "PREFECT_SERVER_EVENTS_CAUSAL_ORDERING": "prefect_redis.ordering",
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect_redis.lease_storage",
+        "PREFECT_REDIS_MESSAGING_URL": url,
+        "PREFECT_SERVER_DOCKET_URL": url,
+    }
 
 
 #: Settings a running ``bgtasks up`` gave its parts beyond the environment it was started in

@@ -127,7 +127,7 @@ def wait_until(check: Callable[[], bool], timeout_s: float, what: str, alive: Ca
     raise StackError(f"{what} was not ready after {timeout_s:g}s")
 
 
-def _healthy(url: str) -> bool:
+def healthy(url: str) -> bool:
     try:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
@@ -145,7 +145,7 @@ def daemon_ready(state: Path, pid: int | None) -> bool:
 
 
 def server_healthy(api_url: str) -> bool:
-    return _healthy(f"{api_url}/health")
+    return healthy(f"{api_url}/health")
 
 
 async def prepare_server(settings: Settings) -> None:
@@ -176,7 +176,7 @@ class Stack:
         logs = settings.home / "logs"
         py = sys.executable
         specs = parts.parts(settings, py, str(Path(py).parent / "bgtasks"),
-                            f"bgtasks-{os.uname().nodename}-{os.getpid()}", with_server=True)
+                            f"bgtasks-{settings.host_name}-{os.getpid()}", with_server=True)
         self.server, self.worker, self.daemon, rest = (
             Process(p.name, list(p.argv), logs / f"{p.name}.log", p.stop_grace_s) for p in specs)
         self.api: Any = api(rest.name, rest.log_path) if api is not None else rest
@@ -212,7 +212,7 @@ class Stack:
                        f"the trigger daemon (log: {self.daemon.log_path})", self.daemon.alive)
             progress("starting the REST API")
             self.api.start(self.env, s.home)
-            wait_until(lambda: _healthy(f"{self.api_url}/health"), 60,
+            wait_until(lambda: healthy(f"{self.api_url}/health"), 60,
                        f"the REST API (log: {self.api.log_path})", self.api.alive)
         except BaseException:
             self.stop()

@@ -30,7 +30,6 @@ import asyncio
 import json
 import logging
 import os
-import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,10 +43,6 @@ from triggers.sensors import Change, FileRule, Tracker
 logger = logging.getLogger("bgtasks.daemon")
 
 Emitter = Callable[[dict[str, Any]], None]
-
-
-def host_name() -> str:
-    return socket.gethostname()
 
 
 def event_for(change: Change, host: str) -> dict[str, Any]:
@@ -113,7 +108,7 @@ class TriggerDaemon:
                               auth_string=auth.get_secret_value() if auth else os.environ.get("PREFECT_API_AUTH_STRING"),
                               api_key=os.environ.get("PREFECT_API_KEY"))
         self.emit: Emitter = emit or (lambda event: self.api.emit(**event))
-        self.host = host_name()
+        self.host = settings.host_name
         self.state_path = state_path or settings.home / "daemon-state.json"
         self.host_sensors = HostSensors(settings)
         self.trackers: dict[str, Tracker[Any]] = self.host_sensors.trackers

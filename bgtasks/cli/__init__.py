@@ -31,6 +31,7 @@ def _version() -> str:
 
 
 from bgtasks.cli import (  # noqa: E402  (registers the commands)
+    cluster_cmds,
     daemon_cmds,
     device_cmds,
     emulator_cmds,
@@ -44,6 +45,7 @@ from bgtasks.cli import (  # noqa: E402  (registers the commands)
 app.command(task_cmds.task_app)
 app.command(daemon_cmds.daemon_app)
 app.command(service_cmds.service_app)
+app.command(cluster_cmds.cluster_app)
 app.command(device_cmds.device_app)
 app.command(token_cmds.token_app)
 app.command(stack_cmds.up)

@@ -16,7 +16,6 @@ shared with the trigger daemon.
 
 from __future__ import annotations
 
-import os
 import time
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -68,7 +67,7 @@ class Constraints(Policy):
             return True
         now = datetime.now(UTC)
         due = due_of(flow_run.tags, flow_run.expected_start_time or now)
-        message = describe(missing) + f" on {os.uname().nodename}"
+        message = describe(missing) + f" on {self.settings.host_name}"
         deadline = deadline_of(cons, due)
         prefetch = timedelta(seconds=get_current_settings().worker.prefetch_seconds)
         run_logger = worker.run_logger(flow_run)
@@ -111,7 +110,7 @@ class Constraints(Policy):
             for rid, (fr, cons) in watched.items():
                 missing = unmet(cons, snapshot)
                 if missing:
-                    reason = f"Stopped: constraints lost on {os.uname().nodename}: {describe(missing)}"
+                    reason = f"Stopped: constraints lost on {self.settings.host_name}: {describe(missing)}"
                     self._stopping[rid] = reason
                     # Not forced: a run that has just finished (its process lingers a moment
                     # for its heartbeat) stays finished; the server refuses the transition.
@@ -160,7 +159,7 @@ class Constraints(Policy):
         if not runs:
             return 0
         snapshot = await anyio.to_thread.run_sync(self.snapshot)
-        released = releasable(runs, snapshot, f"Constraints hold on {os.uname().nodename}: released by the worker")
+        released = releasable(runs, snapshot, f"Constraints hold on {self.settings.host_name}: released by the worker")
         for run_id, body in released:
             await worker.client.request("POST", "/flow_runs/{id}/set_state", path_params={"id": run_id}, json=body)
         return len(released)
