@@ -425,6 +425,10 @@ class TaskTrigger(_SpecModel):
                              "once for the burst.")
     network_type: Literal["any", "unmetered", "metered", "wifi", "ethernet", "cellular"] = Field(
         "any", description="network.connected / type-changed: only on this kind of network.")
+    run_on: Literal["any", "eventHost"] = Field(
+        "any", description="Where the run goes with several hosts: `any` worker of the pool, or `eventHost`: a "
+        "worker of the host whose trigger daemon saw the event (its files, its network); it waits while that "
+        "host is down.")
 
     @model_validator(mode="after")
     def _fits(self) -> TaskTrigger:

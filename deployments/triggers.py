@@ -35,6 +35,7 @@ EVENT_PARAMETER = {
     "id": "{{ event.id | string }}",
     "occurred": "{{ event.occurred | string }}",
     "payload": "{{ event.payload }}",
+    "host": "{{ event.resource.name }}",  # the daemon's host (trigger.runOn: eventHost)
 }
 
 

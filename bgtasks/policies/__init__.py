@@ -23,6 +23,7 @@ def default_policies(settings: Any) -> list[Policy]:
     from bgtasks.policies.catchup import CatchUp
     from bgtasks.policies.constraints import Constraints
     from bgtasks.policies.crash import CrashRecovery
+    from bgtasks.policies.host import RunOnEventHost
     from bgtasks.policies.failed_triggers import FailedTriggers
     from bgtasks.policies.paused import DropPausedRuns
     from bgtasks.policies.push import PushSenders
@@ -31,6 +32,7 @@ def default_policies(settings: Any) -> list[Policy]:
     from bgtasks.policies.until_due import WaitUntilDue
 
     return [
+        RunOnEventHost(settings.host_name),  # another host's run: not ours to touch
         DropPausedRuns(),
         DropBeforeStartTime(),
         EmitScheduledEvent(),  # before any state change follows the run's first state

@@ -20,7 +20,8 @@ KERNEL = ("bgtasks.models", "bgtasks.installed", "bgtasks.errors", "bgtasks.sett
           "bgtasks.prefect_seam", "bgtasks.crash", "bgtasks.stored")
 WORKER = ("bgtasks.warm_worker", "bgtasks.zygote", "bgtasks.policies")
 ROOMS = ("flows", "deployments", "triggers", "mobile_push", *WORKER)
-COMPOSITION = ("bgtasks.manager", "bgtasks.stack", "bgtasks.service", "bgtasks.parts", "bgtasks.prefect_server")
+COMPOSITION = ("bgtasks.manager", "bgtasks.stack", "bgtasks.cluster", "bgtasks.service", "bgtasks.parts",
+               "bgtasks.prefect_server")
 FACES = ("bgtasks.cli", "bgtasks.api", "flows.controls")
 LAYERS = (KERNEL, ROOMS, COMPOSITION, FACES)
 

@@ -42,7 +42,8 @@ def test_the_default_policies_run_in_the_order_their_hooks_depend_on() -> None:
     names = [type(p).__name__ for p in default_policies(load_settings())]
     # Dropped runs emit nothing; the missing event goes out before any state change; the
     # constraints gate a run only once it is due.
-    assert names == ["DropPausedRuns", "DropBeforeStartTime", "EmitScheduledEvent", "WaitUntilDue",
+    # Another host's run is left untouched before anything else looks at it.
+    assert names == ["RunOnEventHost", "DropPausedRuns", "DropBeforeStartTime", "EmitScheduledEvent", "WaitUntilDue",
                      "Constraints", "CatchUp", "CrashRecovery", "FailedTriggers", "PushSenders"]
 
 
@@ -109,3 +110,29 @@ def test_the_push_policy_removes_sockets_of_workers_that_are_gone(tmp_path: Path
     (tmp_path / f"push-{os.getpid()}.sock").touch()
     _remove_stale(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"push-{os.getpid()}.sock"]
+
+
+def _triggered(run_on: str, host: str | None) -> dict[str, Any]:
+    task = {"name": "t", "handler": "demo", "schedule": {"type": "triggered"},
+            "trigger": {"on": "file.created", "path": "/tmp/in", "runOn": run_on}}
+    from bgtasks.models import CreateTaskOptions
+    from bgtasks.stored import parameters_for
+
+    params = parameters_for(CreateTaskOptions.model_validate(task))
+    if host is not None:
+        params["event"] = {"name": "bgtasks.file.created", "host": host}
+    return params
+
+
+async def test_a_run_for_the_event_host_is_left_to_that_host_and_taken_there() -> None:
+    from bgtasks.policies.host import RunOnEventHost, wanted_host
+
+    assert wanted_host(_triggered("eventHost", "host-a")) == "host-a"
+    assert wanted_host(_triggered("any", "host-a")) is None
+    assert wanted_host(_triggered("eventHost", None)) is None  # run by hand: anywhere
+    worker = SimpleNamespace(log=logging.getLogger("test"))
+    run = SimpleNamespace(id=uuid4(), parameters=_triggered("eventHost", "host-a"))
+    assert await RunOnEventHost("host-a").before_submit(worker, run) is True
+    assert await RunOnEventHost("host-b").before_submit(worker, run) is False
+    anywhere = SimpleNamespace(id=uuid4(), parameters=_triggered("any", "host-a"))
+    assert await RunOnEventHost("host-b").before_submit(worker, anywhere) is True

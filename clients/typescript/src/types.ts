@@ -156,6 +156,8 @@ export interface TaskTrigger {
   /** file.*: run once per burst after this much quiet (default 1000). */
   debounceMs?: number
   networkType?: 'any' | 'unmetered' | 'metered' | 'wifi' | 'ethernet' | 'cellular'
+  /** With several hosts: any worker (default), or a worker of the host that saw the event. */
+  runOn?: 'any' | 'eventHost'
 }
 
 export interface RetryPolicy {
