@@ -171,6 +171,9 @@ class Cluster:
         env["BGTASKS_HOST_NAME"] = s.host_name
         env["BGTASKS_SERVER_ALLOWED_ORIGINS"] = json.dumps(s.server.allowed_origins)
         env.update(s.prefect_env(serving=serving))
+        # HAProxy answers 502 for a request whose replica died mid-way: retried like Prefect's
+        # 503 (creations carry idempotency keys; a state proposal made twice is refused once).
+        env["PREFECT_CLIENT_RETRY_EXTRA_CODES"] = "502"
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env.update(extra or {})
         return env
@@ -194,7 +197,7 @@ class Cluster:
     def start(self, progress: Callable[[str], None] = lambda s: None) -> None:
         private_umask()
         ensure_home(self.dir)
-        for sub in ("logs", "secrets", "results", "hosts"):
+        for sub in ("logs", "secrets", "results", "hosts", "held"):
             (self.dir / sub).mkdir(exist_ok=True, mode=0o700)
         for tool in ("haproxy", "redis-server"):
             if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists():
@@ -343,13 +346,18 @@ class Cluster:
             json.dump(state, f, indent=2)
         tmp.replace(self.state_file)
 
+    def held(self, name: str) -> bool:
+        """``<dir>/held/<part>`` exists: the part stays down once it dies (``systemctl stop``)."""
+        return (self.dir / "held" / name).exists()
+
     def supervise(self, say: Callable[[str], None] = lambda s: None) -> None:
-        """Start again each part that died ``RESTART_S`` ago (one pass; call it in a loop)."""
+        """Start again each part that died ``RESTART_S`` ago, unless it is held (one pass; call
+        it in a loop)."""
         changed = False
         now = time.monotonic()
         for name, part in self.parts.items():
             proc = part.process
-            if self._stopping or not proc.started or proc.alive():
+            if self._stopping or not proc.started or proc.alive() or self.held(name):
                 continue
             if part.died_at is None:
                 part.died_at = now

@@ -13,7 +13,7 @@
 - ``errorMessage``: its message;
 - ``blockSignals``: block SIGALRM while sleeping, as a C extension stuck in a call
   would, so only a process-level timeout can stop it;
-- ``recordTo``: append one JSON line per attempt (``attempt``, ``pid``, ``ppid``, ``at``, ``run``)
+- ``recordTo``: append one JSON line per attempt (``attempt``, ``pid``, ``ppid``, ``at``, ``run``, ``host``)
   to this file, so a demo can show when and where each attempt ran. The file must lie
   inside the allowed roots (``BGTASKS_TASK_FILE_ROOTS``) and is never opened through a
   symlink (:mod:`flows._confined`);
@@ -89,9 +89,10 @@ def demo(data: Any = None, event: dict[str, Any] | None = None) -> dict[str, Any
     if opts.get("recordTo"):
         from bgtasks.settings import load_settings
 
+        settings = load_settings()
         line = {"attempt": attempt, "pid": os.getpid(), "ppid": os.getppid(), "at": datetime.now(UTC).isoformat(),
-                "run": flow_run.id, "event": event}
-        append_line(opts["recordTo"], load_settings().handler_roots, "data.recordTo", json.dumps(line) + "\n")
+                "run": flow_run.id, "event": event, "host": settings.host_name}
+        append_line(opts["recordTo"], settings.handler_roots, "data.recordTo", json.dumps(line) + "\n")
     if opts.get("exitCode") is not None:
         os._exit(int(opts["exitCode"]))
     sleep_s = float(opts.get("sleepSeconds", 0))
