@@ -128,6 +128,7 @@ from xml.etree import ElementTree as ET
 
 from bgtasks.parts import Command, Part
 from bgtasks.parts import parts as stack_parts
+from bgtasks.parts import role_parts
 from bgtasks.settings import Settings
 
 Flavour = Literal["linux", "macos", "windows"]
@@ -168,6 +169,8 @@ SYSTEMD_SANDBOX = (
 _SHARED_TMP = ("/tmp", "/var/tmp")
 #: systemd's EnvironmentFile of the secret variables (under the home).
 SECRETS_ENV = "secrets.env"
+#: The environment file of a ``--role`` install: every setting of the host's parts (0600).
+ROLES_ENV = "bgtasks.env"
 _URL_PASSWORD = re.compile(r"://[^/@:\s]*:[^/@\s]+@")
 
 
@@ -188,6 +191,7 @@ class Target:
     user_home: str
     hostname: str
     uid: int = 0
+    roles: tuple[str, ...] = ()  # the multi-host layout's roles on this host (bgtasks.parts.ROLES); () = the stack
 
 
 @dataclass(frozen=True)
@@ -264,9 +268,12 @@ def bgtasks_exe(target: Target) -> str:
 
 
 def parts(settings: Settings, target: Target) -> tuple[Part, ...]:
-    """The stack's parts (:mod:`bgtasks.parts`) as ``target`` runs them; the worker is named
-    after the host, without a PID (a restarted service is the same worker)."""
-    return stack_parts(settings, target.python, bgtasks_exe(target), f"bgtasks-{target.hostname}")
+    """The stack's parts (:mod:`bgtasks.parts`), or the roles', as ``target`` runs them; the
+    worker is named after the host, without a PID (a restarted service is the same worker)."""
+    name = f"bgtasks-{target.hostname}"
+    if target.roles:
+        return role_parts(settings, target.roles, target.python, bgtasks_exe(target), name)
+    return stack_parts(settings, target.python, bgtasks_exe(target), name)
 
 
 def wait_timeout_s(settings: Settings) -> int:
@@ -310,7 +317,12 @@ def service_env(settings: Settings, target: Target, extra_env: Mapping[str, str]
     """
     env = {k: v for k, v in extra_env.items() if k.startswith(("BGTASKS_", "PREFECT_"))}
     env.update(settings_env(settings))
-    env.update(settings.prefect_env())
+    # A host of the multi-host layout that runs a Prefect server or its services serves,
+    # though its Prefect API URL is the load balancer's.
+    serving = bool({"server-api", "server-services"} & set(target.roles)) if target.roles else None
+    env.update(settings.prefect_env(serving=serving))
+    if target.roles:
+        env["BGTASKS_HOST_NAME"] = target.hostname
     if target.flavour == "windows":
         # Paths computed on another OS (a dry run) are normalized; the supervisor puts
         # the environment's Scripts directory first on PATH at run time.
@@ -366,6 +378,8 @@ def sandbox(settings: Settings, part: Part) -> list[str]:
     if part.name == "worker":
         roots = [str(r) for r in settings.handler_roots]
         # "-": a root that does not exist yet must not stop the worker from starting.
+        if settings.results_path is not None:  # a cluster's shared results
+            roots.append(str(settings.results_path))
         writable += [f"ReadWritePaths={systemd_path_word('-' + r)}" for r in roots
                      if not _inside(r, (str(settings.home),))]
         watched = roots
@@ -422,8 +436,11 @@ def _systemd(settings: Settings, target: Target, extra_env: Mapping[str, str]) -
     ps = parts(settings, target)
     env, secret_env = split_secrets(service_env(settings, target, extra_env))
     # Secrets go in a 0600 file systemd reads, never in Environment= (any user can read that
-    # with `systemctl show`).
-    secrets_path = f"{settings.home}/service/{SECRETS_ENV}"
+    # with `systemctl show`). A host of the multi-host layout keeps all its settings in that
+    # one file: the shared ones are the same on every host (copy it, then edit the host's own).
+    secrets_path = f"{settings.home}/service/{ROLES_ENV if target.roles else SECRETS_ENV}"
+    if target.roles:
+        env, secret_env = {}, {**env, **secret_env}
     user = target.scope == "user"
     unit_dir = (f"{target.user_home}/.config/systemd/user" if user else "/etc/systemd/system")
     units = tuple(f"bgtasks-{p.name}.service" for p in ps)
@@ -644,6 +661,9 @@ def plan(settings: Settings, target: Target, extra_env: Mapping[str, str] = {}) 
 
     Raises ``ValueError`` when a setting cannot be written into a service definition.
     """
+    if target.roles and target.flavour != "linux":
+        raise ValueError("--role writes systemd units (Linux) for now; on macOS and Windows run the "
+                         "roles' commands (docs/scaling.md) under your own service manager")
     make = {"linux": _systemd, "macos": _launchd, "windows": _windows}[target.flavour]
     _, secret_env = split_secrets(service_env(settings, target, extra_env))
     return replace(make(settings, target, extra_env), secrets=tuple(sorted(set(secret_env.values()))))

@@ -64,6 +64,9 @@ PlatformOpt = Annotated[Literal["linux", "macos", "windows"] | None, Parameter(
 RunAs = Annotated[str | None, Parameter(
     help="--system: the user the services run as (default: sudo's SUDO_USER, else the current user).")]
 PartName = Literal["server", "worker", "daemon", "api"]
+RoleOpt = Annotated[list[Literal["server-api", "server-services", "worker", "daemon", "api"]] | None, Parameter(
+    name="--role", help="A role of the multi-host layout on this host (repeatable): server-api, server-services, "
+                        "worker, daemon, api. Settings in one 0600 file; systemd only (docs/scaling.md).")]
 
 #: Where systemd, when it is PID 1, says so (sd_booted(3)).
 SYSTEMD_RUNTIME_DIR = Path("/run/systemd/system")
@@ -108,7 +111,7 @@ PLACEHOLDER_SECRET = "<generated at install>"
 
 
 def _plan(flavour: Flavour | None, scope: Scope, run_as: str | None = None,
-          create_secret: bool = False) -> tuple[Plan, Settings]:
+          create_secret: bool = False, roles: list[str] | None = None) -> tuple[Plan, Settings]:
     """This machine's inputs to :func:`bgtasks.service.plan`.
 
     ``create_secret``: generate the server's auth string in the home if it has none (an
@@ -132,7 +135,13 @@ def _plan(flavour: Flavour | None, scope: Scope, run_as: str | None = None,
         if "BGTASKS_SERVER_AUTH_STRING" not in os.environ:
             s.server.auth_string = None  # the run-as user's home has its own
             s.load_auth_string()
-    if s.server.auth_string is None and not s.server.api_url:
+    if roles:
+        from bgtasks.parts import ROLES, role_problems
+
+        roles = [r for r in ROLES if r in roles]  # start order, each once
+        for problem in role_problems(s, tuple(roles)):
+            cli.fail(f"--role {' '.join(roles)}: {problem}")
+    elif s.server.auth_string is None and not s.server.api_url:
         if create_secret:
             s.ensure_auth_string()
             for path in (s.home, s.auth_string_file.parent, s.auth_string_file):
@@ -141,8 +150,8 @@ def _plan(flavour: Flavour | None, scope: Scope, run_as: str | None = None,
             s.server.auth_string = SecretStr(PLACEHOLDER_SECRET)
     target = Target(
         flavour=flavour, scope=scope, python=str(Path(sys.executable).absolute()), user=user,
-        user_home=user_home, hostname=socket.gethostname().split(".")[0],
-        uid=os.getuid() if hasattr(os, "getuid") else 0,
+        user_home=user_home, hostname=s.host_name if roles else socket.gethostname().split(".")[0],
+        uid=os.getuid() if hasattr(os, "getuid") else 0, roles=tuple(roles or ()),
     )
     extra = {k: v for k, v in os.environ.items() if k.startswith(("BGTASKS_", "PREFECT_"))}
     try:
@@ -273,16 +282,17 @@ def install(
     dry_run: DryRun = False,
     platform: PlatformOpt = None,
     run_as: RunAs = None,
+    role: RoleOpt = None,
     output: Output = "table",
 ) -> None:
     """Install the stack as services that start on boot (or login) and restart on failure, and start them."""
     scope = _scope(user, system)
-    p, s = _plan(platform, scope, run_as)
+    p, s = _plan(platform, scope, run_as, roles=role)
     if dry_run:
         _print_plan(p, [("files", p.files), ("install", p.install)], output)
         return
     _require_manager(p, "install")
-    p, s = _plan(platform, scope, run_as, create_secret=True)  # the server's auth string, made now
+    p, s = _plan(platform, scope, run_as, create_secret=True, roles=role)  # the server's auth string, made now
     _write(p)
     _run_steps(p.install, p.target.flavour)
     kind = {"linux": "systemd units", "macos": "launchd jobs", "windows": "scheduled tasks"}[p.target.flavour]
@@ -302,11 +312,12 @@ def uninstall(
     dry_run: DryRun = False,
     platform: PlatformOpt = None,
     run_as: RunAs = None,
+    role: RoleOpt = None,
     output: Output = "table",
 ) -> None:
     """Stop the services (API, daemon and worker before the server), disable and remove them."""
     scope = _scope(user, system)
-    p, _ = _plan(platform, scope, run_as)
+    p, _ = _plan(platform, scope, run_as, roles=role)
     if dry_run:
         _print_plan(p, [("stop", p.uninstall), ("remove", p.files), ("after", p.after_remove)], output)
         return
@@ -362,10 +373,11 @@ def _part_state(p: Plan, step: Step) -> dict[str, Any]:
 
 
 @service_app.command
-def status(*, user: UserFlag = False, system: SystemFlag = False, output: Output = "table") -> int:
+def status(*, user: UserFlag = False, system: SystemFlag = False, role: RoleOpt = None,
+           output: Output = "table") -> int:
     """Each service's state, and whether the Prefect API and the REST API answer. Exit 1 unless all run."""
     scope = _scope(user, system)
-    p, s = _plan(None, scope)
+    p, s = _plan(None, scope, roles=role)
     if not any(Path(f.path).exists() for f in p.files):
         cli.fail(f"bgtasks is not installed as {scope} services here: bgtasks service install --{scope}")
     if shutil.which(p.manager) is None:

@@ -57,3 +57,26 @@ def test_bad_redis_settings_are_refused_naming_the_reason() -> None:
         ServerSettings(redis_url="http://redis:6379")
     with pytest.raises(ValidationError, match="PostgreSQL"):
         ServerSettings(redis_url="redis://redis:6379/0")  # on SQLite
+
+
+def test_service_install_with_roles_writes_the_roles_units_and_one_private_environment_file() -> None:
+    from bgtasks.service import Target, plan
+
+    s = _cluster_settings()
+    target = Target("linux", "system", "/opt/bgtasks/bin/python", "bgtasks", "/home/bgtasks", "node1",
+                    roles=("server-api", "worker"))
+    p = plan(s, target)
+    assert p.units == ("bgtasks-server-api.service", "bgtasks-worker.service")
+    files = {f.path.rsplit("/", 1)[-1]: f for f in p.files}
+    env = files["bgtasks.env"]
+    assert env.mode == 0o600
+    text = env.text()
+    for line in ("PREFECT_MESSAGING_BROKER='prefect_redis.messaging'", "BGTASKS_HOST_NAME='node1'",
+                 "PREFECT_SERVER_API_AUTH_STRING='s3cret'", "PREFECT_API_URL='http://lb:4200/api'"):
+        assert line in text
+    for unit in p.units:
+        body = files[unit].text()
+        assert "Environment=" not in body.replace("EnvironmentFile=", "") and "s3cret" not in body
+    assert "--no-services" in files["bgtasks-server-api.service"].text()
+    with pytest.raises(ValueError, match="systemd"):
+        plan(s, Target("macos", "user", "/py", "u", "/Users/u", "node1", roles=("worker",)))
