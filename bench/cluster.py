@@ -1,0 +1,231 @@
+"""The multi-host layout on this machine (bgtasks.cluster): 1 or 2 Prefect API replicas, 1 or 2
+worker hosts, through HAProxy, on a new PostgreSQL database and a Redis of its own.
+
+For each layout: run-now latency (the REST API's run-now through HAProxy -> the demo
+handler's first line; p50 and p95 over ``--runs`` sequential runs), a burst of ``--burst``
+run-nows at once (runs completed per minute), and CPU per run during the burst of the
+Prefect API replicas, the services process, the workers (with their runs), Redis and
+PostgreSQL (every ``postgres`` process of the machine: the server is shared). The
+single-server figures to set beside them are bench/worker.py --postgres's.
+
+``--soak-minutes N``: afterwards, the 2 x 2 layout for N minutes under a steady load (a
+run-now every 2 s, a periodic task every 10 s) with a kill -9 of an API replica, of the
+services process and of a host's worker every few minutes; every run counted, as in
+tests/e2e/test_cluster.py; a table under docs/soak/.
+
+    .venv/bin/python bench/cluster.py --runs 20 --burst 60 --soak-minutes 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.worker import cpu_s, pct  # noqa: E402
+
+LAYOUTS = ((1, 1), (2, 1), (1, 2), (2, 2))  # (API replicas, worker hosts)
+
+
+def records(path: Path) -> list[dict[str, Any]]:
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def wait(check: Any, timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def postgres_cpu() -> float:
+    total = 0.0
+    for p in psutil.process_iter(["name"]):
+        if p.info["name"] and p.info["name"].startswith("postgres"):
+            try:
+                t = p.cpu_times()
+                total += t.user + t.system
+            except psutil.Error:
+                pass
+    return total
+
+
+def start(tmp: Path, replicas: int, hosts: int, postgres: str) -> Any:
+    from bgtasks.cluster import Cluster, free_port
+    from bgtasks.settings import Settings
+
+    os.environ["BGTASKS_TASK_FILE_ROOTS"] = json.dumps([str(tmp / "rec")])
+    os.environ["BGTASKS_DAEMON_SENSORS"] = '["file"]'
+    (tmp / "rec").mkdir(exist_ok=True)
+    cluster = Cluster(Settings(home=tmp / "home"), tmp / f"cluster-{replicas}x{hosts}", postgres=postgres,
+                      prefect_port=free_port(), api_port=free_port(),
+                      hosts=tuple(f"host-{chr(97 + i)}" for i in range(hosts)), api_replicas=replicas)
+    cluster.start()
+    return cluster
+
+
+def groups(cluster: Any) -> dict[str, list[psutil.Process]]:
+    out: dict[str, list[psutil.Process]] = {"api replicas": [], "services": [], "workers": [], "redis": []}
+    for name, part in cluster.parts.items():
+        if part.process.pid is None:
+            continue
+        key = ("api replicas" if name.startswith("server-api") else "services" if name == "server-services"
+               else "workers" if name.startswith("worker-") else "redis" if name == "redis" else None)
+        if key:
+            out[key].append(psutil.Process(part.process.pid))
+    return out
+
+
+def measure(cluster: Any, tmp: Path, runs: int, burst: int) -> dict[str, Any]:
+    api = httpx.Client(base_url=cluster.api_url, headers={"Authorization": f"Bearer {cluster.token}"}, timeout=120)
+    rec = tmp / "rec" / f"{cluster.dir.name}.jsonl"
+    task = api.post("/tasks", json={"name": "bench", "handler": "demo",
+                                    "schedule": {"type": "one-time", "startTime": "2099-01-01T00:00:00Z"},
+                                    "data": {"recordTo": str(rec)}}).json()["id"]
+    api.post(f"/tasks/{task}/run")  # warm: the first run reads and caches what later runs reuse
+    wait(lambda: len(records(rec)) >= 1, 120, "the first run")
+    lat = []
+    for _ in range(runs):
+        n = len(records(rec))
+        t0 = datetime.now(UTC)
+        assert api.post(f"/tasks/{task}/run").status_code == 202
+        got = wait(lambda: len(records(rec)) > n and records(rec), 120, "a run")
+        lat.append((datetime.fromisoformat(got[-1]["at"]) - t0).total_seconds())
+    time.sleep(3)  # the last runs' ends reach the server
+    procs = groups(cluster)
+    before = {k: sum(cpu_s(p) for p in v) for k, v in procs.items()}
+    pg0 = postgres_cpu()
+    n = len(records(rec))
+    t0 = time.monotonic()
+    for _ in range(burst):
+        assert api.post(f"/tasks/{task}/run").status_code == 202
+    wait(lambda: len(records(rec)) >= n + burst, 900, "the burst")
+    elapsed = time.monotonic() - t0
+    time.sleep(3)
+    after = {k: sum(cpu_s(p) for p in v) for k, v in procs.items()}
+    api.close()
+    cpu = {k: (after[k] - before[k]) / burst for k in procs}
+    cpu["postgres"] = (postgres_cpu() - pg0) / burst
+    return {"p50": statistics.median(lat), "p95": pct(lat, 0.95), "per_min": burst / elapsed * 60, "cpu": cpu}
+
+
+def soak(tmp: Path, minutes: float, postgres: str, out_dir: Path) -> str:
+    """2 x 2 under load with kills; every run counted."""
+    from bgtasks.settings import Settings  # noqa: F401  (the cluster module reads it)
+
+    cluster = start(tmp, 2, 2, postgres)
+    api = httpx.Client(base_url=cluster.api_url, headers={"Authorization": f"Bearer {cluster.token}"}, timeout=120)
+    rec = tmp / "rec"
+    now = api.post("/tasks", json={"name": "soak-now", "handler": "demo", "data": {"recordTo": str(rec / "now")},
+                                   "schedule": {"type": "one-time", "startTime": "2099-01-01T00:00:00Z"},
+                                   "retryPolicy": {"maxRetries": 2, "initialBackoffMs": 1000}}).json()["id"]
+    periodic = api.post("/tasks", json={"name": "soak-periodic", "handler": "demo",
+                                        "data": {"recordTo": str(rec / "periodic")},
+                                        "schedule": {"type": "periodic", "interval": 10000}}).json()["id"]
+    kills = ["server-api-1", "server-services", "worker-host-b", "server-api-2", "server-services", "worker-host-a"]
+    every = minutes * 60 / (len(kills) + 1)
+    ids, errors, killed = [], [], []
+    t_start = time.monotonic()
+    next_kill = t_start + every
+    while time.monotonic() - t_start < minutes * 60:
+        try:
+            resp = api.post(f"/tasks/{now}/run")
+            (ids.append(resp.json()["runId"]) if resp.status_code == 202 else errors.append(resp.status_code))
+        except httpx.HTTPError as exc:
+            errors.append(type(exc).__name__)
+        if kills and time.monotonic() >= next_kill:
+            part = kills.pop(0)
+            pid = cluster.parts[part].process.pid
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(f"{part} at {time.monotonic() - t_start:.0f}s")
+            next_kill += every
+        cluster.supervise()
+        time.sleep(2)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not {r["run"] for r in records(rec / "now")} >= set(ids):
+        cluster.supervise()
+        time.sleep(1)
+    got = records(rec / "now")
+    runs = {r["run"] for r in got}
+    lost = len(set(ids) - runs)
+    twice = sum(1 for i in runs if sum(1 for r in got if r["run"] == i and r["attempt"] == 1) > 1)
+    periodic_runs = records(rec / "periodic")
+    p_twice = len(periodic_runs) - len({r["run"] for r in periodic_runs})
+    api.close()
+    cluster.stop()
+    lines = [
+        f"# Cluster soak, {datetime.now(UTC):%Y-%m-%d}: 2 API replicas, 2 hosts, {minutes:g} min",
+        "",
+        "| | value |", "| --- | --- |",
+        f"| run-now requests accepted | {len(ids)} |",
+        f"| run-now requests refused (status or error) | {len(errors)} {sorted(set(map(str, errors)))} |",
+        f"| run-now runs never executed | {lost} |",
+        f"| run-now runs executed twice (first attempt) | {twice} |",
+        f"| runs on host-a / host-b | {sum(r['host'] == 'host-a' for r in got)} / {sum(r['host'] == 'host-b' for r in got)} |",
+        f"| periodic runs executed / executed twice | {len({r['run'] for r in periodic_runs})} / {p_twice} |",
+        f"| kills (kill -9, restarted 2 s later) | {'; '.join(killed)} |",
+    ]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{datetime.now(UTC):%Y-%m-%d}-cluster-{minutes:g}min.md"
+    path.write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + f"\n(written to {path.relative_to(ROOT)})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--burst", type=int, default=60)
+    ap.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432")
+    ap.add_argument("--soak-minutes", type=float, default=0)
+    ap.add_argument("--layouts", default="1x1,2x1,1x2,2x2", help="API replicas x hosts, comma-separated")
+    args = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as d:
+        tmp = Path(d)
+        for layout in args.layouts.split(","):
+            replicas, hosts = (int(x) for x in layout.split("x"))
+            cluster = start(tmp, replicas, hosts, args.postgres)
+            try:
+                m = measure(cluster, tmp, args.runs, args.burst)
+            finally:
+                cluster.stop()
+            rows.append((replicas, hosts, m))
+            print(f"{replicas} API x {hosts} hosts: p50 {m['p50']:.3f}s p95 {m['p95']:.3f}s "
+                  f"burst {m['per_min']:.1f}/min cpu/run {json.dumps({k: round(v, 3) for k, v in m['cpu'].items()})}",
+                  flush=True)
+        print("\n| API replicas | worker hosts | run-now p50 | p95 | burst runs/min | CPU-s per run: API replicas "
+              "| services | workers | Redis | PostgreSQL |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for replicas, hosts, m in rows:
+            c = m["cpu"]
+            print(f"| {replicas} | {hosts} | {m['p50']:.3f} s | {m['p95']:.3f} s | {m['per_min']:.1f} | "
+                  f"{c['api replicas']:.3f} | {c['services']:.3f} | {c['workers']:.3f} | {c['redis']:.4f} | "
+                  f"{c['postgres']:.3f} |")
+        print("(single server on PostgreSQL, the same machine: bench/worker.py --postgres)")
+        if args.soak_minutes:
+            print("\n" + soak(tmp, args.soak_minutes, args.postgres, ROOT / "docs" / "soak"))
+
+
+if __name__ == "__main__":
+    main()
