@@ -25,7 +25,9 @@ def prefect_http(settings: Any, timeout_s: float = 120) -> Any:
         headers["Authorization"] = "Basic " + base64.b64encode(secret.encode()).decode()
     client = httpx.Client(base_url=settings.api_url, timeout=timeout_s, headers=headers)
     client_id = str(uuid.uuid4())
-    token = client.get("/csrf-token", params={"client": client_id})
+    # Not through the client: a client that made a request cannot be used in a with block.
+    token = httpx.get(f"{settings.api_url}/csrf-token", params={"client": client_id}, headers=headers,
+                      timeout=timeout_s)
     if token.status_code == 200:
         client.headers.update({"Prefect-Csrf-Token": token.json()["token"], "Prefect-Csrf-Client": client_id})
     return client

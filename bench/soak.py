@@ -62,6 +62,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -100,9 +101,9 @@ class Up:
         self.known: dict[int, psutil.Process] = {}  # every descendant seen, to kill what outlives a stop
         self.startup_s = 0.0
 
-    def start(self, timeout_s: float = 300) -> None:
+    def start(self, timeout_s: float = 300, argv: list[str] | None = None, ready: str = "Press Ctrl-C to stop") -> None:
         t0 = time.monotonic()
-        self.proc = subprocess.Popen([str(BIN / "bgtasks"), "up"], env=self.env, stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen([str(BIN / "bgtasks"), *(argv or ["up"])], env=self.env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, start_new_session=True)
         lines: queue.Queue[str] = queue.Queue()
 
@@ -122,7 +123,7 @@ class Up:
                 break
             if line == "":
                 raise SystemExit(f"bgtasks up exited:\n{''.join(self.output)}")
-            if "Press Ctrl-C to stop" in line:
+            if ready in line:
                 self.startup_s = time.monotonic() - t0
                 self.parts()
                 return
@@ -184,6 +185,124 @@ class Up:
         return code
 
 
+    def groups(self) -> dict[str, list[psutil.Process]]:
+        return {name: [p] for name, p in self.parts().items()}
+
+    def note(self) -> str:
+        return "`bgtasks up`"
+
+
+class ClusterUp:
+    """``bgtasks cluster up`` (2 Prefect API replicas behind HAProxy, the services process, 2
+    hosts, 2 REST API replicas, a new PostgreSQL database, a Redis) as our child; it restarts
+    a part that dies. ``kill_plan``: parts killed -9 at even intervals during the load (a host's
+    worker with its zygote and runs, as a crash of that machine would; ``host-b`` = its worker
+    and its daemon)."""
+
+    KILLS = ("server-api-1", "server-services", "host-b", "server-api-2", "server-services", "worker-host-a")
+
+    def __init__(self, home: Path, env: dict[str, str], postgres: str) -> None:
+        self.home, self.dir, self.postgres = home, home / "cluster", postgres
+        self.env = env
+        self.inner = Up(home, env)  # the subprocess, its output and the stop by PID
+        self.kills: list[tuple[str, float]] = []  # (what, epoch)
+        self.killed_hosts: list[tuple[str, float]] = []  # (host, epoch): whose attempts may be cut short
+        self.startup_s = 0.0
+
+    def start(self, timeout_s: float = 300) -> None:
+        (self.home / "inbox").mkdir(exist_ok=True)
+        (self.home / "inbox-host-b").mkdir(exist_ok=True)
+        argv = ["cluster", "up", "--dir", str(self.dir), "--postgres", self.postgres,
+                "--prefect-port", "0", "--api-port", "0"]
+        # The triggered task's directory is host-a's: host-b's daemon watches another one.
+        for host, d in (("host-a", "inbox"), ("host-b", "inbox-host-b")):
+            argv += ["--host-env", f"{host}:BGTASKS_DAEMON_ALLOWED_ROOTS={json.dumps([str(self.home / d)])}"]
+        self.inner.start(timeout_s, argv=argv, ready="is up")
+        self.startup_s = self.inner.startup_s
+
+    @property
+    def proc(self) -> subprocess.Popen[str] | None:
+        return self.inner.proc
+
+    def state(self) -> dict[str, Any]:
+        return json.loads((self.dir / "cluster.json").read_text())
+
+    def check(self) -> None:
+        self.inner.check()
+
+    def groups(self) -> dict[str, list[psutil.Process]]:
+        """The parts by kind (server: API replicas and services; worker; daemon; api)."""
+        out: dict[str, list[psutil.Process]] = defaultdict(list)
+        try:
+            parts = self.state()["parts"]
+        except (OSError, ValueError):
+            return out
+        for name, part in parts.items():
+            kind = ("server" if name.startswith("server-") else "worker" if name.startswith("worker-")
+                    else "daemon" if name.startswith("daemon-") else "api" if name.startswith("api-") else None)
+            try:
+                if kind and part["pid"]:
+                    p = psutil.Process(part["pid"])
+                    out[kind].append(p)
+                    self.inner.known[p.pid] = p
+                    for d in p.children(recursive=True):
+                        self.inner.known[d.pid] = d
+            except psutil.Error:
+                continue
+        return out
+
+    def kill(self, what: str) -> None:
+        names = [f"worker-{what}", f"daemon-{what}"] if what.startswith("host-") else [what]
+        parts = self.state()["parts"]
+        victims = []
+        for name in names:
+            try:
+                p = psutil.Process(parts[name]["pid"])
+                victims += [p] + (p.children(recursive=True) if name.startswith("worker-") else [])
+            except psutil.Error:
+                pass
+        for p in victims:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        now = time.time()
+        self.kills.append((what, now))
+        host = what.removeprefix("worker-")
+        if host.startswith("host-"):
+            self.killed_hosts.append((host, now))
+
+    def kill_during(self, start: float, end: float, halt: threading.Event) -> threading.Thread:
+        """A thread that kills ``KILLS`` one by one at even intervals between ``start`` and ``end``."""
+        every = (end - start) / (len(self.KILLS) + 1)
+
+        def run() -> None:
+            for i, what in enumerate(self.KILLS, 1):
+                if halt.wait(max(0.0, start + i * every - time.time())):
+                    return
+                self.kill(what)
+                print(f"  kill -9 {what} at {(time.time() - start) / 60:.1f} min", flush=True)
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        return t
+
+    def settings(self) -> Any:
+        """What :func:`read_runs` needs: the Prefect API through HAProxy and its auth string."""
+        from types import SimpleNamespace
+
+        from pydantic import SecretStr
+
+        auth = (self.dir / "secrets" / "prefect-auth-string").read_text().strip()
+        return SimpleNamespace(api_url=self.state()["prefect"], server=SimpleNamespace(auth_string=SecretStr(auth)))
+
+    def stop(self) -> int | None:
+        return self.inner.stop()
+
+    def note(self) -> str:
+        return "`bgtasks cluster up` (2 Prefect API replicas, services, 2 hosts, 2 REST API replicas)"
+
+
 def rss_of(procs: list[psutil.Process]) -> float:
     total = 0
     for p in procs:
@@ -197,7 +316,7 @@ def rss_of(procs: list[psutil.Process]) -> float:
 class Sampler(threading.Thread):
     """RSS of each part every ``every_s`` seconds (MiB), with the time since ``t0``."""
 
-    def __init__(self, up: Up, every_s: float) -> None:
+    def __init__(self, up: Up | ClusterUp, every_s: float) -> None:
         super().__init__(daemon=True)
         self.up, self.every_s = up, every_s
         self.t0 = time.time()
@@ -206,34 +325,29 @@ class Sampler(threading.Thread):
         self.dead: set[str] = set()
 
     def sample(self) -> dict[str, Any]:
-        parts = self.up.parts()
+        groups = self.up.groups()
         row: dict[str, Any] = {"t": time.time() - self.t0}
         for name in ("server", "worker", "daemon", "api"):
-            if name not in parts:
+            if not groups.get(name):
                 self.dead.add(name)
-        if "server" in parts:
-            srv = parts["server"]
-            try:
-                row["server"] = rss_of([srv] + srv.children(recursive=True))
-            except psutil.Error:
-                pass
-        if "worker" in parts:
-            w = parts["worker"]
-            try:
-                kids = w.children()
-            except psutil.Error:
-                kids = []
-            zygotes = [k for k in kids if _cmd_has(k, "bgtasks.zygote")]
-            runs = [r for z in zygotes for r in _children(z)]
-            row["worker"] = rss_of([w] + zygotes)
+        row_rss: dict[str, list[psutil.Process]] = defaultdict(list)
+        runs: list[psutil.Process] = []
+        for name, procs in groups.items():
+            for p in procs:
+                if name == "worker":  # the worker and its zygote; the forked runs apart
+                    zygotes = [k for k in _children(p) if _cmd_has(k, "bgtasks.zygote")]
+                    runs += [r for z in zygotes for r in _children(z)]
+                    row_rss[name] += [p] + zygotes
+                else:
+                    try:
+                        row_rss[name] += [p] + p.children(recursive=True)
+                    except psutil.Error:
+                        pass
+        for name, procs in row_rss.items():
+            row[name] = rss_of(procs)
+        if "worker" in groups:
             row["run_children"] = len(runs)
             row["run_children_rss"] = rss_of(runs)
-        for name in ("daemon", "api"):
-            if name in parts:
-                try:
-                    row[name] = rss_of([parts[name]] + parts[name].children(recursive=True))
-                except psutil.Error:
-                    pass
         return row
 
     def run(self) -> None:
@@ -324,7 +438,7 @@ def create_tasks(api: Api, home: Path, args: Any) -> tuple[list[Task], Path]:
     rec = home / "records"
     rec.mkdir()
     inbox = home / "inbox"
-    inbox.mkdir()
+    inbox.mkdir(exist_ok=True)
     tasks: list[Task] = []
     # Periodic anchors a little ahead, so that the first slot is one Prefect can still create.
     anchor = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=20)
@@ -360,7 +474,7 @@ def create_tasks(api: Api, home: Path, args: Any) -> tuple[list[Task], Path]:
     return tasks, inbox
 
 
-def run_load(api: Api, tasks: list[Task], inbox: Path, args: Any, ledger: Ledger, until: float, up: Up) -> None:
+def run_load(api: Api, tasks: list[Task], inbox: Path, args: Any, ledger: Ledger, until: float, up: Up | ClusterUp) -> None:
     """Fire the non-periodic load on its cadence until ``until`` (epoch seconds)."""
     by_kind = {t.kind: t for t in tasks}
     start = time.time()
@@ -462,6 +576,7 @@ class Count:
     duplicated: int = 0
     wrong_attempts: int = 0  # final in the expected state, but not after the expected attempts
     extra: int = 0           # runs nobody asked for (reported, not counted as lost or duplicated)
+    retried_after_kill: int = 0  # ok, with one more attempt per attempt a kill -9 cut short (cluster)
     states: Counter[str] = field(default_factory=Counter)
     lost_ids: list[str] = field(default_factory=list)
     duplicated_ids: list[str] = field(default_factory=list)
@@ -474,9 +589,32 @@ def attempts_by_run(records: list[dict[str, Any]]) -> dict[str, list[int]]:
     return out
 
 
+KILL_WINDOW_S = 60  # an attempt started this long before its host's kill -9 may have been cut short by it
+
+
+def cut_short(records: list[dict[str, Any]], killed_hosts: Sequence[tuple[str, float]]) -> int:
+    """How many of one run's attempts (but its last) started on a host shortly before a kill -9 of
+    that host's worker: each such attempt Crashed and was retried, one attempt more than asked."""
+    attempts = sorted(records, key=lambda r: int(r.get("attempt", 0)))[:-1]
+    n = 0
+    for r in attempts:
+        at = parse_time(r.get("at"))
+        if at and any(r.get("host") == h and 0 <= t - at.timestamp() <= KILL_WINDOW_S for h, t in killed_hosts):
+            n += 1
+    return n
+
+
+def records_by_run(records: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        out[str(r.get("run"))].append(r)
+    return out
+
+
 def judge(count: Count, run_id: str, run: dict[str, Any] | None, attempts: list[int], want_state: str,
-          want_attempts: int) -> None:
-    """One expected run: completed, lost, duplicated or wrong attempts."""
+          want_attempts: int, cut: int = 0) -> None:
+    """One expected run: completed, lost, duplicated or wrong attempts. ``cut``: attempts a kill
+    -9 of their host cut short (each adds one attempt)."""
     state = run["state_type"] if run else "MISSING"
     count.states[state] += 1
     if len(attempts) != len(set(attempts)):
@@ -485,33 +623,36 @@ def judge(count: Count, run_id: str, run: dict[str, Any] | None, attempts: list[
     if state != want_state:
         count.lost += 1
         count.lost_ids.append(run_id)
-    elif sorted(set(attempts)) != list(range(1, want_attempts + 1)):
+    elif sorted(set(attempts)) == list(range(1, want_attempts + 1)):
+        count.completed += 1
+    elif cut and sorted(set(attempts)) == list(range(1, want_attempts + cut + 1)):
+        count.completed += 1
+        count.retried_after_kill += 1
+    else:
         count.wrong_attempts += 1
         count.lost_ids.append(run_id)
-    else:
-        count.completed += 1
 
 
 def count_asked(ids: list[str], runs: list[dict[str, Any]], records: list[dict[str, Any]], want_state: str,
-                want_attempts: int) -> Count:
+                want_attempts: int, killed_hosts: Sequence[tuple[str, float]] = ()) -> Count:
     """Runs the bench created by run-now."""
     c = Count(expected=len(ids))
     by_id = {r["id"]: r for r in runs}
-    att = attempts_by_run(records)
+    att, recs = attempts_by_run(records), records_by_run(records)
     for i in ids:
-        judge(c, i, by_id.get(i), att.get(i, []), want_state, want_attempts)
+        judge(c, i, by_id.get(i), att.get(i, []), want_state, want_attempts, cut_short(recs.get(i, []), killed_hosts))
     c.extra = len(set(by_id) - set(ids))
     c.states["(not asked for)"] = c.extra
     return c
 
 
-def count_periodic(task: Task, runs: list[dict[str, Any]], records: list[dict[str, Any]],
-                   cutoff: datetime) -> tuple[Count, list[tuple[float, float]]]:
+def count_periodic(task: Task, runs: list[dict[str, Any]], records: list[dict[str, Any]], cutoff: datetime,
+                   killed_hosts: Sequence[tuple[str, float]] = ()) -> tuple[Count, list[tuple[float, float]]]:
     """Every slot up to ``cutoff``: one run, Completed, one attempt. Returns lateness samples
     ``(scheduled time epoch, start - scheduled in s)``."""
     assert task.anchor is not None
     c = Count()
-    att = attempts_by_run(records)
+    att, recs = attempts_by_run(records), records_by_run(records)
     slots: dict[int, list[dict[str, Any]]] = defaultdict(list)
     early = stray = 0
     for r in runs:
@@ -538,7 +679,7 @@ def count_periodic(task: Task, runs: list[dict[str, Any]], records: list[dict[st
             c.lost += 1
             c.lost_ids.append(f"slot {k} ({iso(task.anchor + timedelta(seconds=k * task.interval_s))}): no run")
             continue
-        judge(c, run["id"], run, att.get(run["id"], []), "COMPLETED", 1)
+        judge(c, run["id"], run, att.get(run["id"], []), "COMPLETED", 1, cut_short(recs.get(run["id"], []), killed_hosts))
         start, exp = parse_time(run.get("start_time")), parse_time(run["expected_start_time"])
         if start and exp:
             lateness.append((exp.timestamp(), (start - exp).total_seconds()))
@@ -550,13 +691,13 @@ def count_periodic(task: Task, runs: list[dict[str, Any]], records: list[dict[st
     return c, lateness
 
 
-def count_triggered(drops: list[tuple[str, float]], runs: list[dict[str, Any]],
-                    records: list[dict[str, Any]]) -> tuple[Count, list[float]]:
+def count_triggered(drops: list[tuple[str, float]], runs: list[dict[str, Any]], records: list[dict[str, Any]],
+                    killed_hosts: Sequence[tuple[str, float]] = ()) -> tuple[Count, list[float]]:
     """Every dropped file: exactly one run (its event lists the file), Completed. Returns
     the latencies drop -> run start (s)."""
     c = Count(expected=len(drops))
     by_id = {r["id"]: r for r in runs}
-    att = attempts_by_run(records)
+    att, recs = attempts_by_run(records), records_by_run(records)
     runs_of = files_of_runs(runs, records)
     latency: list[float] = []
     for name, t in drops:
@@ -569,7 +710,8 @@ def count_triggered(drops: list[tuple[str, float]], runs: list[dict[str, Any]],
             c.lost += 1
             c.lost_ids.append(f"{name}: no run")
             continue
-        judge(c, ids[0], by_id.get(ids[0]), att.get(ids[0], []), "COMPLETED", 1)
+        judge(c, ids[0], by_id.get(ids[0]), att.get(ids[0], []), "COMPLETED", 1,
+              cut_short(recs.get(ids[0], []), killed_hosts))
         start = parse_time((by_id.get(ids[0]) or {}).get("start_time"))
         if start:
             latency.append(start.timestamp() - t)
@@ -693,7 +835,7 @@ def percentiles(xs: list[float]) -> dict[str, float | None]:
 
 
 def plot(path: Path, samples: list[dict[str, Any]], lateness: dict[str, list[tuple[float, float]]],
-         t0: float, load: tuple[float, float], title: str) -> None:
+         t0: float, load: tuple[float, float], title: str, kills: Sequence[tuple[str, float]] = ()) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -717,6 +859,11 @@ def plot(path: Path, samples: list[dict[str, Any]], lateness: dict[str, list[tup
     for ax in (ax1, ax2):
         for x in load:
             ax.axvline(x / 60, color="grey", linestyle=":", linewidth=0.8)
+        for what, x in kills:  # kill -9 of a part (cluster)
+            ax.axvline(x / 60, color="red", linestyle="--", linewidth=0.8)
+            if ax is ax1:
+                ax.annotate(what, (x / 60, 0), rotation=90, fontsize="x-small", color="red",
+                            xytext=(2, 4), textcoords="offset points")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -725,7 +872,7 @@ def plot(path: Path, samples: list[dict[str, Any]], lateness: dict[str, list[tup
 
 
 def print_report(rep: dict[str, Any]) -> None:
-    print(f"\nSoak: {rep['minutes']:g} min of mixed load on `bgtasks up` ({rep['database']}, "
+    print(f"\nSoak: {rep['minutes']:g} min of mixed load on {rep['stack']} ({rep['database']}, "
           f"{rep['cores']} cores, worker limit {rep['worker_limit']}), drain {rep['drain_s']:.0f} s")
     print(f"load: periodic every {', '.join(f'{s:g}' for s in rep['load']['periodic_s'])} s; "
           f"{rep['load']['burst']} run-now every {rep['load']['burst_every_s']:g} s "
@@ -736,6 +883,8 @@ def print_report(rep: dict[str, Any]) -> None:
           "  final states")
     for name, c in rep["counts"].items():
         states = ", ".join(f"{k} {v}" for k, v in sorted(c["states"].items()) if v)
+        if c["retried_after_kill"]:
+            states += f"; retried after a kill {c['retried_after_kill']}"
         print(f"{name:34} {c['expected']:8} {c['completed']:6} {c['lost']:5} {c['duplicated']:4} "
               f"{c['wrong_attempts']:15} {c['extra']:6}  {states}")
     t = rep["totals"]
@@ -743,6 +892,11 @@ def print_report(rep: dict[str, Any]) -> None:
           f"{t['wrong_attempts']:15} {t['extra']:6}")
     print("ok = ended Completed (broken: Failed) after the expected attempts; lost includes wrong attempts; "
           "extra = runs not asked for (not counted as lost or duplicated)")
+    if rep["kills"]:
+        print(f"kill -9 (minutes since the stack was up): "
+              f"{'; '.join(f'{what} at {t / 60:.1f}' for what, t in rep['kills'])}; a part is started again 2 s "
+              f"after it dies; 'retried after a kill' = ok with one attempt more per attempt the kill cut short "
+              f"({t['retried_after_kill']} runs)")
     print(f"REST API errors while creating runs: {len(rep['api_errors'])}; run-now requests not sent "
           f"(queued in the bench when the load ended): {rep['unsent']}")
     for e, n in Counter(e[:120] for e in rep["api_errors"]).most_common(5):
@@ -810,7 +964,13 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "build" / "bench" / "soak.png")
     ap.add_argument("--postgres", metavar="URL", default=None,
                     help="run the server on a fresh PostgreSQL database at this server URL; default SQLite")
+    ap.add_argument("--cluster", action="store_true",
+                    help="the multi-host layout (bgtasks cluster up, on --postgres or the local PostgreSQL) "
+                         "instead of bgtasks up, with a kill -9 of an API replica, the services process and a "
+                         "host's worker at even intervals")
     args = ap.parse_args()
+    if args.cluster and not args.postgres:
+        args.postgres = "postgresql://postgres@127.0.0.1:5432"
     if min(args.periodic) < 1:
         ap.error("--periodic: intervals of at least 1 s")
 
@@ -820,10 +980,15 @@ def main() -> int:
     os.environ["BGTASKS_API_PORT"] = str(free_port())
     from bench.common import BenchHome
 
-    home = BenchHome("soak", args.postgres)
+    home = BenchHome("soak", None if args.cluster else args.postgres)
     settings = home.settings
     env = {**os.environ, "BGTASKS_DAEMON_ALLOWED_ROOTS": json.dumps([str(home.path)]), "COLUMNS": "200"}
-    up = Up(home.path, env)
+    up: Up | ClusterUp = Up(home.path, env)
+    if args.cluster:  # the cluster makes its own database, secrets and Prefect settings
+        env = {k: v for k, v in env.items() if not k.startswith("PREFECT_")}
+        env.pop("BGTASKS_DAEMON_ALLOWED_ROOTS")
+        up = ClusterUp(home.path, env, args.postgres)
+    database = "PostgreSQL" if args.cluster else home.database
     sampler = Sampler(up, args.sample_every)
     ledger = Ledger()
 
@@ -833,24 +998,33 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_term)
     code: int | None = None
     try:
-        print(f"starting bgtasks up in {home.path} ...", flush=True)
+        print(f"starting {up.note()} in {home.path} ...", flush=True)
         up.start()
         sampler.t0 = time.time()
         sampler.start()
         print(f"up in {up.startup_s:.1f} s; creating the tasks", flush=True)
-        tok = subprocess.run([str(BIN / "bgtasks"), "token", "create", "soak", "-o", "json"], env=env,
-                             capture_output=True, text=True, timeout=120)
-        if tok.returncode != 0:
-            raise SystemExit(f"bgtasks token create: {tok.stderr}")
-        api = Api(f"http://{settings.api.host}:{os.environ['BGTASKS_API_PORT']}", json.loads(tok.stdout)["token"])
+        prefect: Any = settings  # where the flow runs are read
+        if isinstance(up, ClusterUp):
+            api = Api(up.state()["api"], (up.dir / "secrets" / "api-token").read_text().strip())
+            prefect = up.settings()
+            daemon_state = up.dir / "hosts" / "host-a" / "daemon-state.json"
+        else:
+            tok = subprocess.run([str(BIN / "bgtasks"), "token", "create", "soak", "-o", "json"], env=env,
+                                 capture_output=True, text=True, timeout=120)
+            if tok.returncode != 0:
+                raise SystemExit(f"bgtasks token create: {tok.stderr}")
+            api = Api(f"http://{settings.api.host}:{os.environ['BGTASKS_API_PORT']}", json.loads(tok.stdout)["token"])
+            daemon_state = home.path / "daemon-state.json"
         tasks, inbox = create_tasks(api, home.path, args)
         from bench.triggers import wait_rules
 
-        wait_rules(home.path / "daemon-state.json", [t.id for t in tasks if t.kind == "triggered"])
+        wait_rules(daemon_state, [t.id for t in tasks if t.kind == "triggered"])
         load_start = time.time()
         load_end = load_start + args.minutes * 60
         cutoff = datetime.fromtimestamp(load_end, UTC)
         print(f"load for {args.minutes:g} min, until {cutoff:%H:%M:%S} UTC", flush=True)
+        if isinstance(up, ClusterUp):
+            up.kill_during(load_start, load_end, sampler.halt)
         run_load(api, tasks, inbox, args, ledger, load_end, up)
         load_end = time.time()  # the last run-now requests have returned
 
@@ -860,7 +1034,7 @@ def main() -> int:
 
         def collect_all() -> dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
             try:
-                return collect(settings, tasks, cutoff)
+                return collect(prefect, tasks, cutoff)
             except httpx.TransportError:
                 time.sleep(2)
                 up.check()  # the server is gone because the stack stopped: say so
@@ -894,7 +1068,9 @@ def main() -> int:
     finally:
         if up.proc is not None and up.proc.poll() is None:
             code = up.stop()
-    print(f"bgtasks up stopped (exit {code})", flush=True)
+    print(f"stopped (exit {code})", flush=True)
+    killed_hosts = up.killed_hosts if isinstance(up, ClusterUp) else []
+    logs = up.dir / "logs" if isinstance(up, ClusterUp) else home.path / "logs"
 
     # ---- counts
     counts: dict[str, dict[str, Any]] = {}
@@ -904,13 +1080,13 @@ def main() -> int:
     for t in tasks:
         runs, records = results[t.id]
         if t.kind == "periodic":
-            c, late = count_periodic(t, runs, records, cutoff)
+            c, late = count_periodic(t, runs, records, cutoff, killed_hosts)
             name = f"periodic every {t.interval_s:g} s"
             lateness_pts[name] = late
             lateness_all += [y for _, y in late]
             latency[f"lateness, {name}"] = percentiles([y for _, y in late])
         elif t.kind == "triggered":
-            c, lat = count_triggered(ledger.drops, runs, records)
+            c, lat = count_triggered(ledger.drops, runs, records, killed_hosts)
             name = "triggered (one per file)"
             latency["file dropped -> run started"] = percentiles(lat)
         else:
@@ -920,7 +1096,7 @@ def main() -> int:
                 "flaky": ("COMPLETED", FLAKY_FAILS + 1, f"flaky (Completed on attempt {FLAKY_FAILS + 1})"),
                 "broken": ("FAILED", BROKEN_RETRIES + 1, f"broken (Failed after {BROKEN_RETRIES + 1} attempts)"),
             }[t.kind]
-            c = count_asked(ids, runs, records, want_state, want_att)
+            c = count_asked(ids, runs, records, want_state, want_att, killed_hosts)
             # A run-now the API refused was asked for and never made: lost, not "not expected".
             c.expected += ledger.refused[t.kind]
             c.lost += ledger.refused[t.kind]
@@ -936,13 +1112,14 @@ def main() -> int:
     injected_runs = {r["name"] for t in tasks if t.kind in ("flaky", "broken") for r in results[t.id][0]}
     latency = {"lateness, all periodic runs": percentiles(lateness_all), **latency}
     totals = {k: sum(c[k] for c in counts.values()) for k in ("expected", "completed", "lost", "duplicated",
-                                                              "wrong_attempts", "extra")}
+                                                              "wrong_attempts", "extra", "retried_after_kill")}
     samples = sampler.samples
     t0 = sampler.t0
     out_png = args.out.resolve()
     out_json = out_png.with_suffix(".json")
     rep: dict[str, Any] = {
-        "minutes": args.minutes, "database": home.database, "cores": os.cpu_count(),
+        "minutes": args.minutes, "database": database, "stack": up.note(),
+        "kills": [(what, round(t - t0, 1)) for what, t in getattr(up, "kills", [])], "cores": os.cpu_count(),
         "worker_limit": settings.worker.limit, "drain_s": drain_s, "startup_s": round(up.startup_s, 1),
         "when": iso(datetime.fromtimestamp(load_start, UTC)),
         "load": {"periodic_s": args.periodic, "burst": args.burst, "burst_every_s": args.burst_every,
@@ -953,15 +1130,16 @@ def main() -> int:
         "rss": rss_table(samples, load_start - t0, load_end - t0),
         "run_children": {"max": max((s.get("run_children", 0) for s in samples), default=0),
                          "max_rss_mib": max((s.get("run_children_rss", 0.0) for s in samples), default=0.0)},
-        "dead_parts": sorted(sampler.dead), "logs": scan_logs(home.path / "logs", injected_runs),
+        "dead_parts": sorted(sampler.dead), "logs": scan_logs(logs, injected_runs),
         "home": str(home.path), "png": str(out_png), "json": str(out_json),
         "samples": samples,
         "lateness_points": {k: [(round(x - t0, 2), round(y, 3)) for x, y in v] for k, v in lateness_pts.items()},
     }
     home.drop()
     plot(out_png, samples, lateness_pts, t0, (load_start - t0, load_end - t0),
-         f"bgtasks soak: {args.minutes:g} min, {home.database}, {totals['expected']} runs expected, "
-         f"{totals['lost']} lost, {totals['duplicated']} duplicated")
+         f"bgtasks {'cluster ' if args.cluster else ''}soak: {args.minutes:g} min, {database}, "
+         f"{totals['expected']} runs expected, {totals['lost']} lost, {totals['duplicated']} duplicated",
+         rep["kills"])
     out_json.write_text(json.dumps(rep, indent=1, default=str))
     print_report(rep)
     return 0 if passed(rep) else 1
