@@ -319,8 +319,8 @@ class Cluster:
         return secret
 
     def _write_env_file(self, shared: Settings) -> None:
-        """``cluster.env``: the settings every host of the layout shares (a service install's
-        ``--env-file`` on real hosts)."""
+        """``cluster.env``: the settings every host of the layout shares (on real hosts: in the
+        environment of ``bgtasks service install --role``, which writes them into its own file)."""
         from bgtasks.service import environment_file, settings_env
 
         env = settings_env(shared)

@@ -228,12 +228,12 @@ class TriggerDaemon:
 
     async def release_waiting(self) -> list[str]:
         """Release the pool's runs waiting for constraints that now hold here; their ids."""
-        from triggers.constraints.waiting import releasable, waiting_filter
+        from triggers.constraints.waiting import releasable, release_message, waiting_filter
 
         snapshot = self.host_snapshot()
         runs = await self.api.flow_runs(waiting_filter(self.settings.worker.pool))
         released = []
-        for run_id, body in releasable(runs, snapshot, f"Constraints hold on {self.host}: released"):
+        for run_id, body in releasable(runs, snapshot, release_message(self.host, "daemon")):
             await self.api.set_state(run_id, body)
             released.append(run_id)
             logger.info("released run %s: its constraints hold", run_id)

@@ -9,6 +9,8 @@
 - Every ``BGTASKS_WORKER_CONSTRAINT_RECHECK_S``: the pool's waiting runs whose constraints
   hold here are released (the trigger daemon does it at once on a change; this covers a
   host without one).
+- Several hosts: a run just released for another host (its constraints hold there) is left
+  Scheduled for that host's workers, not set waiting again (no back and forth).
 
 The host's snapshot, the evaluation and the waiting state are :mod:`triggers.constraints`,
 shared with the trigger daemon.
@@ -57,7 +59,7 @@ class Constraints(Policy):
         from prefect.states import Failed, Scheduled
 
         from triggers.constraints import describe, unmet
-        from triggers.constraints.waiting import deadline_of, due_of, waiting_until
+        from triggers.constraints.waiting import deadline_of, due_of, left_to_another_host, waiting_until
 
         cons = stored.constraints_of(flow_run.parameters)
         if cons is None:
@@ -81,6 +83,12 @@ class Constraints(Policy):
             self._overridden.add(flow_run.id)  # runs without its constraints: never stopped for them
             run_logger.info("Constraint deadline reached: running anyway (%s)", message)
             return True
+        state = flow_run.state
+        other = left_to_another_host(state.message if state else None, state.timestamp if state else None,
+                                     self.settings.host_name, now)
+        if other is not None:  # just released for a host where they hold: its workers take it
+            worker.log.debug("Flow run %s was released for %s; left to its workers", flow_run.id, other)
+            return False
         if not any(t.startswith(stored.DUE_TAG) for t in flow_run.tags):
             await worker.client.update_flow_run(flow_run.id, tags=[*flow_run.tags, stored.due_tag(due)])
         await worker.client.set_flow_run_state(
@@ -152,14 +160,14 @@ class Constraints(Policy):
 
     async def release_waiting(self, worker: Worker) -> int:
         """Release the pool's waiting runs whose constraints hold here (as the daemon does)."""
-        from triggers.constraints.waiting import releasable, waiting_filter
+        from triggers.constraints.waiting import releasable, release_message, waiting_filter
 
         resp = await worker.client.request("POST", "/flow_runs/filter", json=waiting_filter(worker.pool_name))
         runs = resp.json()
         if not runs:
             return 0
         snapshot = await anyio.to_thread.run_sync(self.snapshot)
-        released = releasable(runs, snapshot, f"Constraints hold on {self.settings.host_name}: released by the worker")
+        released = releasable(runs, snapshot, release_message(self.settings.host_name, "worker"))
         for run_id, body in released:
             await worker.client.request("POST", "/flow_runs/{id}/set_state", path_params={"id": run_id}, json=body)
         return len(released)

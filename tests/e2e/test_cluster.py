@@ -17,6 +17,10 @@ kills -9:
 Then every run is counted: each run-now and each file has exactly one run, every run
 Completed, each with one attempt, except the killed one: two attempts, on the two hosts.
 A task with ``runOn: eventHost`` runs on the host whose daemon saw the file, always.
+
+Constraints across hosts (each host reads its own power tree): a run that needs charging
+waits while no host charges, and runs on the host that does once it is plugged in: released
+once, for that host, and never sent back to waiting by the other host's worker.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from tests.power import write_power_tree
 
 pytestmark = pytest.mark.e2e
 
@@ -56,6 +62,16 @@ def _records(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     except FileNotFoundError:
         return []
+
+
+def _prefect_get(c: Cluster, path: str) -> Any:
+    """GET on the Prefect API through HAProxy, with the cluster's auth string."""
+    from triggers.prefect_api import auth_headers
+
+    auth = (c.dir / "secrets" / "prefect-auth-string").read_text().strip()
+    resp = httpx.get(c.state["prefect"] + path, headers=auth_headers(auth), timeout=60)
+    resp.raise_for_status()
+    return resp.json()
 
 
 def _kill_home(home: Path) -> list[int]:
@@ -85,8 +101,11 @@ class Cluster:
         self.dir = tmp / "cluster"
         self.inbox = {h: tmp / f"inbox-{h}" for h in ("host-a", "host-b")}
         self.rec = tmp / "rec"
+        self.power = {h: tmp / f"power-{h}" for h in ("host-a", "host-b")}  # each host's battery and charger
         for d in (*self.inbox.values(), self.rec):
             d.mkdir()
+        for tree in self.power.values():
+            write_power_tree(tree, percent=40, plugged=False)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("BGTASKS_", "PREFECT_"))}
         env.update({
             "BGTASKS_HOME": str(tmp / "home"),
@@ -97,7 +116,10 @@ class Cluster:
         })
         argv = [BGTASKS, "cluster", "up", "--dir", str(self.dir), "--prefect-port", "0", "--api-port", "0"]
         for host, inbox in self.inbox.items():  # each host's daemon watches its own directory only
-            argv += ["--host-env", f"{host}:BGTASKS_DAEMON_ALLOWED_ROOTS={json.dumps([str(inbox)])}"]
+            argv += ["--host-env", f"{host}:BGTASKS_DAEMON_ALLOWED_ROOTS={json.dumps([str(inbox)])}",
+                     "--host-env", f"{host}:BGTASKS_DAEMON_POWER_ROOT={self.power[host]}",
+                     "--host-env", f"{host}:BGTASKS_DAEMON_SENSORS={json.dumps(['file', 'power'])}",
+                     "--host-env", f"{host}:BGTASKS_DAEMON_POWER_POLL_S=0.2"]
         self.log = tmp / "cluster-up.log"
         self.proc = subprocess.Popen(argv, env=env, stdout=self.log.open("wb"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
@@ -143,9 +165,9 @@ class Cluster:
                 self.proc.wait(10)
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Any:
-    c = Cluster(tmp_path)
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    c = Cluster(tmp_path_factory.mktemp("cluster"))
     try:
         yield c
     finally:
@@ -186,6 +208,42 @@ class Load(threading.Thread):
 
 def _runs_of(c: Cluster, task_id: str) -> list[dict[str, Any]]:
     return c.api.get(f"/tasks/{task_id}/history", params={"limit": 200}).json()
+
+
+def test_a_constrained_run_waits_for_a_host_where_its_constraints_hold(cluster: Cluster) -> None:
+    c = cluster
+    resp = c.api.post("/tasks", json={"name": "needs-charging", "handler": "demo", "schedule": ONCE,
+                                      "constraints": {"requiresCharging": True},
+                                      "data": {"recordTo": str(c.rec / "charging")}})
+    assert resp.status_code == 201, resp.text
+    task_id = resp.json()["id"]
+    runs = []
+    for _ in range(4):
+        r = c.api.post(f"/tasks/{task_id}/run")
+        assert r.status_code == 202, r.text
+        runs.append(r.json()["runId"])
+
+    # Neither host charges: every run waits, saying on which host its constraint failed.
+    def waiting() -> list[dict[str, Any]] | None:
+        got = c.api.get(f"/tasks/{task_id}").json().get("waiting") or []
+        return got if {w["runId"] for w in got} == set(runs) else None
+
+    for w in _wait(waiting, 120, "the four runs to wait"):
+        assert "on host-a" in w["reason"] or "on host-b" in w["reason"], w
+    assert _records(c.rec / "charging") == []
+
+    # host-b is plugged in: its daemon releases them for host-b, where they run; host-a's
+    # worker, on battery, leaves them to host-b instead of making them wait again.
+    write_power_tree(c.power["host-b"], percent=40, plugged=True)
+    done = _wait(lambda: len(got := _records(c.rec / "charging")) >= 4 and got, 180, "the runs on host-b")
+    assert sorted(r["run"] for r in done) == sorted(runs) and {r["host"] for r in done} == {"host-b"}, done
+    assert {r["attempt"] for r in done} == {1}
+    for run_id in runs:  # released once, for host-b, and never made to wait again
+        states = sorted(_prefect_get(c, f"/flow_run_states/?flow_run_id={run_id}"), key=lambda st: st["timestamp"])
+        releases = [i for i, st in enumerate(states) if (st["message"] or "").startswith("Constraints hold on")]
+        assert len(releases) == 1 and "host-b" in states[releases[0]]["message"], states
+        assert "AwaitingConstraints" not in [st["name"] for st in states[releases[0]:]], states
+    write_power_tree(c.power["host-b"], percent=40, plugged=False)
 
 
 def test_nothing_is_lost_or_run_twice_when_parts_of_the_cluster_die(cluster: Cluster) -> None:

@@ -136,3 +136,51 @@ async def test_a_run_for_the_event_host_is_left_to_that_host_and_taken_there() -
     assert await RunOnEventHost("host-b").before_submit(worker, run) is False
     anywhere = SimpleNamespace(id=uuid4(), parameters=_triggered("any", "host-a"))
     assert await RunOnEventHost("host-b").before_submit(worker, anywhere) is True
+
+
+class StateClient:
+    """What the constraints policy writes through Prefect's client, recorded."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    async def set_flow_run_state(self, run_id: Any, state: Any, force: bool = False) -> None:
+        self.calls.append(("set_state", state.name))
+
+    async def update_flow_run(self, run_id: Any, **kw: Any) -> None:
+        self.calls.append(("update", kw))
+
+
+async def test_a_run_released_for_another_host_is_left_to_that_host_for_a_while() -> None:
+    from bgtasks.models import CreateTaskOptions
+    from bgtasks.policies.constraints import Constraints
+    from bgtasks.stored import AWAITING, parameters_for
+    from triggers.constraints.host import HostSnapshot
+    from triggers.constraints.waiting import RELEASE_HOLD_S, left_to_another_host, release_message, released_for
+
+    now = datetime.now(UTC)
+    released = release_message("host b", "daemon")
+    assert released_for(released) == "host b" and released_for("Not charging on host-a") is None
+    assert left_to_another_host(released, now - timedelta(seconds=5), "host-a", now) == "host b"
+    assert left_to_another_host(released, now - timedelta(seconds=5), "host b", now) is None
+    assert left_to_another_host(released, now - timedelta(seconds=RELEASE_HOLD_S + 1), "host-a", now) is None
+
+    settings = load_settings()
+    settings.host_name = "host-a"
+    policy = Constraints(settings)
+    policy.snapshot = lambda: HostSnapshot()  # type: ignore[method-assign]  # nothing known here: every constraint fails
+    client = StateClient()
+    worker = SimpleNamespace(client=client, log=logging.getLogger("test"),
+                             run_logger=lambda fr: logging.getLogger("test.run"))
+    params = parameters_for(CreateTaskOptions.model_validate({
+        "name": "t", "handler": "demo", "schedule": {"type": "one-time", "startTime": "2099-01-01T00:00:00Z"},
+        "constraints": {"requiresCharging": True}}))
+    run = SimpleNamespace(id=uuid4(), parameters=params, tags=[], expected_start_time=now,
+                          state=SimpleNamespace(message=release_message("host-b", "worker"), timestamp=now))
+    # Just released for host-b: host-a's worker leaves it Scheduled, writing nothing.
+    assert await policy.before_submit(worker, run) is False
+    assert client.calls == []
+    # Released long ago (host-b may be gone): host-a sets it waiting, as for any run.
+    run.state.timestamp = now - timedelta(seconds=RELEASE_HOLD_S + 1)
+    assert await policy.before_submit(worker, run) is False
+    assert ("set_state", AWAITING) in client.calls

@@ -10,12 +10,19 @@ runs in their queues' order (priority first, then due time). The trigger
 daemon releases waiting runs the moment a change makes their constraints hold;
 the worker re-checks them slowly as well, for a host without a daemon.
 
+With workers on several hosts, a run is released *for* the host where its constraints
+hold (the release's message names it, :func:`release_message`). For
+:data:`RELEASE_HOLD_S` the workers of other hosts, where they fail, leave it Scheduled for
+that host's workers instead of setting it waiting again; after that, any worker treats it
+as usual (the releasing host may have gone).
+
 Pure helpers over plain JSON, shared by the worker (Prefect client) and the
 daemon (plain HTTP).
 """
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,6 +34,32 @@ from bgtasks.stored import due_of as _tagged_due
 
 #: Added to a waiting run's due time: far enough that no worker picks it up.
 FAR = timedelta(days=36525)
+#: Seconds a released run is left to the workers of the host it was released for.
+RELEASE_HOLD_S = 60.0
+_RELEASED = re.compile(r"^Constraints hold on (.+): released by the (?:worker|daemon)$")
+
+
+def release_message(host: str, by: str) -> str:
+    """The released state's message: where the constraints hold, and who released it (``by``:
+    worker or daemon)."""
+    return f"Constraints hold on {host}: released by the {by}"
+
+
+def released_for(message: str | None) -> str | None:
+    """The host a run was released for, from its state's message (None: not a release)."""
+    m = _RELEASED.match(message or "")
+    return m.group(1) if m else None
+
+
+def left_to_another_host(message: str | None, timestamp: datetime | None, host: str,
+                         now: datetime | None = None) -> str | None:
+    """The host whose workers should take a run in this state, when it is not ``host`` and the
+    release is less than :data:`RELEASE_HOLD_S` old; else None."""
+    other = released_for(message)
+    if other is None or other == host or timestamp is None:
+        return None
+    age = ((now or datetime.now(UTC)) - timestamp).total_seconds()
+    return other if age < RELEASE_HOLD_S else None
 
 
 def due_of(tags: list[str] | None, fallback: datetime) -> datetime:
