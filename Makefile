@@ -57,9 +57,9 @@ docs: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider tests/unit
 
-## Benchmarks that print numbers (docs/performance.md); about 2.5 hours with the
-## 30-minute soak and the hour of bench/at_rest.py.
-bench: $(STAMP)
+## Benchmarks that print numbers (docs/performance.md, docs/scaling.md); about 3 hours with the
+## 30-minute soak, the 10-minute cluster soak and the hour of bench/at_rest.py.
+bench: $(STAMP) $(SYSDEPS)
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/worker.py
@@ -75,6 +75,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/crash_detection.py
 	$(BIN)/python bench/workers.py --postgres postgresql://postgres@127.0.0.1:5432
 	$(BIN)/python bench/restart.py
+	$(BIN)/python bench/cluster.py --runs 20 --burst 60
+	$(BIN)/python bench/soak.py --cluster --minutes 10 --out build/bench/soak-cluster.png
 	$(BIN)/python bench/soak.py --minutes 30
 
 ## Regenerate the service-file snapshots after a deliberate change (review the diff).

@@ -4,8 +4,8 @@ worker hosts, through HAProxy, on a new PostgreSQL database and a Redis of its o
 For each layout: run-now latency (the REST API's run-now through HAProxy -> the demo
 handler's first line; p50 and p95 over ``--runs`` sequential runs), a burst of ``--burst``
 run-nows at once (runs completed per minute), and CPU per run during the burst of the
-Prefect API replicas, the services process, the workers (with their runs), Redis and
-PostgreSQL (every ``postgres`` process of the machine: the server is shared). The
+Prefect API replicas, the services process, the workers (with their runs), the REST API
+replicas, HAProxy, Redis and PostgreSQL (the whole server, its exited backends included: it is shared). The
 single-server figures to set beside them are bench/worker.py --postgres's.
 
 ``--soak-minutes N``: afterwards, the 2 x 2 layout for N minutes under a steady load (a
@@ -59,14 +59,15 @@ def wait(check: Any, timeout_s: float, what: str) -> Any:
 
 
 def postgres_cpu() -> float:
+    """CPU seconds of the PostgreSQL server: the postmaster with its backends, including those
+    that exited (a backend's CPU moves to its parent's reaped-children times)."""
     total = 0.0
-    for p in psutil.process_iter(["name"]):
-        if p.info["name"] and p.info["name"].startswith("postgres"):
-            try:
-                t = p.cpu_times()
-                total += t.user + t.system
-            except psutil.Error:
-                pass
+    for p in psutil.process_iter(["name", "ppid"]):
+        try:
+            if (p.info["name"] or "").startswith("postgres") and not psutil.Process(p.info["ppid"]).name().startswith("postgres"):
+                total += cpu_s(p)
+        except psutil.Error:
+            pass
     return total
 
 
@@ -85,12 +86,14 @@ def start(tmp: Path, replicas: int, hosts: int, postgres: str) -> Any:
 
 
 def groups(cluster: Any) -> dict[str, list[psutil.Process]]:
-    out: dict[str, list[psutil.Process]] = {"api replicas": [], "services": [], "workers": [], "redis": []}
+    out: dict[str, list[psutil.Process]] = {"api replicas": [], "services": [], "workers": [], "redis": [],
+                                            "rest api": [], "haproxy": []}
     for name, part in cluster.parts.items():
         if part.process.pid is None:
             continue
         key = ("api replicas" if name.startswith("server-api") else "services" if name == "server-services"
-               else "workers" if name.startswith("worker-") else "redis" if name == "redis" else None)
+               else "workers" if name.startswith("worker-") else "rest api" if name.startswith("api-")
+               else name if name in ("redis", "haproxy") else None)
         if key:
             out[key].append(psutil.Process(part.process.pid))
     return out
@@ -215,13 +218,13 @@ def main() -> None:
                   f"burst {m['per_min']:.1f}/min cpu/run {json.dumps({k: round(v, 3) for k, v in m['cpu'].items()})}",
                   flush=True)
         print("\n| API replicas | worker hosts | run-now p50 | p95 | burst runs/min | CPU-s per run: API replicas "
-              "| services | workers | Redis | PostgreSQL |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+              "| services | workers | REST API | HAProxy | Redis | PostgreSQL |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for replicas, hosts, m in rows:
             c = m["cpu"]
             print(f"| {replicas} | {hosts} | {m['p50']:.3f} s | {m['p95']:.3f} s | {m['per_min']:.1f} | "
-                  f"{c['api replicas']:.3f} | {c['services']:.3f} | {c['workers']:.3f} | {c['redis']:.4f} | "
-                  f"{c['postgres']:.3f} |")
+                  f"{c['api replicas']:.3f} | {c['services']:.3f} | {c['workers']:.3f} | {c['rest api']:.3f} | "
+                  f"{c['haproxy']:.4f} | {c['redis']:.4f} | {c['postgres']:.3f} |")
         print("(single server on PostgreSQL, the same machine: bench/worker.py --postgres)")
         if args.soak_minutes:
             print("\n" + soak(tmp, args.soak_minutes, args.postgres, ROOT / "docs" / "soak"))

@@ -212,8 +212,9 @@ class ClusterUp:
     def start(self, timeout_s: float = 300) -> None:
         (self.home / "inbox").mkdir(exist_ok=True)
         (self.home / "inbox-host-b").mkdir(exist_ok=True)
+        # --keep: the logs are read after the stop; the database is dropped here then.
         argv = ["cluster", "up", "--dir", str(self.dir), "--postgres", self.postgres,
-                "--prefect-port", "0", "--api-port", "0"]
+                "--prefect-port", "0", "--api-port", "0", "--keep"]
         # The triggered task's directory is host-a's: host-b's daemon watches another one.
         for host, d in (("host-a", "inbox"), ("host-b", "inbox-host-b")):
             argv += ["--host-env", f"{host}:BGTASKS_DAEMON_ALLOWED_ROOTS={json.dumps([str(self.home / d)])}"]
@@ -297,7 +298,16 @@ class ClusterUp:
         return SimpleNamespace(api_url=self.state()["prefect"], server=SimpleNamespace(auth_string=SecretStr(auth)))
 
     def stop(self) -> int | None:
-        return self.inner.stop()
+        from bgtasks.cluster import drop_database
+
+        try:
+            database = self.state().get("database")
+        except (OSError, ValueError):
+            database = None
+        code = self.inner.stop()
+        if database:
+            drop_database(database)
+        return code
 
     def note(self) -> str:
         return "`bgtasks cluster up` (2 Prefect API replicas, services, 2 hosts, 2 REST API replicas)"
@@ -1136,12 +1146,13 @@ def main() -> int:
         "lateness_points": {k: [(round(x - t0, 2), round(y, 3)) for x, y in v] for k, v in lateness_pts.items()},
     }
     home.drop()
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(rep, indent=1, default=str))
+    print_report(rep)
     plot(out_png, samples, lateness_pts, t0, (load_start - t0, load_end - t0),
          f"bgtasks {'cluster ' if args.cluster else ''}soak: {args.minutes:g} min, {database}, "
          f"{totals['expected']} runs expected, {totals['lost']} lost, {totals['duplicated']} duplicated",
          rep["kills"])
-    out_json.write_text(json.dumps(rep, indent=1, default=str))
-    print_report(rep)
     return 0 if passed(rep) else 1
 
 
