@@ -45,6 +45,11 @@ Writes a table to stdout, ``--out`` (PNG: RSS and lateness over time) and the
 numbers as JSON next to it. Exits 1 when a run was lost or duplicated, 2 when the
 stack stopped during the soak (``bgtasks up`` stops everything when a part dies).
 
+``--cluster``: the same load on ``bgtasks cluster up`` (docs/scaling.md) instead, with a
+kill -9 of an API replica, the services process, host-b (worker and daemon), the other API
+replica, the services process again and host-a's worker, at even intervals; a run whose
+attempt such a kill cut short has one attempt more, counted as "retried after a kill".
+
     .venv/bin/python bench/soak.py                 # 30 minutes
     .venv/bin/python bench/soak.py --minutes 3     # a quick check
 """
@@ -184,7 +189,6 @@ class Up:
                 pass
         return code
 
-
     def groups(self) -> dict[str, list[psutil.Process]]:
         return {name: [p] for name, p in self.parts().items()}
 
@@ -195,8 +199,8 @@ class Up:
 class ClusterUp:
     """``bgtasks cluster up`` (2 Prefect API replicas behind HAProxy, the services process, 2
     hosts, 2 REST API replicas, a new PostgreSQL database, a Redis) as our child; it restarts
-    a part that dies. ``kill_plan``: parts killed -9 at even intervals during the load (a host's
-    worker with its zygote and runs, as a crash of that machine would; ``host-b`` = its worker
+    a part that dies. :data:`KILLS`: parts killed -9 at even intervals during the load (a host's
+    worker with its zygote and runs, as a crash of that machine would; ``host-b``: its worker
     and its daemon)."""
 
     KILLS = ("server-api-1", "server-services", "host-b", "server-api-2", "server-services", "worker-host-a")
