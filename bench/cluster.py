@@ -8,12 +8,9 @@ Prefect API replicas, the services process, the workers (with their runs), the R
 replicas, HAProxy, Redis and PostgreSQL (the whole server, its exited backends included: it is shared). The
 single-server figures to set beside them are bench/worker.py --postgres's.
 
-``--soak-minutes N``: afterwards, the 2 x 2 layout for N minutes under a steady load (a
-run-now every 2 s, a periodic task every 10 s) with a kill -9 of an API replica, of the
-services process and of a host's worker every few minutes; every run counted, as in
-tests/e2e/test_cluster.py; a table under docs/soak/.
+The soak with kills is ``bench/soak.py --cluster``.
 
-    .venv/bin/python bench/cluster.py --runs 20 --burst 60 --soak-minutes 10
+    .venv/bin/python bench/cluster.py --runs 20 --burst 60
 """
 
 from __future__ import annotations
@@ -21,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import sys
 import tempfile
@@ -36,16 +32,10 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.soak import read_records as records  # noqa: E402
 from bench.worker import cpu_s, pct  # noqa: E402
 
 LAYOUTS = ((1, 1), (2, 1), (1, 2), (2, 2))  # (API replicas, worker hosts)
-
-
-def records(path: Path) -> list[dict[str, Any]]:
-    try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except FileNotFoundError:
-        return []
 
 
 def wait(check: Any, timeout_s: float, what: str) -> Any:
@@ -132,75 +122,11 @@ def measure(cluster: Any, tmp: Path, runs: int, burst: int) -> dict[str, Any]:
     return {"p50": statistics.median(lat), "p95": pct(lat, 0.95), "per_min": burst / elapsed * 60, "cpu": cpu}
 
 
-def soak(tmp: Path, minutes: float, postgres: str, out_dir: Path) -> str:
-    """2 x 2 under load with kills; every run counted."""
-    from bgtasks.settings import Settings  # noqa: F401  (the cluster module reads it)
-
-    cluster = start(tmp, 2, 2, postgres)
-    api = httpx.Client(base_url=cluster.api_url, headers={"Authorization": f"Bearer {cluster.token}"}, timeout=120)
-    rec = tmp / "rec"
-    now = api.post("/tasks", json={"name": "soak-now", "handler": "demo", "data": {"recordTo": str(rec / "now")},
-                                   "schedule": {"type": "one-time", "startTime": "2099-01-01T00:00:00Z"},
-                                   "retryPolicy": {"maxRetries": 2, "initialBackoffMs": 1000}}).json()["id"]
-    periodic = api.post("/tasks", json={"name": "soak-periodic", "handler": "demo",
-                                        "data": {"recordTo": str(rec / "periodic")},
-                                        "schedule": {"type": "periodic", "interval": 10000}}).json()["id"]
-    kills = ["server-api-1", "server-services", "worker-host-b", "server-api-2", "server-services", "worker-host-a"]
-    every = minutes * 60 / (len(kills) + 1)
-    ids, errors, killed = [], [], []
-    t_start = time.monotonic()
-    next_kill = t_start + every
-    while time.monotonic() - t_start < minutes * 60:
-        try:
-            resp = api.post(f"/tasks/{now}/run")
-            (ids.append(resp.json()["runId"]) if resp.status_code == 202 else errors.append(resp.status_code))
-        except httpx.HTTPError as exc:
-            errors.append(type(exc).__name__)
-        if kills and time.monotonic() >= next_kill:
-            part = kills.pop(0)
-            pid = cluster.parts[part].process.pid
-            if pid:
-                os.kill(pid, signal.SIGKILL)
-                killed.append(f"{part} at {time.monotonic() - t_start:.0f}s")
-            next_kill += every
-        cluster.supervise()
-        time.sleep(2)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not {r["run"] for r in records(rec / "now")} >= set(ids):
-        cluster.supervise()
-        time.sleep(1)
-    got = records(rec / "now")
-    runs = {r["run"] for r in got}
-    lost = len(set(ids) - runs)
-    twice = sum(1 for i in runs if sum(1 for r in got if r["run"] == i and r["attempt"] == 1) > 1)
-    periodic_runs = records(rec / "periodic")
-    p_twice = len(periodic_runs) - len({r["run"] for r in periodic_runs})
-    api.close()
-    cluster.stop()
-    lines = [
-        f"# Cluster soak, {datetime.now(UTC):%Y-%m-%d}: 2 API replicas, 2 hosts, {minutes:g} min",
-        "",
-        "| | value |", "| --- | --- |",
-        f"| run-now requests accepted | {len(ids)} |",
-        f"| run-now requests refused (status or error) | {len(errors)} {sorted(set(map(str, errors)))} |",
-        f"| run-now runs never executed | {lost} |",
-        f"| run-now runs executed twice (first attempt) | {twice} |",
-        f"| runs on host-a / host-b | {sum(r['host'] == 'host-a' for r in got)} / {sum(r['host'] == 'host-b' for r in got)} |",
-        f"| periodic runs executed / executed twice | {len({r['run'] for r in periodic_runs})} / {p_twice} |",
-        f"| kills (kill -9, restarted 2 s later) | {'; '.join(killed)} |",
-    ]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{datetime.now(UTC):%Y-%m-%d}-cluster-{minutes:g}min.md"
-    path.write_text("\n".join(lines) + "\n")
-    return "\n".join(lines) + f"\n(written to {path.relative_to(ROOT)})"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=20)
     ap.add_argument("--burst", type=int, default=60)
     ap.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432")
-    ap.add_argument("--soak-minutes", type=float, default=0)
     ap.add_argument("--layouts", default="1x1,2x1,1x2,2x2", help="API replicas x hosts, comma-separated")
     args = ap.parse_args()
     rows = []
@@ -226,8 +152,6 @@ def main() -> None:
                   f"{c['api replicas']:.3f} | {c['services']:.3f} | {c['workers']:.3f} | {c['rest api']:.3f} | "
                   f"{c['haproxy']:.4f} | {c['redis']:.4f} | {c['postgres']:.3f} |")
         print("(single server on PostgreSQL, the same machine: bench/worker.py --postgres)")
-        if args.soak_minutes:
-            print("\n" + soak(tmp, args.soak_minutes, args.postgres, ROOT / "docs" / "soak"))
 
 
 if __name__ == "__main__":

@@ -597,10 +597,7 @@ class Count:
 
 
 def attempts_by_run(records: list[dict[str, Any]]) -> dict[str, list[int]]:
-    out: dict[str, list[int]] = defaultdict(list)
-    for r in records:
-        out[str(r.get("run"))].append(int(r.get("attempt", 0)))
-    return out
+    return {run: [int(r.get("attempt", 0)) for r in recs] for run, recs in records_by_run(records).items()}
 
 
 KILL_WINDOW_S = 60  # an attempt started this long before its host's kill -9 may have been cut short by it
